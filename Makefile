@@ -1,0 +1,45 @@
+# transferjob — the two set-up commands are `make demo` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv and install the project with its dev extras.
+
+.PHONY: lint
+lint: install ## ruff on everything.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check sdk operator trainer_image tests bench hack
+
+.PHONY: crd
+crd: install ## Regenerate manifests/crd/ from the pydantic models.
+	$(PY) -m transferjob.crd --write
+
+.PHONY: test-unit
+test-unit: install ## Unit tests only (no control plane, no TensorFlow training).
+	$(PY) -m pytest -m "not cluster and not trainer and not e2e" tests
+
+include $(wildcard mk/*.mk)
+
+.PHONY: test
+test: install cluster-binaries ## The whole suite: lint, CRD drift, unit, trainer, control-plane and end-to-end tests.
+	$(MAKE) lint
+	$(PY) -m pytest tests
+
+.PHONY: demo
+demo: install cluster-binaries ## Local control plane + operator + digits feature extraction then fine-tuning.
+	$(PY) -m transferjob.demo

@@ -1,0 +1,32 @@
+"""Names that the CRD, the operator, the SDK and the trainer must agree on, in one place."""
+
+from __future__ import annotations
+
+GROUP = "transferjob.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TransferJob"
+PLURAL = "transferjobs"
+SINGULAR = "transferjob"
+SHORT_NAMES = ["tj"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+#: The trainer image a TransferJob runs unless `spec.resources.image` says otherwise.
+DEFAULT_TRAINER_IMAGE = "ghcr.io/transferjob/trainer:0.1.0"
+
+#: Exit code the trainer uses for errors that no retry can fix (bad spec, missing, empty or corrupt
+#: data). The operator's Job carries a podFailurePolicy that fails the Job at once on it.
+EXIT_PERMANENT = 42
+
+#: Where the trainer writes its final summary inside the container (Kubernetes' default path).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: Kubernetes truncates termination messages at 4096 bytes; the trainer stays under this.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+#: Labels and annotations the operator puts on what it creates.
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_MODE = f"{GROUP}/mode"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+#: How many epochs `.status.history` keeps (the newest ones); the full curve is in the output location.
+HISTORY_LIMIT = 100
