@@ -134,8 +134,8 @@ class Location(ApiModel):
         default=None,
         max_length=2048,
         pattern=r"^([a-z][a-z0-9+.-]*://|/).+",
-        description="A URI the trainer reads with tf.io.gfile (gs://, s3://, hdfs://, file://) or an absolute "
-        "path inside the trainer's container.",
+        description="A URI the trainer reads with tf.io.gfile (gs://, s3://, hdfs://, file://) or an "
+        "absolute path inside the trainer's container.",
     )
 
     @model_validator(mode="after")
@@ -186,7 +186,8 @@ class ModelSpec(ApiModel):
                     cel(
                         f"self.base != '{b.name}' || self.weights != 'imagenet' || "
                         f"self.imageSize in {list(b.imagenet_sizes)}",
-                        f"imageSize must be one of {list(b.imagenet_sizes)} for {b.name} with imagenet weights",
+                        f"imageSize must be one of {list(b.imagenet_sizes)} for {b.name} with imagenet "
+                        "weights",
                         ".imageSize",
                     )
                     for b in BASES.values()
@@ -269,7 +270,9 @@ class ModelSpec(ApiModel):
                 "path of a saved model (.keras/.h5)"
             )
         if self.image_size < info.min_size:
-            raise ValueError(f"imageSize must be at least {info.min_size} for {info.name}, got {self.image_size}")
+            raise ValueError(
+                f"imageSize must be at least {info.min_size} for {info.name}, got {self.image_size}"
+            )
         if self.weights == "imagenet" and info.imagenet_sizes and self.image_size not in info.imagenet_sizes:
             raise ValueError(
                 f"imageSize must be one of {list(info.imagenet_sizes)} for {info.name} with imagenet "
@@ -288,7 +291,9 @@ class AugmentationSpec(ApiModel):
     rotation: float = Field(
         default=0.2, ge=0.0, le=1.0, description="Random rotation, as a fraction of a full turn (Keras)."
     )
-    zoom: float = Field(default=0.0, ge=0.0, lt=1.0, description="Random zoom in or out by up to this fraction.")
+    zoom: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Random zoom in or out by up to this fraction."
+    )
     translation: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Random shift by up to this fraction of height and width."
     )
@@ -353,7 +358,9 @@ class EarlyStoppingSpec(ApiModel):
     enabled: bool = Field(default=True, description="Use early stopping.")
     monitor: Literal["val_loss", "val_accuracy"] = Field(default="val_loss", description="Metric watched.")
     patience: int = Field(default=3, ge=0, le=1000, description="Epochs without improvement before stopping.")
-    min_delta: float = Field(default=1e-3, ge=0.0, le=1.0, description="Smallest change counted as improvement.")
+    min_delta: float = Field(
+        default=1e-3, ge=0.0, le=1.0, description="Smallest change counted as improvement."
+    )
     restore_best_weights: bool = Field(
         default=True, description="Roll back to the best epoch's weights before testing and export."
     )
@@ -381,7 +388,9 @@ class TrainingSpec(ApiModel):
     early_stopping: EarlyStoppingSpec = Field(
         default_factory=EarlyStoppingSpec, description="Early stopping on validation metrics."
     )
-    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, augmentation and init.")
+    seed: int = Field(
+        default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, augmentation and init."
+    )
     mixed_precision: bool = Field(
         default=False, description="Train in float16 with float32 variables (GPUs with tensor cores)."
     )
@@ -413,7 +422,9 @@ class ResourcesSpec(ApiModel):
     """What the training pod asks of the cluster."""
 
     gpus: int = Field(default=1, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
-    cpu: str | None = Field(default=None, max_length=32, pattern=QUANTITY, description="CPU request and limit.")
+    cpu: str | None = Field(
+        default=None, max_length=32, pattern=QUANTITY, description="CPU request and limit."
+    )
     memory: str | None = Field(
         default=None, max_length=32, pattern=QUANTITY, description="Memory request and limit (e.g. 16Gi)."
     )
@@ -496,7 +507,9 @@ class TransferJobSpec(ApiModel):
     data: DataSpec = Field(description="The labelled images.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     output: OutputSpec = Field(description="Where results go.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pod resources and placement.")
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Pod resources and placement."
+    )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL, suspend.")
 
     @model_validator(mode="after")
@@ -537,7 +550,9 @@ class Condition(ApiModel):
     reason: str = Field(default="", description="CamelCase reason, e.g. InvalidData or OOMKilled.")
     message: str = Field(default="", description="What happened, for a person.")
     last_transition_time: dt.datetime | None = Field(default=None, description="When status last changed.")
-    observed_generation: int | None = Field(default=None, description="Spec generation this was computed for.")
+    observed_generation: int | None = Field(
+        default=None, description="Spec generation this was computed for."
+    )
 
 
 class EpochMetrics(ApiModel):
@@ -580,7 +595,9 @@ class ModelArtifacts(ApiModel):
     uri: str = Field(description="The exported Keras model (.keras).")
     saved_model_uri: str | None = Field(default=None, description="The TensorFlow SavedModel, for serving.")
     tensorboard_uri: str | None = Field(default=None, description="TensorBoard logs.")
-    metrics_uri: str | None = Field(default=None, description="Full per-epoch history and test metrics (JSON).")
+    metrics_uri: str | None = Field(
+        default=None, description="Full per-epoch history and test metrics (JSON)."
+    )
 
 
 class TransferJobStatus(ApiModel):
