@@ -42,4 +42,4 @@ test: install cluster-binaries ## The whole suite: lint, CRD drift, unit, traine
 
 .PHONY: demo
 demo: install cluster-binaries ## Local control plane + operator + digits feature extraction then fine-tuning.
-	$(PY) -m transferjob.demo
+	$(PY) hack/demo.py

@@ -1,0 +1,146 @@
+"""The committed CRD is exactly what the models generate, and it is a structural schema Kubernetes accepts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferjob import crd
+from transferjob.models import TransferJobSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / crd.CRD_PATH
+FORBIDDEN = {
+    "$ref",
+    "definitions",
+    "$defs",
+    "uniqueItems",
+    "title",
+    "allOf",
+    "oneOf",
+    "anyOf",
+    "not",
+    "const",
+}
+
+
+def _schema() -> dict[str, Any]:
+    return crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from _walk(child, f"{path}.{name}")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}[*]")
+    if "items" in node:
+        yield from _walk(node["items"], f"{path}[]")
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert COMMITTED.read_text() == crd.render_crd(), "run `python -m transferjob.crd --write` and commit"
+
+
+def test_drift_check_command_fails_on_a_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(crd.render_crd().replace("default: 16", "default: 32"))
+    assert crd.main(["--check", "--path", str(stale)]) == 1
+    assert crd.main(["--write", "--path", str(stale)]) == 0
+    assert crd.main(["--check", "--path", str(stale)]) == 0
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _walk(_schema()):
+        assert not FORBIDDEN & node.keys(), f"{path}: forbidden keys {FORBIDDEN & node.keys()}"
+        assert node.get("additionalProperties") is not False, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if isinstance(node.get("exclusiveMinimum"), (int, float)) and not isinstance(
+            node["exclusiveMinimum"], bool
+        ):
+            raise AssertionError(f"{path}: exclusiveMinimum must be a boolean in OpenAPI v3")
+
+
+def test_every_spec_field_is_documented() -> None:
+    spec = _schema()["properties"]["spec"]
+    undocumented = [
+        p for p, node in _walk(spec) if p and not p.endswith(("[]", "[*]")) and not node.get("description")
+    ]
+    assert not undocumented
+
+
+def test_names_columns_and_subresources() -> None:
+    obj = yaml.safe_load(COMMITTED.read_text())
+    assert obj["metadata"]["name"] == "transferjobs.transferjob.io"
+    names = obj["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("TransferJob", "transferjobs", ["tj"])
+    version = obj["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Phase": ".status.phase",
+        "Mode": ".spec.mode",
+        "Model": ".spec.model.base",
+        "Epoch": ".status.epoch",
+        "Val-Acc": ".status.metrics.valAccuracy",
+        "Test-Acc": ".status.test.accuracy",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def test_printer_columns_point_at_real_fields() -> None:
+    schema = _schema()
+    for column in crd.PRINTER_COLUMNS:
+        node = schema
+        for key in column["jsonPath"].strip(".").split("."):
+            if key == "metadata":
+                break
+            node = node["properties"][key]
+
+
+def test_schema_defaults_equal_model_defaults() -> None:
+    """A spec defaulted by the API server and one defaulted by pydantic must be the same spec."""
+    spec_schema = _schema()["properties"]["spec"]
+    minimal = {"data": {"source": {"hostPath": "/d"}}, "output": {"location": {"hostPath": "/o"}}}
+
+    def apply_defaults(node: dict[str, Any], value: Any) -> Any:
+        if value is None:
+            if "default" not in node:
+                return None
+            value = node["default"]
+        if isinstance(value, dict) and "properties" in node:
+            out = dict(value)
+            for name, child in node["properties"].items():
+                filled = apply_defaults(child, out.get(name))
+                if filled is not None:
+                    out[name] = filled
+            return out
+        return value
+
+    server_side = apply_defaults(spec_schema, minimal)
+    assert TransferJobSpec.model_validate(server_side) == TransferJobSpec.model_validate(minimal)
+    assert server_side["training"]["batchSize"] == 16
+    assert server_side["model"]["head"]["dropout"] == 0.2
+    assert server_side["training"]["earlyStopping"]["patience"] == 3
+
+
+def test_cel_rules_refer_to_existing_fields() -> None:
+    for path, node in _walk(_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            for field in re.findall(r"self\.(\w+)", rule["rule"]):
+                assert field in node["properties"], f"{path}: {rule['rule']} names unknown {field}"
+            assert rule["message"]
+
+
+def test_spec_is_immutable_but_suspend_is_not() -> None:
+    rules = _schema()["properties"]["spec"]["x-kubernetes-validations"]
+    transition = [r for r in rules if "oldSelf" in r["rule"]]
+    assert len(transition) == 1
+    assert "suspend" not in transition[0]["rule"]
+    assert "ttlSecondsAfterFinished" not in transition[0]["rule"]
