@@ -23,7 +23,7 @@ install: $(VENV)/.installed ## Create .venv and install the project with its dev
 .PHONY: lint
 lint: install ## ruff on everything.
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check sdk operator trainer_image tests bench hack
+	$(VENV)/bin/ruff format --check .
 
 .PHONY: crd
 crd: install ## Regenerate manifests/crd/ from the pydantic models.
