@@ -55,7 +55,10 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: CertPair, user: 
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "transferjob-test", "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}
+            {
+                "name": "transferjob-test",
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca)},
+            }
         ],
         "users": [
             {
@@ -162,76 +165,128 @@ class ControlPlane:
         pki = self.pki
         d = pki.dir
         api = pki.issue(
-            "apiserver", "kube-apiserver", ips=(LOOPBACK, _first_ip(self.service_cidr)),
-            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                 "kubernetes.default.svc.cluster.local"), server=True,
+            "apiserver",
+            "kube-apiserver",
+            ips=(LOOPBACK, _first_ip(self.service_cidr)),
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            server=True,
         )
-        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-                                   organizations=("system:masters",))
+        kubelet_client = pki.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)
+        )
         pki.issue("kubelet", "transferjob-test-node-agent", ips=(LOOPBACK,), dns=("localhost",), server=True)
         admin = pki.issue("admin", "transferjob-admin", organizations=("system:masters",))
         cm_cert = pki.issue("controller-manager", "system:kube-controller-manager")
         sched_cert = pki.issue("scheduler", "system:kube-scheduler")
         sa = pki.service_account_keys()
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, admin, "admin")
-        cm_kc = write_kubeconfig(self.root / "controller-manager.kubeconfig", self.server, pki.ca.cert,
-                                 cm_cert, "system:kube-controller-manager")
-        sched_kc = write_kubeconfig(self.root / "scheduler.kubeconfig", self.server, pki.ca.cert,
-                                    sched_cert, "system:kube-scheduler")
+        cm_kc = write_kubeconfig(
+            self.root / "controller-manager.kubeconfig",
+            self.server,
+            pki.ca.cert,
+            cm_cert,
+            "system:kube-controller-manager",
+        )
+        sched_kc = write_kubeconfig(
+            self.root / "scheduler.kubeconfig", self.server, pki.ca.cert, sched_cert, "system:kube-scheduler"
+        )
         p = self.ports
         logs = self.root / "logs"
-        etcd = _Component("etcd", [
-            str(binaries.etcd), "--name=default", f"--data-dir={self.root / 'etcd'}",
-            f"--listen-client-urls=http://{LOOPBACK}:{p['etcd']}",
-            f"--advertise-client-urls=http://{LOOPBACK}:{p['etcd']}",
-            f"--listen-peer-urls=http://{LOOPBACK}:{p['etcd-peer']}",
-            f"--initial-advertise-peer-urls=http://{LOOPBACK}:{p['etcd-peer']}",
-            f"--initial-cluster=default=http://{LOOPBACK}:{p['etcd-peer']}",
-            "--unsafe-no-fsync=true",  # throw-away data: skip fsync for speed
-            "--log-level=warn",
-        ], logs / "etcd.log")
-        apiserver = _Component("kube-apiserver", [
-            str(binaries.kube_apiserver),
-            f"--etcd-servers=http://{LOOPBACK}:{p['etcd']}",
-            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}", f"--secure-port={p['apiserver']}",
-            f"--cert-dir={d}", f"--tls-cert-file={api.cert}", f"--tls-private-key-file={api.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            f"--service-account-issuer=https://{LOOPBACK}:{p['apiserver']}",
-            f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
-            f"--service-cluster-ip-range={self.service_cidr}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction,PodSecurity",
-            "--allow-privileged=true",  # let PodSecurity (not the apiserver flag) decide about privileged pods
-            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
-            f"--kubelet-certificate-authority={pki.ca.cert}",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--endpoint-reconciler-type=none",  # 127.0.0.1 is not a valid Endpoints address; nothing needs it
-            "--profiling=false",
-            "--v=1",
-        ], logs / "kube-apiserver.log")
-        cm = _Component("kube-controller-manager", [
-            str(binaries.kube_controller_manager),
-            f"--kubeconfig={cm_kc}", f"--authentication-kubeconfig={cm_kc}", f"--authorization-kubeconfig={cm_kc}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={p['cm']}", f"--cert-dir={self.root / 'cm-certs'}",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={sa.key}", f"--root-ca-file={pki.ca.cert}",
-            f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
-            # Only API-level controllers: no node IPAM, no cloud routes (nothing should touch networking).
-            "--controllers=*,-node-ipam-controller",
-            "--allocate-node-cidrs=false", "--configure-cloud-routes=false",
-            f"--service-cluster-ip-range={self.service_cidr}",
-            "--profiling=false",
-            "--v=1",
-        ], logs / "kube-controller-manager.log")
-        sched = _Component("kube-scheduler", [
-            str(binaries.kube_scheduler),
-            f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
-            f"--authorization-kubeconfig={sched_kc}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={p['scheduler']}",
-            f"--cert-dir={self.root / 'scheduler-certs'}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ], logs / "kube-scheduler.log")
+        etcd = _Component(
+            "etcd",
+            [
+                str(binaries.etcd),
+                "--name=default",
+                f"--data-dir={self.root / 'etcd'}",
+                f"--listen-client-urls=http://{LOOPBACK}:{p['etcd']}",
+                f"--advertise-client-urls=http://{LOOPBACK}:{p['etcd']}",
+                f"--listen-peer-urls=http://{LOOPBACK}:{p['etcd-peer']}",
+                f"--initial-advertise-peer-urls=http://{LOOPBACK}:{p['etcd-peer']}",
+                f"--initial-cluster=default=http://{LOOPBACK}:{p['etcd-peer']}",
+                "--unsafe-no-fsync=true",  # throw-away data: skip fsync for speed
+                "--log-level=warn",
+            ],
+            logs / "etcd.log",
+        )
+        apiserver = _Component(
+            "kube-apiserver",
+            [
+                str(binaries.kube_apiserver),
+                f"--etcd-servers=http://{LOOPBACK}:{p['etcd']}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                f"--secure-port={p['apiserver']}",
+                f"--cert-dir={d}",
+                f"--tls-cert-file={api.cert}",
+                f"--tls-private-key-file={api.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                f"--service-account-issuer=https://{LOOPBACK}:{p['apiserver']}",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction,PodSecurity",
+                # PodSecurity, not this flag, decides about privileged pods
+                "--allow-privileged=true",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+                # 127.0.0.1 is not a valid Endpoints address, and nothing needs the endpoints
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+            logs / "kube-apiserver.log",
+        )
+        cm = _Component(
+            "kube-controller-manager",
+            [
+                str(binaries.kube_controller_manager),
+                f"--kubeconfig={cm_kc}",
+                f"--authentication-kubeconfig={cm_kc}",
+                f"--authorization-kubeconfig={cm_kc}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={p['cm']}",
+                f"--cert-dir={self.root / 'cm-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={sa.key}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}",
+                # Only API-level controllers: no node IPAM, no cloud routes (nothing should touch networking).
+                "--controllers=*,-node-ipam-controller",
+                "--allocate-node-cidrs=false",
+                "--configure-cloud-routes=false",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                "--profiling=false",
+                "--v=1",
+            ],
+            logs / "kube-controller-manager.log",
+        )
+        sched = _Component(
+            "kube-scheduler",
+            [
+                str(binaries.kube_scheduler),
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={self.root / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+            logs / "kube-scheduler.log",
+        )
         deadline = time.monotonic() + timeout
         try:
             self._spawn(etcd)
@@ -243,9 +298,14 @@ class ControlPlane:
             self._spawn(sched)
             insecure = _insecure_ssl()
             self._wait(cm, lambda: _http_ok(f"https://{LOOPBACK}:{p['cm']}/healthz", insecure), deadline)
-            self._wait(sched, lambda: _http_ok(f"https://{LOOPBACK}:{p['scheduler']}/healthz", insecure), deadline)
-            self._wait(cm, lambda: _http_ok(f"{self.server}/api/v1/namespaces/default/serviceaccounts/default",
-                                            ctx), deadline)
+            self._wait(
+                sched, lambda: _http_ok(f"https://{LOOPBACK}:{p['scheduler']}/healthz", insecure), deadline
+            )
+            self._wait(
+                cm,
+                lambda: _http_ok(f"{self.server}/api/v1/namespaces/default/serviceaccounts/default", ctx),
+                deadline,
+            )
         except BaseException:
             self.stop()
             raise
@@ -255,7 +315,10 @@ class ControlPlane:
         self._components.append(comp)
         with comp.log.open("ab") as log:
             comp.proc = subprocess.Popen(
-                comp.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                comp.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives the CLI that started it (make cluster-up)
             )
         comp.pid = comp.proc.pid

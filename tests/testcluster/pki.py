@@ -41,10 +41,23 @@ class Pki:
         if not self.ca.cert.exists():
             _ec_key(self.ca.key)
             _run(
-                ["req", "-x509", "-new", "-key", str(self.ca.key), "-days", "3650", "-subj",
-                 "/CN=transferjob-test-ca", "-out", str(self.ca.cert),
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
+                [
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    str(self.ca.key),
+                    "-days",
+                    "3650",
+                    "-subj",
+                    "/CN=transferjob-test-ca",
+                    "-out",
+                    str(self.ca.cert),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+                ],
                 self.dir,
             )
 
@@ -76,8 +89,23 @@ class Pki:
         ext.write_text("\n".join(lines) + "\n")
         _run(["req", "-new", "-key", str(pair.key), "-subj", subject, "-out", str(csr)], self.dir)
         _run(
-            ["x509", "-req", "-in", str(csr), "-CA", str(self.ca.cert), "-CAkey", str(self.ca.key),
-             "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(pair.cert)],
+            [
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(self.ca.cert),
+                "-CAkey",
+                str(self.ca.key),
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(pair.cert),
+            ],
             self.dir,
         )
         csr.unlink()

@@ -1,0 +1,177 @@
+"""Shared pytest fixtures, notably the real Kubernetes control plane for ``@pytest.mark.cluster`` tests.
+
+Fixtures (scope):
+
+* ``repo_root`` (session) -> ``Path`` of the repository.
+* ``test_cluster`` (session) -> :class:`TestCluster`: a control plane started from the binaries
+  (``make cluster-binaries`` / ``KUBEBUILDER_ASSETS``) in a temporary directory and stopped at the end,
+  or the cluster of ``KUBECONFIG`` when ``TJ_TEST_USE_EXISTING_CLUSTER=1``.
+* ``kubeconfig`` (session) -> ``Path`` of an admin kubeconfig for it.
+* ``api_client`` (session) -> admin ``kubernetes.client.ApiClient``.
+* ``node_agent`` (session) -> :class:`AgentProcess`: the test node agent with 2 nodes
+  (``tj-pytest-node-0/1``, 4 CPU, 16Gi, 2 ``nvidia.com/gpu`` each), Ready when yielded.
+* ``namespace`` (function) -> name of a fresh namespace (its ``default`` ServiceAccount exists),
+  deleted afterwards.
+* ``apply_yaml`` (session) -> ``apply_yaml(path_or_yaml_text, namespace=None) -> list[dict]``
+  (server-side apply).
+* ``kubectl`` (session) -> ``kubectl(*args, check=True) -> CompletedProcess[str]`` with the kubeconfig set.
+
+Environment: ``TJ_SKIP_CLUSTER=1`` skips cluster tests; otherwise missing binaries make them FAIL
+with instructions. Tests under ``tests/cluster/`` get the ``cluster`` marker automatically, so
+``pytest -m "not cluster"`` deselects them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the root on sys.path
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from tests.testcluster.agent_process import AgentProcess, start_agent  # noqa: E402
+from tests.testcluster.binaries import BinariesMissingError, find_binaries  # noqa: E402
+from tests.testcluster.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
+from tests.testcluster.kube import apply_yaml as _apply_yaml  # noqa: E402
+from tests.testcluster.kube import kubectl as _kubectl  # noqa: E402
+from tests.testcluster.kube import wait_for  # noqa: E402
+
+CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+
+
+@dataclass(frozen=True)
+class TestCluster:
+    """What a test needs to reach the cluster; ``pki_dir`` is None for a foreign existing cluster."""
+
+    __test__ = False  # not a test class, despite the name
+
+    kubeconfig: Path
+    server: str
+    existing: bool
+    pki_dir: Path | None
+    root: Path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/cluster/ needs the control plane: mark it ``cluster``."""
+    for item in items:
+        if CLUSTER_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return _REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    if os.environ.get("TJ_SKIP_CLUSTER") == "1":
+        pytest.skip("TJ_SKIP_CLUSTER=1: cluster tests skipped on request")
+    root = tmp_path_factory.mktemp("tj-cluster")
+    if os.environ.get("TJ_TEST_USE_EXISTING_CLUSTER") == "1":
+        kc = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")).split(os.pathsep)[0]
+        kubeconfig = Path(kc).resolve()
+        if not kubeconfig.is_file():
+            pytest.fail(
+                f"TJ_TEST_USE_EXISTING_CLUSTER=1 but kubeconfig {kubeconfig} does not exist", pytrace=False
+            )
+        pki = kubeconfig.parent / "pki"  # the layout `make cluster-up` writes
+        from kubernetes import config
+
+        server = str(config.new_client_from_config(config_file=str(kubeconfig)).configuration.host)
+        yield TestCluster(kubeconfig, server, True, pki if (pki / "kubelet.crt").exists() else None, root)
+        return
+    try:
+        binaries = find_binaries()
+    except BinariesMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    cp = ControlPlane(root / "cp", binaries=binaries)
+    try:
+        cp.start()
+    except ControlPlaneError as exc:
+        pytest.fail(f"test control plane did not start: {exc}", pytrace=False)
+    try:
+        yield TestCluster(cp.kubeconfig, cp.server, False, cp.pki.dir, root)
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(test_cluster: TestCluster) -> Path:
+    return test_cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(test_cluster: TestCluster) -> Iterator[Any]:
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=str(test_cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def node_agent(test_cluster: TestCluster) -> Iterator[AgentProcess]:
+    agent = start_agent(
+        test_cluster.kubeconfig,
+        test_cluster.root / "node-agent",
+        test_cluster.pki_dir,
+        nodes=2,
+        gpus=2,
+        cpu="4",
+        memory="16Gi",
+        node_prefix="tj-pytest-node",
+        extra_args=["--restart-backoff", "0.5", "--delete-nodes-on-exit"],
+    )
+    try:
+        agent.wait_ready(test_cluster.kubeconfig)
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture()
+def namespace(api_client: Any) -> Iterator[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    name = f"tj-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"transferjob.io/test": "true"}}})
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return True
+        except client.ApiException:
+            return False
+
+    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
+    yield name
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def apply_yaml(api_client: Any) -> Callable[..., list[dict[str, Any]]]:
+    def apply(source: Path | str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return _apply_yaml(api_client, source, namespace)
+
+    return apply
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: Path) -> Callable[..., Any]:
+    def run(*args: str, check: bool = True) -> Any:
+        return _kubectl(kubeconfig, *args, check=check)
+
+    return run

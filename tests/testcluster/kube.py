@@ -1,0 +1,93 @@
+"""Small helpers test authors need around a cluster: apply YAML, run kubectl, wait for a condition.
+
+``apply_yaml`` uses server-side apply through the Python dynamic client (no kubectl needed), so a
+CRD applied in one document can be followed by its custom resources in the next.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+FIELD_MANAGER = "transferjob-tests"
+T = TypeVar("T")
+
+
+def load_documents(source: Path | str) -> list[dict[str, Any]]:
+    """YAML documents from a file path or a YAML string (empty documents dropped)."""
+    text = source.read_text() if isinstance(source, Path) else source
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def apply_yaml(
+    api: client.ApiClient, source: Path | str, namespace: str | None = None, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """Server-side apply every document of ``source``; returns the applied objects as dicts.
+
+    ``namespace`` fills in namespaced objects that name none. A kind that is not discoverable yet
+    (a CRD applied a moment ago) is retried with a fresh discovery cache until ``timeout``.
+    """
+    dyn = DynamicClient(api)
+    out: list[dict[str, Any]] = []
+    for doc in load_documents(source):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+                break
+            except ResourceNotFoundError:
+                if time.monotonic() > deadline:
+                    raise
+                dyn.resources.invalidate_cache()
+                time.sleep(0.5)
+        ns = None
+        if resource.namespaced:
+            ns = doc.get("metadata", {}).get("namespace") or namespace or "default"
+        applied = dyn.server_side_apply(
+            resource,
+            body=doc,
+            name=doc["metadata"]["name"],
+            namespace=ns,
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        out.append(applied.to_dict())
+    return out
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl against the test cluster and capture its output (``check`` raises with stderr)."""
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; that value is returned, else AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
