@@ -1,0 +1,26 @@
+"""The TransferJob operator: turns each TransferJob into one batch/v1 Job and keeps `.status` truthful.
+
+Layers, each importing only the ones above it:
+
+- `jobs`: TransferJob -> Job and ConfigMap manifests (pure).
+- `tracking`: the trainer's progress events -> metrics (pure).
+- `status`: Job, pods and progress -> `.status`, conditions and Events (pure).
+- `upstream`: whether a `fromJob` may start, and from which model (pure).
+- `kube`: the API calls, and the log follower.
+- `handlers`: the kopf glue; `__main__`: the `tj-operator` command.
+"""
+
+from __future__ import annotations
+
+from transferjob_operator.jobs import UpstreamModel, build_config_map, build_job
+from transferjob_operator.status import status_from_job_and_pods, transitions
+from transferjob_operator.tracking import Progress
+
+__all__ = [
+    "Progress",
+    "UpstreamModel",
+    "build_config_map",
+    "build_job",
+    "status_from_job_and_pods",
+    "transitions",
+]

@@ -1,0 +1,104 @@
+"""`tj-operator` / `python -m transferjob_operator`: run the operator in or out of a cluster.
+
+Out of cluster it uses a kubeconfig (`--kubeconfig`, else `$KUBECONFIG`, else ~/.kube/config); in a pod
+it uses the pod's ServiceAccount. Both the operator's own client and kopf's watches use the same
+credentials, so what works from a laptop works in the Deployment under manifests/operator/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+from kubernetes import client, config
+
+from transferjob_operator import handlers
+from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tj-operator", description="The TransferJob operator: TransferJobs in, training Jobs out."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="serve TransferJobs in this namespace (repeatable; globs like 'team-*' work)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)"
+    )
+    parser.add_argument("--context", help="kubeconfig context to use")
+    parser.add_argument(
+        "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate with other operator replicas through this KopfPeering (default: standalone)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between status updates of one TransferJob (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--from-job-timeout",
+        type=float,
+        default=DEFAULT_UPSTREAM_TIMEOUT,
+        help="seconds a fromJob waits for a TransferJob that does not exist (default: %(default)s)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="more logs")
+    verbosity.add_argument("--debug", action="store_true", help="kopf's debug logs too")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return parser.parse_args(argv)
+
+
+def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    """The client for the operator's own calls; also loads the default config that kopf's login reads."""
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login_via_client reads the same file
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config(config_file=kubeconfig, context=context)
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 64  # one streaming log per running job, plus the writes
+    return client.ApiClient(configuration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
+    if not (args.verbose or args.debug):
+        logging.getLogger("kubernetes").setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    handlers.configure(
+        handlers.OperatorConfig(
+            api=api_client(args.kubeconfig, args.context),
+            interval=args.interval,
+            upstream_timeout=args.from_job_timeout,
+        )
+    )
+    kopf.run(
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""TransferJob -> batch/v1 Job: the pure translation, no API calls.
+
+Everything the training pod needs is decided here from the TransferJob alone (plus, for `fromJob`, where
+the upstream job exported its model), so the same input always yields the same manifest. That is what
+makes creation idempotent: the Job's name is the TransferJob's name, a second reconcile builds the same
+object, and the API server's 409 on a second POST is the proof that the Job already exists.
+
+Paths are handed to the trainer as command-line arguments (`--data-dir /data/<subPath>`), never baked
+into the spec file: the container paths exist only in the pod, and runners that map volumes to other
+places (the test node agent) rewrite arguments but not file contents.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from transferjob.constants import (
+    API_VERSION,
+    EXIT_PERMANENT,
+    KIND,
+    LABEL_JOB_NAME,
+    LABEL_KUEUE_QUEUE,
+    LABEL_MODE,
+    TERMINATION_MESSAGE_PATH,
+)
+from transferjob.models import Location, TransferJob
+
+#: The trainer's container name; podFailurePolicy and the log follower refer to it.
+CONTAINER = "trainer"
+#: The trainer's entry point. `python` is the interpreter of the trainer image.
+TRAINER_COMMAND = ["python", "-m", "transferjob_trainer"]
+
+SPEC_MOUNT = "/etc/transferjob"
+SPEC_FILE = "spec.json"
+DATA_MOUNT = "/data"
+OUTPUT_MOUNT = "/output"
+INIT_MOUNT = "/init"
+SCRATCH_MOUNT = "/tmp"
+
+#: The non-root identity the training pod runs as (Pod Security "restricted" wants a numeric one).
+RUN_AS_USER = 1000
+
+MANAGED_BY = "transferjob-operator"
+
+
+@dataclass(frozen=True)
+class UpstreamModel:
+    """Where a `fromJob` TransferJob finds the model it fine-tunes.
+
+    `location` is the upstream job's output location (mounted read-only at /init); `path` is the model
+    relative to that location's folder, or a full URI when the location is a URI.
+    """
+
+    location: Location
+    path: str
+
+
+def job_name(tj_name: str) -> str:
+    """The child Job's name: the TransferJob's own, so that there can never be two of them."""
+    return tj_name
+
+
+def config_map_name(tj_name: str) -> str:
+    """The ConfigMap that hands the resolved spec to the trainer."""
+    return f"{tj_name}-spec"
+
+
+def labels_for(tj: TransferJob) -> dict[str, str]:
+    """Labels on the Job, its pods and the ConfigMap: how the operator finds what belongs to a job."""
+    name = tj.metadata.name or ""
+    labels = {
+        LABEL_JOB_NAME: name,
+        LABEL_MODE: tj.spec.mode.value,
+        "app.kubernetes.io/name": "transferjob",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    queue = tj.metadata.labels.get(LABEL_KUEUE_QUEUE)
+    if queue:
+        labels[LABEL_KUEUE_QUEUE] = queue
+    return labels
+
+
+def owner_reference(tj: TransferJob) -> dict[str, Any]:
+    """Makes the garbage collector delete the Job, its pods and the ConfigMap with the TransferJob."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": tj.metadata.name,
+        "uid": tj.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def spec_document(tj: TransferJob) -> str:
+    """The spec with every default resolved, so the trainer and `kubectl get cm` see the same values."""
+    return json.dumps(tj.spec.to_dict(), indent=2, sort_keys=True)
+
+
+def build_config_map(tj: TransferJob) -> dict[str, Any]:
+    """The read-only spec for the trainer. Immutable: the spec it copies is immutable too."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(tj.metadata.name or ""),
+            "namespace": tj.metadata.namespace,
+            "labels": labels_for(tj),
+            "ownerReferences": [owner_reference(tj)],
+        },
+        "immutable": True,
+        "data": {SPEC_FILE: spec_document(tj)},
+    }
+
+
+class _Volumes:
+    """Collects pod volumes, reusing one volume when two mounts use the same claim or node folder.
+
+    Read-only-ness belongs to each mount, not to the volume, so data (read-only) and output
+    (read-write) in one claim share a volume.
+    """
+
+    def __init__(self) -> None:
+        self.volumes: list[dict[str, Any]] = []
+        self.mounts: list[dict[str, Any]] = []
+        self._by_source: dict[str, str] = {}
+
+    def add(self, name: str, source: dict[str, Any], mount_path: str, read_only: bool) -> None:
+        key = json.dumps(source, sort_keys=True)
+        volume = self._by_source.get(key)
+        if volume is None:
+            volume = name
+            self._by_source[key] = name
+            self.volumes.append({"name": name, **source})
+        self.mounts.append({"name": volume, "mountPath": mount_path, "readOnly": read_only})
+
+
+def _mount_location(volumes: _Volumes, name: str, location: Location, mount: str, read_only: bool) -> str:
+    """Mount a location (when it is a volume) and return the folder the trainer should use."""
+    if location.pvc is not None:
+        volumes.add(name, {"persistentVolumeClaim": {"claimName": location.pvc.claim_name}}, mount, read_only)
+        return posixpath.join(mount, location.pvc.sub_path) if location.pvc.sub_path else mount
+    if location.host_path is not None:
+        source = {"hostPath": {"path": location.host_path, "type": "DirectoryOrCreate"}}
+        volumes.add(name, source, mount, read_only)
+        return mount
+    return location.uri or ""
+
+
+def upstream_model(location: Location, model_uri: str, container_output_dir: str) -> UpstreamModel:
+    """Where the model an upstream job exported lies, relative to its output location.
+
+    The trainer reports the path it wrote to, as seen inside its container (`/output/<subPath>/...`),
+    or a URI. A path under the upstream's output folder becomes relative to that folder; a runner that
+    relocated the folder (the test node agent) reports another prefix, so the file name is kept.
+    """
+    if location.uri is not None:
+        return UpstreamModel(location, model_uri)
+    prefix = container_output_dir.rstrip("/") + "/"
+    if model_uri.startswith(prefix):
+        return UpstreamModel(location, model_uri[len(prefix) :])
+    return UpstreamModel(location, posixpath.basename(model_uri))
+
+
+def output_dir(location: Location) -> str:
+    """The output folder as the trainer sees it: what `--output-dir` gets."""
+    return _mount_location(_Volumes(), "output", location, OUTPUT_MOUNT, read_only=False)
+
+
+def _resources(tj: TransferJob) -> dict[str, Any]:
+    res = tj.spec.resources
+    amounts: dict[str, str] = {}
+    if res.cpu:
+        amounts["cpu"] = res.cpu
+    if res.memory:
+        amounts["memory"] = res.memory
+    if res.gpus:
+        amounts["nvidia.com/gpu"] = str(res.gpus)
+    # Requests equal limits: a training pod that is throttled or evicted half-way wastes GPU hours.
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Fail at once on the trainer's permanent-error exit code; don't count disruptions as failures."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[str, Any]:
+    """The training Job for a TransferJob (and, for `fromJob`, the model it starts from)."""
+    name = tj.metadata.name or ""
+    spec = tj.spec
+    volumes = _Volumes()
+    volumes.add("spec", {"configMap": {"name": config_map_name(name)}}, SPEC_MOUNT, read_only=True)
+    volumes.add("scratch", {"emptyDir": {}}, SCRATCH_MOUNT, read_only=False)
+    data_dir = _mount_location(volumes, "data", spec.data.source, DATA_MOUNT, read_only=True)
+    out_dir = _mount_location(volumes, "output", spec.output.location, OUTPUT_MOUNT, read_only=False)
+    args = [
+        "--spec",
+        posixpath.join(SPEC_MOUNT, SPEC_FILE),
+        "--data-dir",
+        data_dir,
+        "--output-dir",
+        out_dir,
+        "--termination-log",
+        TERMINATION_MESSAGE_PATH,
+    ]
+    if upstream is not None:
+        init_dir = _mount_location(volumes, "init", upstream.location, INIT_MOUNT, read_only=True)
+        init = upstream.path if upstream.location.uri is not None else posixpath.join(init_dir, upstream.path)
+        args += ["--init-model", init]
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.resources.image,
+        "imagePullPolicy": spec.resources.image_pull_policy,
+        "command": list(TRAINER_COMMAND),
+        "args": args,
+        # HOME on the scratch volume: Keras caches weights under ~/.keras and the root fs is read-only.
+        "env": [{"name": "HOME", "value": SCRATCH_MOUNT}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "volumeMounts": volumes.mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = _resources(tj)
+    if resources:
+        container["resources"] = resources
+
+    res = spec.resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # podFailurePolicy requires it; retries are new pods, counted by the Job
+        "automountServiceAccountToken": False,  # the trainer never talks to the API server
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes.volumes,
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+
+    labels = labels_for(tj)
+    run = spec.run_policy
+    job_spec: dict[str, Any] = {
+        "backoffLimit": run.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        # A replacement pod only once the failed one is gone: never two pods holding GPUs at once.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": pod_failure_policy(),
+        # Kueue admits a queued Job by unsuspending it, so such Jobs start suspended.
+        "suspend": run.suspend or LABEL_KUEUE_QUEUE in labels,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if run.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name),
+            "namespace": tj.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(tj)],
+        },
+        "spec": job_spec,
+    }
+
+
+def mutable_job_fields(tj: TransferJob) -> dict[str, Any]:
+    """The Job fields that follow the TransferJob after creation (the rest of the spec is immutable).
+
+    Kueue owns `suspend` of queued Jobs, so for those only a request to suspend is passed on.
+    """
+    run = tj.spec.run_policy
+    fields: dict[str, Any] = {"activeDeadlineSeconds": run.active_deadline_seconds}
+    if LABEL_KUEUE_QUEUE not in tj.metadata.labels or run.suspend:
+        fields["suspend"] = run.suspend
+    return fields
+
+
+def job_spec_patch(tj: TransferJob, job: dict[str, Any]) -> dict[str, Any] | None:
+    """A merge patch for the Job's spec when suspend or the deadline changed, else None."""
+    current = job.get("spec", {})
+    wanted = mutable_job_fields(tj)
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    return {"spec": changed} if changed else None

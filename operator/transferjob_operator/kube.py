@@ -1,0 +1,189 @@
+"""The operator's side effects on the API server, kept apart from the decisions (`jobs`, `status`).
+
+Blocking `kubernetes` client calls: the kopf glue runs them in threads. Responses are read as plain
+JSON dicts (`_preload_content=False`), the same shape kopf hands to handlers, so the pure functions see
+one kind of object whatever its source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob_operator.jobs import CONTAINER
+from transferjob_operator.tracking import SharedProgress
+
+Json = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "transferjob-operator"
+
+log = logging.getLogger(__name__)
+
+
+class ConflictError(Exception):
+    """An object with the name the operator needs exists and belongs to someone else."""
+
+
+def _json(response: Any) -> Json:
+    return dict(json.loads(response.data))
+
+
+def owned_by(obj: Json, uid: str) -> bool:
+    """Whether the TransferJob with this uid is the object's controller."""
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+class Kube:
+    """Thin typed wrappers over the calls the operator makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def ensure(self, body: Json, owner_uid: str) -> tuple[Json, bool]:
+        """Create a Job or ConfigMap unless it exists; return it and whether this call created it.
+
+        A 409 means a previous reconcile (or a previous operator process) already created it: that one
+        is adopted if it belongs to this TransferJob, never replaced, and reported as a Conflict if not.
+        """
+        ns = body["metadata"]["namespace"]
+        name = body["metadata"]["name"]
+        is_job = body["kind"] == "Job"
+        try:
+            if is_job:
+                created = self.batch.create_namespaced_job(
+                    ns, body, field_manager=FIELD_MANAGER, _preload_content=False
+                )
+            else:
+                created = self.core.create_namespaced_config_map(
+                    ns, body, field_manager=FIELD_MANAGER, _preload_content=False
+                )
+            return _json(created), True
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        if is_job:
+            existing = _json(self.batch.read_namespaced_job(name, ns, _preload_content=False))
+        else:
+            existing = _json(self.core.read_namespaced_config_map(name, ns, _preload_content=False))
+        if not owned_by(existing, owner_uid):
+            raise ConflictError(f"{body['kind']} {name} already exists and is not owned by this TransferJob")
+        return existing, False
+
+    def patch_job(self, namespace: str, name: str, patch: Json) -> None:
+        self.batch.patch_namespaced_job(
+            name, namespace, patch, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH
+        )
+
+    def patch_status(self, namespace: str, name: str, patch: Json) -> None:
+        """Write `.status` through the status subresource (a merge patch: lists are replaced whole)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": patch},
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE_PATCH,
+            _preload_content=False,
+        )
+
+    def delete_transferjob(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the TransferJob (its Job, pods and ConfigMap follow by garbage collection).
+
+        The uid precondition makes sure a TransferJob re-created under the same name is left alone.
+        """
+        with contextlib.suppress(ApiException):
+            self.custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+                _preload_content=False,
+            )
+
+    def read_log(self, namespace: str, pod: str) -> str:
+        """The trainer's whole log, for rebuilding a history that the operator did not see live."""
+        response = self.core.read_namespaced_pod_log(
+            pod, namespace, container=CONTAINER, _preload_content=False, _request_timeout=(10, 60)
+        )
+        return bytes(response.data).decode("utf-8", "replace")
+
+
+class LogFollower:
+    """Follows one pod's trainer log in a thread and feeds progress lines to a `SharedProgress`.
+
+    The stream is read from the start, so a follower started late (or after an operator restart) sees
+    every epoch; `Progress.apply` is idempotent, so reading a line twice is harmless.
+    """
+
+    def __init__(self, kube: Kube, namespace: str, pod: str, progress: SharedProgress) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.pod = pod
+        self.progress = progress
+        self._response: Any = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"log-{namespace}/{pod}", daemon=True)
+
+    def start(self) -> LogFollower:
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Break the stream so the thread ends; safe to call more than once."""
+        self._stopping.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+            with contextlib.suppress(Exception):
+                response.close()
+
+    def _run(self) -> None:
+        try:
+            response = self.kube.core.read_namespaced_pod_log(
+                self.pod,
+                self.namespace,
+                container=CONTAINER,
+                follow=True,
+                _preload_content=False,
+                _request_timeout=(10, None),
+            )
+        except Exception as error:  # the pod went away or is not started yet: the loop retries
+            log.debug("cannot follow %s/%s: %s", self.namespace, self.pod, error)
+            return
+        self._response = response
+        pending = b""
+        try:
+            for chunk in response.stream(4096, decode_content=True):
+                if self._stopping.is_set():
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self.progress.apply_line(line)
+            if pending and not self._stopping.is_set():
+                self.progress.apply_line(pending)
+        except Exception as error:  # a dropped connection ends this follower; the loop starts another
+            if not self._stopping.is_set():
+                log.debug("log stream of %s/%s ended: %s", self.namespace, self.pod, error)
+        finally:
+            with contextlib.suppress(Exception):
+                response.release_conn()

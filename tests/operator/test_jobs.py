@@ -1,0 +1,240 @@
+"""`build_job`: what the training pod gets from a TransferJob."""
+
+from __future__ import annotations
+
+import json
+
+from tests.operator.conftest import make_tj
+from transferjob.constants import EXIT_PERMANENT, LABEL_JOB_NAME, LABEL_KUEUE_QUEUE
+from transferjob.models import Location, TransferJob
+from transferjob_operator.jobs import (
+    UpstreamModel,
+    build_config_map,
+    build_job,
+    job_spec_patch,
+    output_dir,
+    upstream_model,
+)
+
+
+def _container(job: dict) -> dict:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def _arg(job: dict, flag: str) -> str:
+    args = _container(job)["args"]
+    return str(args[args.index(flag) + 1])
+
+
+def test_job_is_named_and_owned_by_the_transferjob(tj: TransferJob) -> None:
+    job = build_job(tj)
+    assert job["metadata"]["name"] == "digits"
+    assert job["metadata"]["namespace"] == "ml"
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "transferjob.io/v1alpha1",
+        "kind": "TransferJob",
+        "name": "digits",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert job["spec"]["template"]["metadata"]["labels"][LABEL_JOB_NAME] == "digits"
+
+
+def test_same_input_same_manifest(tj: TransferJob) -> None:
+    assert build_job(tj) == build_job(make_tj())
+    assert build_config_map(tj) == build_config_map(make_tj())
+
+
+def test_paths_are_arguments_under_the_mounts(tj: TransferJob) -> None:
+    job = build_job(tj)
+    assert _container(job)["command"] == ["python", "-m", "transferjob_trainer"]
+    assert _arg(job, "--spec") == "/etc/transferjob/spec.json"
+    assert _arg(job, "--data-dir") == "/data/digits"
+    assert _arg(job, "--output-dir") == "/output/digits-fe"
+    assert _arg(job, "--termination-log") == "/dev/termination-log"
+    assert "--init-model" not in _container(job)["args"]
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert mounts["/data"]["readOnly"] is True
+    assert mounts["/output"]["readOnly"] is False
+    assert mounts["/etc/transferjob"]["readOnly"] is True
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets"}
+    assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert volumes["spec"]["configMap"]["name"] == "digits-spec"
+
+
+def test_same_claim_for_data_and_output_is_one_volume() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"pvc": {"claimName": "work", "subPath": "in"}}},
+            "output": {"location": {"pvc": {"claimName": "work", "subPath": "out"}}},
+        }
+    )
+    job = build_job(tj)
+    claims = [v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert [c["persistentVolumeClaim"]["claimName"] for c in claims] == ["work"]
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert mounts["/data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert mounts["/output"] == {"name": "data", "mountPath": "/output", "readOnly": False}
+    assert _arg(job, "--data-dir") == "/data/in"
+    assert _arg(job, "--output-dir") == "/output/out"
+
+
+def test_host_path_and_uri_locations() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"hostPath": "/srv/digits"}},
+            "output": {"location": {"uri": "gs://bucket/models/x"}},
+        }
+    )
+    job = build_job(tj)
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"]["hostPath"] == {"path": "/srv/digits", "type": "DirectoryOrCreate"}
+    assert "output" not in volumes
+    assert _arg(job, "--data-dir") == "/data"
+    assert _arg(job, "--output-dir") == "gs://bucket/models/x"
+
+
+def test_pod_passes_pod_security_restricted(tj: TransferJob) -> None:
+    pod = build_job(tj)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "projected", "secret", "downwardAPI"}
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= allowed, volume
+    assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_failure_policy_fails_fast_on_permanent_errors(tj: TransferJob) -> None:
+    spec = build_job(tj)["spec"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    fail, ignore = spec["podFailurePolicy"]["rules"]
+    assert fail["action"] == "FailJob"
+    assert fail["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [EXIT_PERMANENT]}
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert spec["backoffLimit"] == 3
+    assert "activeDeadlineSeconds" not in spec
+    assert spec["suspend"] is False
+
+
+def test_resources_placement_and_run_policy() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"hostPath": "/d"}},
+            "output": {"location": {"hostPath": "/o"}},
+            "resources": {
+                "gpus": 2,
+                "cpu": "4",
+                "memory": "16Gi",
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "priorityClassName": "training",
+                "image": "registry.local/trainer:dev",
+            },
+            "runPolicy": {"backoffLimit": 1, "activeDeadlineSeconds": 3600, "suspend": True},
+        }
+    )
+    job = build_job(tj)
+    pod = job["spec"]["template"]["spec"]
+    limits = _container(job)["resources"]["limits"]
+    assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    assert _container(job)["resources"]["requests"] == limits
+    assert _container(job)["image"] == "registry.local/trainer:dev"
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training"
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["suspend"] is True
+
+
+def test_cpu_only_job_asks_for_no_gpu() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"hostPath": "/d"}},
+            "output": {"location": {"hostPath": "/o"}},
+            "resources": {"gpus": 0},
+        }
+    )
+    assert "resources" not in _container(build_job(tj))
+
+
+def test_kueue_label_is_carried_and_job_starts_suspended() -> None:
+    tj = make_tj(labels={LABEL_KUEUE_QUEUE: "team-a"})
+    job = build_job(tj)
+    assert job["metadata"]["labels"][LABEL_KUEUE_QUEUE] == "team-a"
+    assert job["spec"]["suspend"] is True
+    # Kueue unsuspends admitted Jobs: the operator must not suspend them again.
+    admitted = {"spec": {"suspend": False}}
+    assert job_spec_patch(tj, admitted) is None
+
+
+def test_suspend_and_deadline_follow_the_transferjob() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"hostPath": "/d"}},
+            "output": {"location": {"hostPath": "/o"}},
+            "runPolicy": {"suspend": True, "activeDeadlineSeconds": 60},
+        }
+    )
+    assert job_spec_patch(tj, {"spec": {"suspend": False}}) == {
+        "spec": {"suspend": True, "activeDeadlineSeconds": 60}
+    }
+    assert job_spec_patch(tj, build_job(tj)) is None
+
+
+def test_config_map_holds_the_resolved_spec(tj: TransferJob) -> None:
+    cm = build_config_map(tj)
+    assert cm["metadata"]["name"] == "digits-spec"
+    assert cm["immutable"] is True
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    spec = json.loads(cm["data"]["spec.json"])
+    assert spec["training"]["epochs"] == 5  # the mode's default, resolved
+    assert spec["training"]["learningRate"] == 1e-4
+
+
+def test_from_job_mounts_the_upstream_output_read_only() -> None:
+    tj = make_tj(
+        {
+            "mode": "FineTuning",
+            "model": {"fromJob": "digits-fe"},
+            "data": {"source": {"pvc": {"claimName": "datasets", "subPath": "digits"}}},
+            "output": {"location": {"pvc": {"claimName": "models", "subPath": "digits-ft"}}},
+        },
+        name="digits-ft",
+    )
+    upstream_location = Location.model_validate({"pvc": {"claimName": "models", "subPath": "digits-fe"}})
+    upstream = upstream_model(
+        upstream_location, "/output/digits-fe/model.keras", output_dir(upstream_location)
+    )
+    assert upstream == UpstreamModel(upstream_location, "model.keras")
+    job = build_job(tj, upstream)
+    assert _arg(job, "--init-model") == "/init/digits-fe/model.keras"
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert mounts["/init"]["readOnly"] is True
+
+
+def test_upstream_model_paths() -> None:
+    pvc = Location.model_validate({"pvc": {"claimName": "m", "subPath": "a"}})
+    assert upstream_model(pvc, "/output/a/best/model.keras", "/output/a").path == "best/model.keras"
+    # A runner that relocated the folder reports another prefix: the file name is kept.
+    assert upstream_model(pvc, "/var/lib/agent/pv-1/a/model.keras", "/output/a").path == "model.keras"
+    uri = Location.model_validate({"uri": "gs://b/a"})
+    upstream = upstream_model(uri, "gs://b/a/model.keras", "gs://b/a")
+    assert upstream.path == "gs://b/a/model.keras"
+    tj = make_tj(
+        {
+            "mode": "FineTuning",
+            "model": {"fromJob": "up"},
+            "data": {"source": {"hostPath": "/d"}},
+            "output": {"location": {"hostPath": "/o"}},
+        }
+    )
+    assert _arg(build_job(tj, upstream), "--init-model") == "gs://b/a/model.keras"

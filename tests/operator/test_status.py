@@ -1,0 +1,243 @@
+"""`status_from_job_and_pods`: what a user reads on `.status`, from Job, pod and trainer facts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
+from transferjob.models import EpochMetrics, ModelArtifacts, Phase, TestMetrics, TransferJob
+from transferjob.progress import EpochEnded, Failed, Finished, Started, encode, termination_message
+from transferjob_operator.status import (
+    Gate,
+    invalid_spec_status,
+    merge_conditions,
+    status_from_job_and_pods,
+    status_patch,
+    transitions,
+)
+from transferjob_operator.tracking import Progress, best_epoch
+
+NOW = dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
+
+
+def _conds(status: object) -> dict[str, tuple[str, str, str]]:
+    return {c.type: (c.status, c.reason, c.message) for c in status.conditions}  # type: ignore[attr-defined]
+
+
+def _finished(epochs: int = 3, best: int = 2) -> Finished:
+    history = [
+        EpochMetrics(epoch=e, loss=1.0 / e, val_loss=[0.5, 0.3, 0.4][e - 1], val_accuracy=0.9)
+        for e in range(1, epochs + 1)
+    ]
+    return Finished(
+        epochs_run=epochs,
+        best_epoch=best,
+        test=TestMetrics(loss=0.2, accuracy=0.95),
+        model=ModelArtifacts(uri="/output/digits-fe/model.keras"),
+        history=history,
+    )
+
+
+def test_no_job_yet_is_pending(tj: TransferJob) -> None:
+    status = status_from_job_and_pods(tj, None, [], Progress(), NOW)
+    assert status.phase is Phase.PENDING
+    assert status.observed_generation == 1
+    assert status.epochs == 5  # planned, from the resolved spec
+
+
+def test_unschedulable_pod_says_why(tj: TransferJob) -> None:
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pod = make_pod(
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ]
+    )
+    status = status_from_job_and_pods(tj, make_job(), [pod], Progress(), NOW)
+    assert status.phase is Phase.PENDING
+    assert _conds(status)["Unschedulable"] == ("True", "Unschedulable", message)
+    assert status.job_name == "digits"
+
+
+def test_image_pull_failure_is_reported(tj: TransferJob) -> None:
+    pod = make_pod(state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}})
+    status = status_from_job_and_pods(tj, make_job(), [pod], Progress(), NOW)
+    kind, reason, message = _conds(status)["ImagePullFailed"]
+    assert (kind, reason) == ("True", "ImagePullBackOff")
+    assert "ghcr.io/transferjob/trainer:0.1.0" in message and "Back-off" in message
+
+
+def test_problem_resolved_turns_false_and_keeps_history(tj: TransferJob) -> None:
+    pod = make_pod(
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "no GPU"}
+        ]
+    )
+    first = status_from_job_and_pods(tj, make_job(), [pod], Progress(), NOW)
+    running = make_pod(phase="Running", state={"running": {"startedAt": "2025-01-01T00:11:00Z"}})
+    later = NOW + dt.timedelta(minutes=1)
+    second = status_from_job_and_pods(
+        tj.model_copy(update={"status": first}), make_job(), [running], Progress(), later
+    )
+    assert second.phase is Phase.RUNNING
+    conds = {c.type: c for c in second.conditions}
+    assert (conds["Unschedulable"].status, conds["Unschedulable"].reason) == ("False", "Scheduled")
+    assert conds["Running"].status == "True"
+    assert conds["Running"].last_transition_time == later
+    events = transitions(first, second)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Running"), ("Normal", "Scheduled")]
+
+
+def test_running_with_epochs_and_best_epoch(tj: TransferJob) -> None:
+    progress = Progress()
+    progress.apply(Started(mode="FeatureExtraction", base="MobileNetV2", epochs=5))
+    for epoch, val_loss in [(1, 0.5), (2, 0.3), (3, 0.35)]:
+        progress.apply(
+            EpochEnded(epochs=5, metrics=EpochMetrics(epoch=epoch, val_loss=val_loss, val_accuracy=0.8))
+        )
+    pod = make_pod(phase="Running", state={"running": {}})
+    status = status_from_job_and_pods(tj, make_job(startTime="2025-01-01T00:01:00Z"), [pod], progress, NOW)
+    assert status.phase is Phase.RUNNING
+    assert (status.epoch, status.epochs) == (3, 5)
+    assert status.metrics is not None and status.metrics.epoch == 3
+    assert [m.epoch for m in status.history] == [1, 2, 3]
+    assert status.best_epoch == 2
+    assert status.start_time == dt.datetime(2025, 1, 1, 0, 1, tzinfo=dt.timezone.utc)
+
+
+def test_success_takes_the_termination_message(tj: TransferJob) -> None:
+    """Even with no log line seen, the final metrics and the full history come from the pod status."""
+    finished = _finished()
+    pod = make_pod(phase="Succeeded", state=terminated(0, termination_message(finished), "Completed"))
+    job = make_job([cond("Complete")], completionTime="2025-01-01T00:09:30Z")
+    status = status_from_job_and_pods(tj, job, [pod], Progress(), NOW)
+    assert status.phase is Phase.SUCCEEDED
+    assert status.test is not None and status.test.accuracy == 0.95
+    assert status.model is not None and status.model.uri == "/output/digits-fe/model.keras"
+    assert status.best_epoch == 2
+    assert [m.epoch for m in status.history] == [1, 2, 3]
+    assert status.completion_time == dt.datetime(2025, 1, 1, 0, 9, 30, tzinfo=dt.timezone.utc)
+    kind, reason, message = _conds(status)["Succeeded"]
+    assert (kind, reason) == ("True", "Succeeded")
+    assert "0.9500" in message
+
+
+def test_history_is_bounded() -> None:
+    tj = make_tj()
+    progress = Progress()
+    for epoch in range(1, 131):
+        progress.apply(EpochEnded(epochs=130, metrics=EpochMetrics(epoch=epoch, val_loss=1.0)))
+    status = status_from_job_and_pods(
+        tj, make_job(), [make_pod("p", "Running", state={"running": {}})], progress, NOW
+    )
+    assert len(status.history) == 100
+    assert status.history[0].epoch == 31 and status.history[-1].epoch == 130
+
+
+def test_invalid_data_fails_with_the_trainers_message(tj: TransferJob) -> None:
+    failed = Failed(reason="InvalidData", message="train/ has no class folders", permanent=True)
+    pod = make_pod(phase="Failed", state=terminated(42, termination_message(failed)))
+    job = make_job([cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 42")], failed=1)
+    status = status_from_job_and_pods(tj, job, [pod], Progress(), NOW)
+    assert status.phase is Phase.FAILED
+    kind, reason, message = _conds(status)["Failed"]
+    assert (kind, reason) == ("True", "InvalidData")
+    assert "train/ has no class folders" in message and "exit code 42" in message
+    assert status.restarts == 1
+    assert status.completion_time == dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
+    assert [(e.type, e.reason) for e in transitions(None, status)] == [("Warning", "InvalidData")]
+
+
+def test_oom_kill_is_named(tj: TransferJob) -> None:
+    pod = make_pod(phase="Failed", state=terminated(137, "", "OOMKilled"))
+    job = make_job([cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")])
+    assert _conds(status_from_job_and_pods(tj, job, [pod], Progress(), NOW))["Failed"][1] == "OOMKilled"
+
+
+def test_retryable_crash_exhausting_retries(tj: TransferJob) -> None:
+    pods = [
+        make_pod(f"p{i}", "Failed", f"2025-01-01T00:0{i}:00Z", terminated(1, f"Traceback...\nBoom {i}"))
+        for i in range(4)
+    ]
+    job = make_job(
+        [cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")], failed=4
+    )
+    status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
+    kind, reason, message = _conds(status)["Failed"]
+    assert (kind, reason) == ("True", "BackoffLimitExceeded")
+    assert "p3" in message and "code 1" in message and "Boom 3" in message
+    assert status.restarts == 4
+
+
+def test_deadline_exceeded(tj: TransferJob) -> None:
+    job = make_job([cond("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")])
+    status = status_from_job_and_pods(tj, job, [], Progress(), NOW)
+    assert _conds(status)["Failed"][:2] == ("True", "DeadlineExceeded")
+
+
+def test_suspended_and_resumed(tj: TransferJob) -> None:
+    suspended = status_from_job_and_pods(tj, make_job(suspend=True), [], Progress(), NOW)
+    assert suspended.phase is Phase.SUSPENDED
+    assert _conds(suspended)["Suspended"][:2] == ("True", "Suspended")
+    resumed = status_from_job_and_pods(
+        tj.model_copy(update={"status": suspended}), make_job(), [], Progress(), NOW
+    )
+    assert resumed.phase is Phase.PENDING
+    assert _conds(resumed)["Suspended"][:2] == ("False", "Resumed")
+
+
+def test_gate_holds_back_a_job_without_a_job(tj: TransferJob) -> None:
+    gate = Gate(Phase.PENDING, "WaitingForJob", "WaitingForJob", "waiting for TransferJob up (Running)")
+    status = status_from_job_and_pods(tj, None, [], Progress(), NOW, gate)
+    assert status.phase is Phase.PENDING
+    assert _conds(status)["WaitingForJob"] == (
+        "True",
+        "WaitingForJob",
+        "waiting for TransferJob up (Running)",
+    )
+
+
+def test_conditions_keep_transition_time_while_unchanged() -> None:
+    first = merge_conditions([], {"Running": ("Running", "pod a")}, NOW, 1)
+    later = merge_conditions(first, {"Running": ("Running", "pod b")}, NOW + dt.timedelta(hours=1), 1)
+    assert later[0].last_transition_time == NOW
+    assert later[0].message == "pod b"
+
+
+def test_invalid_spec_status() -> None:
+    status = invalid_spec_status(None, ["spec.model.fineTuneAt: required"], 3, NOW)
+    assert status.phase is Phase.FAILED
+    assert _conds(status)["Failed"] == ("True", "InvalidSpec", "spec.model.fineTuneAt: required")
+
+
+def test_status_patch_sets_changes_and_removes_vanished_fields(tj: TransferJob) -> None:
+    status = status_from_job_and_pods(tj, make_job(), [], Progress(), NOW)
+    assert status_patch(status.to_dict(), status) is None
+    patch = status_patch({"phase": "Running", "epoch": 3, "kopf": {"x": 1}}, status)
+    assert patch is not None
+    assert patch["phase"] == "Pending" and patch["epoch"] is None and patch["kopf"] is None
+
+
+def test_log_lines_and_termination_agree() -> None:
+    """Events seen in the log and again in the termination message are counted once."""
+    finished = _finished()
+    progress = Progress()
+    for metrics in finished.history:
+        assert progress.apply_line(encode(EpochEnded(epochs=3, metrics=metrics)))
+    assert not progress.apply_line("Epoch 1/3 - loss: 0.5")
+    progress.apply(finished)
+    progress.apply(finished)
+    assert sorted(progress.history) == [1, 2, 3]
+    assert progress.best_epoch == 2
+
+
+def test_best_epoch_follows_the_monitor() -> None:
+    history = [
+        EpochMetrics(epoch=1, val_loss=0.50, val_accuracy=0.80),
+        EpochMetrics(epoch=2, val_loss=0.4995, val_accuracy=0.90),
+        EpochMetrics(epoch=3, val_loss=0.30, val_accuracy=0.85),
+    ]
+    assert best_epoch(history, "val_loss") == 3
+    assert best_epoch(history, "val_loss", min_delta=0.25) == 1
+    assert best_epoch(history[:2], "val_loss", min_delta=0.001) == 1  # not a real improvement
+    assert best_epoch(history, "val_accuracy") == 2
+    assert best_epoch([], "val_loss") is None
