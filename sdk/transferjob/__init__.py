@@ -3,6 +3,16 @@
 The public surface is re-exported here; everything else is internal.
 """
 
+from transferjob.client import TransferJobClient
+from transferjob.errors import (
+    BackendError,
+    JobExistsError,
+    JobFailedError,
+    JobNotFoundError,
+    JobNotReadyError,
+    JobTimeoutError,
+    TransferJobError,
+)
 from transferjob.models import (
     AugmentationSpec,
     Condition,
@@ -31,11 +41,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentationSpec",
+    "BackendError",
     "Condition",
     "DataSpec",
     "EarlyStoppingSpec",
     "EpochMetrics",
     "HeadSpec",
+    "JobExistsError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobNotReadyError",
+    "JobTimeoutError",
     "Location",
     "Mode",
     "ModelSpec",
@@ -49,6 +65,8 @@ __all__ = [
     "Toleration",
     "TrainingSpec",
     "TransferJob",
+    "TransferJobClient",
+    "TransferJobError",
     "TransferJobSpec",
     "TransferJobStatus",
     "__version__",

@@ -1,0 +1,296 @@
+"""TransferJobs as custom resources on a cluster, through the official `kubernetes` client.
+
+Configuration follows kubectl: an explicit kubeconfig, else `$KUBECONFIG` or `~/.kube/config`, else the
+in-cluster service account; the namespace is the explicit one, else the kubeconfig context's, else the
+pod's own, else `default`. Changes arrive through Kubernetes watches (resumed after a `410 Gone`),
+never through polling, so `wait` returns the moment the operator writes the final status.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from transferjob.backends.base import Backend, JobEvent, default_generate_name
+from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.errors import BackendError, JobExistsError, JobNotFoundError
+from transferjob.models import Phase, SpecError, TransferJob
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: Longest single watch request; the server ends it and we reconnect, which also re-checks deadlines.
+_WATCH_SECONDS = 60
+_TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+def api_error(error: ApiException) -> str:
+    """The API server's own message (e.g. a CEL rule's text), not the HTTP dump."""
+    with contextlib.suppress(ValueError, TypeError):
+        body = json.loads(error.body or "")
+        return str(body.get("message") or error.reason)
+    return f"{error.status} {error.reason}"
+
+
+def spec_problems(error: ApiException) -> list[str]:
+    """Field-naming lines from a 422 Invalid response (one per cause), for `SpecError`."""
+    with contextlib.suppress(ValueError, TypeError):
+        body = json.loads(error.body or "")
+        causes = (body.get("details") or {}).get("causes") or []
+        lines = [f"{c.get('field') or 'spec'}: {c.get('message', '')}".strip() for c in causes]
+        if lines:
+            return lines
+    return [f"spec: {api_error(error)}"]
+
+
+def load_api_client(kubeconfig: str | Path | None, context: str | None) -> tuple[client.ApiClient, str]:
+    """An API client and the namespace its configuration implies."""
+    path = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    path = path or str(Path.home() / ".kube" / "config")
+    configuration = client.Configuration()
+    if kubeconfig or Path(path).exists():
+        try:
+            config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+            contexts, active = config.list_kube_config_contexts(config_file=path)
+        except (ConfigException, OSError, ValueError) as error:
+            raise BackendError(f"cannot use kubeconfig {path}: {error}") from None
+        chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+        namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+        return client.ApiClient(configuration), namespace
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except ConfigException:
+        raise BackendError(
+            f"no kubeconfig at {path} and not running in a cluster: pass --kubeconfig or set KUBECONFIG"
+        ) from None
+    namespace = _SA_NAMESPACE.read_text().strip() if _SA_NAMESPACE.exists() else "default"
+    return client.ApiClient(configuration), namespace
+
+
+class KubernetesBackend(Backend):
+    """TransferJob custom resources in one namespace of one cluster."""
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        kubeconfig: str | Path | None = None,
+        context: str | None = None,
+        api_client: client.ApiClient | None = None,
+    ) -> None:
+        if api_client is None:
+            api_client, default_namespace = load_api_client(kubeconfig, context)
+        else:
+            default_namespace = "default"
+        self.namespace = namespace or default_namespace
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def _call(self, name: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call the API, turning its exceptions into the SDK's."""
+        try:
+            return func(*args, **kwargs)
+        except ApiException as error:
+            if error.status == 404:
+                raise JobNotFoundError(name, self.namespace) from None
+            if error.status == 409:
+                raise JobExistsError(name) from None
+            if error.status == 422:
+                raise SpecError(spec_problems(error)) from None
+            raise BackendError(f"{func.__name__}: {api_error(error)}") from None
+        except OSError as error:  # urllib3 wraps connection failures in OSError subclasses
+            raise BackendError(f"cannot reach the Kubernetes API: {error}") from None
+
+    # ------------------------------------------------------------ custom objects
+    def create(self, job: TransferJob) -> TransferJob:
+        body = job.model_copy(deep=True)
+        body.metadata.namespace = self.namespace
+        body.status = None
+        if not body.metadata.name and not body.metadata.generate_name:
+            body.metadata.generate_name = default_generate_name(body)
+        created = self._call(
+            body.metadata.name or body.metadata.generate_name or "",
+            self.custom.create_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, PLURAL, body.to_dict(),
+        )  # fmt: skip
+        return TransferJob.from_dict(created)
+
+    def get(self, name: str) -> TransferJob:
+        obj = self._call(
+            name, self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return TransferJob.from_dict(obj)
+
+    def list(self, label_selector: str | None = None) -> builtins.list[TransferJob]:
+        result = self._call(
+            "",
+            self.custom.list_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, PLURAL, label_selector=label_selector or "",
+        )  # fmt: skip
+        jobs = [TransferJob.from_dict(item) for item in result.get("items", [])]
+        return sorted(jobs, key=lambda j: (j.metadata.creation_timestamp or _EPOCH, j.metadata.name or ""))
+
+    def stream(self, name: str, timeout: float | None) -> Iterator[TransferJob]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.get(name)
+        yield current
+        version = current.metadata.resource_version
+        while deadline is None or time.monotonic() < deadline:
+            left = (
+                _WATCH_SECONDS
+                if deadline is None
+                else max(1, min(_WATCH_SECONDS, deadline - time.monotonic()))
+            )
+            watcher = watch.Watch()
+            try:
+                for event in watcher.stream(
+                    self.custom.list_namespaced_custom_object,
+                    GROUP, VERSION, self.namespace, PLURAL,
+                    field_selector=f"metadata.name={name}", resource_version=version,
+                    timeout_seconds=max(1, int(left)), allow_watch_bookmarks=True,
+                ):  # fmt: skip
+                    obj = event["object"]
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if event["type"] == "DELETED":
+                        raise JobNotFoundError(name, self.namespace)
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        yield TransferJob.from_dict(obj)
+            except ApiException as error:
+                if error.status != 410:
+                    raise BackendError(f"watching {name}: {api_error(error)}") from None
+                current = self.get(name)  # our resourceVersion is too old: start again from now
+                version = current.metadata.resource_version
+                yield current
+            finally:
+                watcher.stop()
+
+    def delete(self, name: str) -> None:
+        self._call(
+            name,
+            self.custom.delete_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Background",
+        )  # fmt: skip
+
+    def fine_tune_source(self, job: TransferJob) -> dict[str, str]:
+        return {"fromJob": job.metadata.name or ""}
+
+    # ----------------------------------------------------------- events and logs
+    def events(self, name: str) -> builtins.list[JobEvent]:
+        result = self._call(
+            name,
+            self.core.list_namespaced_event,
+            self.namespace,
+            field_selector=f"involvedObject.name={name},involvedObject.kind={KIND}",
+        )
+        events = [
+            JobEvent(
+                type=e.type or "Normal",
+                reason=e.reason or "",
+                message=e.message or "",
+                time=e.last_timestamp or e.event_time or e.first_timestamp or e.metadata.creation_timestamp,
+                count=e.count or 1,
+            )
+            for e in result.items
+        ]
+        return sorted(events, key=lambda e: e.time or _EPOCH)
+
+    def _pods(self, name: str) -> builtins.list[client.V1Pod]:
+        """The job's training pods, oldest first (a retry is a newer pod)."""
+        pods: builtins.list[client.V1Pod] = self._call(
+            name, self.core.list_namespaced_pod, self.namespace, label_selector=f"{LABEL_JOB_NAME}={name}"
+        ).items
+        return sorted(pods, key=lambda p: (_created(p), _uid(p)))
+
+    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[str]:
+        self.get(name)  # not found is an error, not an empty log
+        done: dict[str, int] = {}  # pod uid -> container runs whose log we have read
+        first = True
+        while True:
+            pod = self._next_pod(name, done, wait=follow)
+            if pod is None:
+                return
+            runs, uid = _container_runs(pod), _uid(pod)
+            yield from self._pod_log(pod, follow, tail if first else None)
+            first = False
+            done[uid] = runs
+            if not follow:
+                return
+
+    def _next_pod(self, name: str, done: dict[str, int], wait: bool) -> client.V1Pod | None:
+        """The oldest pod with a container run we have not read; waits for one when `wait`.
+
+        A retried job gets a new pod (and a restarted container a new run), so `logs(follow=True)`
+        moves on to it; it stops once the TransferJob has finished and every run has been read.
+        """
+        while True:
+            pods = [p for p in self._pods(name) if _container_runs(p) > done.get(_uid(p), 0)]
+            if not wait:
+                started = [p for p in self._pods(name) if _container_runs(p) > 0]
+                return started[-1] if started else None
+            if pods:
+                return pods[0]
+            job = self.get(name)
+            if job.status and job.status.phase in _TERMINAL:
+                return None
+            watcher = watch.Watch()
+            try:  # sleep until some pod of the job changes (or 10s pass: re-check the job's phase)
+                for _ in watcher.stream(
+                    self.core.list_namespaced_pod, self.namespace,
+                    label_selector=f"{LABEL_JOB_NAME}={name}", timeout_seconds=10,
+                ):  # fmt: skip
+                    break
+            except ApiException:
+                time.sleep(1)
+            finally:
+                watcher.stop()
+
+    def _pod_log(self, pod: client.V1Pod, follow: bool, tail: int | None) -> Iterator[str]:
+        kwargs: dict[str, Any] = {"follow": follow}
+        if tail is not None:
+            kwargs["tail_lines"] = tail
+        name = pod.metadata.name if pod.metadata and pod.metadata.name else ""
+        try:
+            if follow:
+                watcher = watch.Watch()
+                try:
+                    yield from watcher.stream(
+                        self.core.read_namespaced_pod_log, name, self.namespace, **kwargs
+                    )
+                finally:
+                    watcher.stop()
+            else:
+                text = self.core.read_namespaced_pod_log(name, self.namespace, **kwargs)
+                yield from text.splitlines()
+        except ApiException as error:
+            if error.status not in (400, 404):  # gone or not started after all: the next pod tells
+                raise BackendError(f"logs of pod {name}: {api_error(error)}") from None
+
+
+def _uid(pod: client.V1Pod) -> str:
+    return (pod.metadata.uid if pod.metadata else None) or ""
+
+
+def _created(pod: client.V1Pod) -> dt.datetime:
+    return (pod.metadata.creation_timestamp if pod.metadata else None) or _EPOCH
+
+
+def _container_runs(pod: client.V1Pod) -> int:
+    """How many times the pod's container has started (0: not yet; restarts add one each)."""
+    statuses = (pod.status and pod.status.container_statuses) or []
+    if not statuses:
+        return 0
+    state = statuses[0].state
+    started = bool(state and (state.running or state.terminated))
+    return (statuses[0].restart_count or 0) + (1 if started else 0)
+
+
+_EPOCH = dt.datetime.min.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,330 @@
+"""Run TransferJobs on this machine: the same spec, the same trainer, the same progress protocol.
+
+Each job lives in `${TJ_HOME:-~/.transferjob}/jobs/<name>/` so it outlives the client object and the
+Python process that started it (a notebook kernel restart does not lose it):
+
+- `job.yaml`: the TransferJob as submitted (metadata, spec);
+- `spec.json`: what the trainer reads (for `fromJob`, the runner passes the upstream job's exported
+  model as `--init-model`, as the operator does);
+- `runner.pid`: the detached runner (`python -m transferjob.backends.localrunner DIR`), which starts the
+  trainer, copies its output to `log`, folds progress lines into `status.json` (the same
+  `TransferJobStatus` the operator writes on a cluster), records `events.jsonl`, retries retryable
+  failures up to `runPolicy.backoffLimit` and enforces `activeDeadlineSeconds`.
+
+Locations: `hostPath`, `file://` URIs and absolute paths are local folders; a PVC exists only in a
+cluster, so it is a `SpecError` naming the field.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from transferjob.backends.base import (
+    Backend,
+    JobEvent,
+    default_generate_name,
+    generate_name,
+    matches_selector,
+)
+from transferjob.backends.status import TERMINAL_PHASES, set_condition
+from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError
+from transferjob.models import Location, Phase, SpecError, TransferJob, TransferJobStatus
+
+#: How often a follower looks at a local file again; local files have no watch API worth a dependency.
+POLL_SECONDS = 0.2
+
+JOB_FILE = "job.yaml"
+SPEC_FILE = "spec.json"
+STATUS_FILE = "status.json"
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "log"
+RUNNER_PID_FILE = "runner.pid"
+TERMINATION_LOG = "termination-log"
+
+
+def default_home() -> Path:
+    """`$TJ_HOME`, or `~/.transferjob`: the one place local jobs are found again."""
+    return Path(os.environ.get("TJ_HOME") or Path.home() / ".transferjob").expanduser()
+
+
+def local_path(location: Location, field: str) -> Path:
+    """The folder a location names on this machine; `field` is its spec path, for the error."""
+    if location.host_path is not None:
+        return Path(location.host_path)
+    if location.uri is not None:
+        if location.uri.startswith("file://"):
+            return Path(location.uri.removeprefix("file://"))
+        if location.uri.startswith("/"):
+            return Path(location.uri)
+        raise SpecError(
+            [
+                f"{field}.uri: the local backend reads local folders only (hostPath, file:// or /path), "
+                f"got {location.uri!r}"
+            ]
+        )
+    raise SpecError(
+        [
+            f"{field}.pvc: a PersistentVolumeClaim exists only in a cluster; the local backend needs "
+            "hostPath or a file:// uri"
+        ]
+    )
+
+
+def write_json(path: Path, data: object) -> None:
+    """Replace a file atomically, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def process_alive(pid: int, marker: str) -> bool:
+    """Whether `pid` runs (not a zombie) and its command line mentions `marker` (not a reused pid)."""
+    proc = Path(f"/proc/{pid}")
+    if not proc.parent.joinpath("self").exists():  # no procfs (macOS): trust the pid
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and marker in cmdline
+
+
+class LocalBackend(Backend):
+    """TransferJobs as detached local processes; see the module docstring for the layout on disk."""
+
+    def __init__(self, home: Path | str | None = None, trainer: builtins.list[str] | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.jobs_dir = self.home / "jobs"
+        self.namespace = "local"
+        #: The trainer's command line, before `--spec ...`: `$TJ_TRAINER` (e.g. the interpreter of a
+        #: separate TensorFlow environment, `/opt/tf/bin/python -m transferjob_trainer`), else this one.
+        self.trainer = trainer or shlex.split(os.environ.get("TJ_TRAINER", "")) or [
+            sys.executable, "-m", "transferjob_trainer",
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ create
+    def create(self, job: TransferJob) -> TransferJob:
+        job = job.model_copy(deep=True)
+        spec = job.spec
+        if spec.run_policy.suspend:
+            raise SpecError(["spec.runPolicy.suspend: the local backend cannot suspend a job"])
+        data_dir = local_path(spec.data.source, "spec.data.source")
+        output_dir = local_path(spec.output.location, "spec.output.location")
+        init_model = None
+        if spec.model.from_job is not None:  # as the operator does: the spec as written, plus a path
+            init_model = self.fine_tune_source(self.get(spec.model.from_job))["fromModel"]
+
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        name = job.metadata.name
+        for _ in range(20):
+            candidate = name or generate_name(job.metadata.generate_name or default_generate_name(job))
+            try:
+                (self.jobs_dir / candidate).mkdir()
+            except FileExistsError:
+                if name:
+                    raise JobExistsError(name) from None
+                continue
+            name = candidate
+            break
+        else:
+            raise BackendError(f"no free name for prefix {job.metadata.generate_name!r}")
+        job_dir = self.jobs_dir / name
+        job.metadata.name = name
+        job.metadata.generate_name = None
+        job.metadata.namespace = None
+        job.metadata.uid = str(uuid.uuid4())
+        job.metadata.creation_timestamp = now()
+        job.metadata.generation = 1
+        job.status = None
+
+        (job_dir / JOB_FILE).write_text(job.to_yaml())
+        write_json(job_dir / SPEC_FILE, spec.to_dict())
+        status = TransferJobStatus(phase=Phase.PENDING, epochs=spec.training.epochs, observed_generation=1)
+        set_condition(status, "Running", False, "Created", "waiting for the local runner", now())
+        write_json(job_dir / STATUS_FILE, status.to_dict())
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self._start_runner(job_dir, data_dir, output_dir, init_model)
+        return self.get(name)
+
+    def _start_runner(self, job_dir: Path, data_dir: Path, output_dir: Path, init_model: str | None) -> None:
+        """Start the runner in its own session: it survives this process and its terminal."""
+        paths = ["--data-dir", str(data_dir), "--output-dir", str(output_dir)]
+        if init_model is not None:
+            paths += ["--init-model", init_model]
+        runner = [sys.executable, "-m", "transferjob.backends.localrunner", str(job_dir)]
+        command = [*runner, *paths, "--", *self.trainer]
+        with open(os.devnull, "rb") as devnull, (job_dir / "runner.log").open("ab") as runner_log:
+            proc = subprocess.Popen(
+                command, stdin=devnull, stdout=runner_log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        (job_dir / RUNNER_PID_FILE).write_text(str(proc.pid))
+        # Reap it when it ends while this process lives on (a notebook); otherwise it would linger as
+        # a zombie and look alive.
+        threading.Thread(target=proc.wait, name=f"reap-{job_dir.name}", daemon=True).start()
+
+    # --------------------------------------------------------------------- read
+    def _dir(self, name: str) -> Path:
+        job_dir = self.jobs_dir / name
+        if "/" in name or name in ("", ".", "..") or not (job_dir / JOB_FILE).exists():
+            raise JobNotFoundError(name)
+        return job_dir
+
+    def _runner_alive(self, job_dir: Path) -> bool:
+        try:
+            pid = int((job_dir / RUNNER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return process_alive(pid, str(job_dir))
+
+    def get(self, name: str) -> TransferJob:
+        job_dir = self._dir(name)
+        try:
+            job = TransferJob.from_yaml((job_dir / JOB_FILE).read_text())
+            status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
+        except FileNotFoundError:
+            raise JobNotFoundError(name) from None
+        if status.phase not in TERMINAL_PHASES and not self._runner_alive(job_dir):
+            # Re-read: the runner may have written its last status between the two reads above.
+            status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
+            if status.phase not in TERMINAL_PHASES:
+                status.phase = Phase.FAILED
+                message = "the local runner process is gone (killed, or the machine restarted)"
+                set_condition(status, "Failed", True, "RunnerLost", message, now())
+        job.status = status
+        return job
+
+    def list(self, label_selector: str | None = None) -> builtins.list[TransferJob]:
+        if not self.jobs_dir.exists():
+            return []
+        jobs = []
+        for job_dir in self.jobs_dir.iterdir():
+            if not (job_dir / JOB_FILE).exists():
+                continue
+            with contextlib.suppress(JobNotFoundError):
+                job = self.get(job_dir.name)
+                if matches_selector(job.metadata.labels, label_selector):
+                    jobs.append(job)
+        return sorted(jobs, key=lambda j: (j.metadata.creation_timestamp or now(), j.metadata.name or ""))
+
+    def stream(self, name: str, timeout: float | None) -> Iterator[TransferJob]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status_file = self._dir(name) / STATUS_FILE
+        last = None
+        while deadline is None or time.monotonic() < deadline:
+            job = self.get(name)
+            seen = job.status.to_dict() if job.status else None
+            if seen != last:
+                last = seen
+                yield job
+            time.sleep(POLL_SECONDS)
+            if not status_file.exists():
+                raise JobNotFoundError(name)
+
+    def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[str]:
+        log_file = self._dir(name) / LOG_FILE
+        while follow and not log_file.exists():
+            status = self.get(name).status
+            if status is not None and status.phase in TERMINAL_PHASES:
+                return
+            time.sleep(POLL_SECONDS)
+        if not log_file.exists():
+            return
+        with log_file.open("rb") as handle:
+            lines = handle.read().split(b"\n")
+            pending = lines.pop()  # an unfinished last line
+            start = 0 if tail is None else max(0, len(lines) - tail)
+            for line in lines[start:]:
+                yield line.decode(errors="replace")
+            while follow:
+                chunk = handle.read()
+                if chunk:
+                    *complete, pending = (pending + chunk).split(b"\n")
+                    for line in complete:
+                        yield line.decode(errors="replace")
+                    continue
+                job = self.get(name)
+                if (
+                    job.status
+                    and job.status.phase in TERMINAL_PHASES
+                    and not self._runner_alive(log_file.parent)
+                ):
+                    rest = handle.read()
+                    for line in (pending + rest).split(b"\n"):
+                        if line:
+                            yield line.decode(errors="replace")
+                    return
+                time.sleep(POLL_SECONDS)
+
+    def events(self, name: str) -> builtins.list[JobEvent]:
+        events_file = self._dir(name) / EVENTS_FILE
+        if not events_file.exists():
+            return []
+        events = []
+        for line in events_file.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                data = json.loads(line)
+                events.append(
+                    JobEvent(
+                        type=data["type"],
+                        reason=data["reason"],
+                        message=data["message"],
+                        time=dt.datetime.fromisoformat(data["time"]),
+                    )
+                )
+        return events
+
+    # ------------------------------------------------------------------- delete
+    def delete(self, name: str) -> None:
+        job_dir = self._dir(name)
+        try:
+            pid = int((job_dir / RUNNER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and process_alive(pid, str(job_dir)):
+            # The runner leads its own process group; the trainer is in it too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while process_alive(pid, str(job_dir)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+    def fine_tune_source(self, job: TransferJob) -> dict[str, str]:
+        status = job.status
+        name = job.metadata.name
+        if status is None or status.phase is not Phase.SUCCEEDED or status.model is None:
+            phase = status.phase.value if status and status.phase else "unknown"
+            raise JobNotReadyError(
+                f"TransferJob {name!r} has not succeeded (phase {phase}); a local fine-tuning run needs "
+                "its exported model: wait for it first"
+            )
+        return {"fromModel": status.model.uri}
+
+    def job_dir(self, name: str) -> Path:
+        """Where a local job keeps its files (for people who want to look)."""
+        return self._dir(name)

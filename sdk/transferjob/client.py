@@ -1,0 +1,380 @@
+"""`TransferJobClient`: submit, follow and chain TransferJobs from Python, on a cluster or locally.
+
+One facade over two backends (`backends.kubernetes`, `backends.local`): the waiting rules, the typed
+progress events and the fine-tuning chain are written once here, on top of the backend's feed of
+object snapshots. Progress events come from diffing successive `.status` objects (`progress_events`,
+a pure function), so they are the same whether the operator or the local runner wrote the status, and
+a watch that starts late still sees every epoch, once, in order.
+
+    from transferjob import TransferJobClient, TransferJob
+
+    client = TransferJobClient()                         # kubeconfig; TransferJobClient("local") for here
+    name = client.submit(TransferJob.from_yaml(open("features.yaml").read()))
+    for event in client.watch(name):
+        print(event)
+    job = client.wait(name)                              # raises JobFailedError(reason, message)
+    tuned = client.fine_tune(from_job=name)
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from transferjob.backends.base import Backend, JobEvent
+from transferjob.backends.status import TERMINAL_PHASES, failure
+from transferjob.errors import JobFailedError, JobTimeoutError
+from transferjob.models import (
+    EpochMetrics,
+    Location,
+    Mode,
+    OutputSpec,
+    Phase,
+    PVCSource,
+    TransferJob,
+    TransferJobStatus,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+__all__ = [
+    "EpochCompleted",
+    "JobEvent",
+    "PhaseChanged",
+    "TransferJobClient",
+    "WatchEvent",
+    "fine_tuning_job",
+    "progress_events",
+]
+
+
+@dataclass(frozen=True)
+class PhaseChanged:
+    """The job entered `phase`; `reason`/`message` say why (from its conditions)."""
+
+    name: str
+    phase: Phase
+    reason: str
+    message: str
+    status: TransferJobStatus
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or Failed: nothing follows this event."""
+        return self.phase in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class EpochCompleted:
+    """One epoch finished; `metrics` holds its loss and accuracy, train and validation."""
+
+    name: str
+    epoch: int
+    epochs: int | None
+    metrics: EpochMetrics
+
+
+WatchEvent = PhaseChanged | EpochCompleted
+
+
+def _reason(status: TransferJobStatus) -> tuple[str, str]:
+    if status.phase is Phase.FAILED:
+        return failure(status)
+    phase = status.phase.value if status.phase else ""
+    for condition in status.conditions:
+        if condition.type == phase and condition.status == "True":
+            return condition.reason, condition.message
+    running = [c for c in status.conditions if c.status == "True"]
+    return (running[-1].reason, running[-1].message) if running else ("", "")
+
+
+def progress_events(
+    name: str, before: TransferJobStatus | None, after: TransferJobStatus, last_epoch: int
+) -> list[WatchEvent]:
+    """What changed from `before` to `after`, as events: epochs after `last_epoch`, and a new phase.
+
+    Epochs come from `history` plus the latest `metrics` (either may be ahead of the other by a
+    coalesced update), are never repeated (a retried run that starts over at epoch 1 is not news)
+    and come in order. A phase change is reported before the epochs unless it is the final one, which
+    comes last, so a consumer can stop at the event whose `finished` is true.
+    """
+    by_epoch = {m.epoch: m for m in after.history if m.epoch > last_epoch}
+    if after.metrics is not None and after.metrics.epoch > last_epoch:
+        by_epoch.setdefault(after.metrics.epoch, after.metrics)
+    epochs: list[WatchEvent] = [
+        EpochCompleted(name, epoch, after.epochs, by_epoch[epoch]) for epoch in sorted(by_epoch)
+    ]
+    if after.phase is None or (before is not None and before.phase == after.phase):
+        return epochs
+    reason, message = _reason(after)
+    change = PhaseChanged(name, after.phase, reason, message, after)
+    return [*epochs, change] if change.finished else [change, *epochs]
+
+
+def fine_tuning_job(
+    source: TransferJob,
+    model_source: dict[str, str],
+    *,
+    name: str | None = None,
+    epochs: int | None = None,
+    learning_rate: float | None = None,
+    fine_tune_at: int | str | None = None,
+    output: Location | None = None,
+) -> TransferJob:
+    """The FineTuning job that continues `source`: same data, base, head and resources.
+
+    `model_source` is `{"fromJob": ...}` or `{"fromModel": ...}` (what the backend can resolve). The
+    output goes next to the source's (`<its folder>-finetune`) unless `output` says otherwise, so the
+    first model is never overwritten.
+    """
+    spec = source.spec.model_copy(deep=True)
+    spec.mode = Mode.FINE_TUNING
+    spec.model.from_job = model_source.get("fromJob")
+    spec.model.from_model = model_source.get("fromModel")
+    spec.model.fine_tune_at = fine_tune_at
+    spec.training.epochs = epochs
+    spec.training.learning_rate = learning_rate
+    spec.output = OutputSpec(
+        location=output or _sibling(source.spec.output.location, "-finetune"),
+        saved_model=spec.output.saved_model,
+        tensorboard=spec.output.tensorboard,
+    )
+    data = spec.to_dict()
+    job = TransferJob.model_validate({"metadata": {}, "spec": data})  # re-resolves mode defaults
+    source_name = source.metadata.name or "transferjob"
+    job.metadata.name = name or f"{source_name[:54]}-finetune"
+    job.metadata.labels = dict(source.metadata.labels)
+    return job
+
+
+def _sibling(location: Location, suffix: str) -> Location:
+    if location.pvc is not None:
+        sub = location.pvc.sub_path.rstrip("/") or "model"
+        return Location(pvc=PVCSource(claim_name=location.pvc.claim_name, sub_path=sub + suffix))
+    if location.host_path is not None:
+        return Location(host_path=location.host_path.rstrip("/") + suffix)
+    return Location(uri=(location.uri or "").rstrip("/") + suffix)
+
+
+class TransferJobClient:
+    """Submit and follow TransferJobs; `backend` is "kubernetes" (default), "local", or a `Backend`.
+
+    For the cluster, `namespace`, `kubeconfig` and `context` work as with kubectl. For local runs,
+    `home` is where jobs are kept (default `$TJ_HOME` or `~/.transferjob`): any client pointed at the
+    same home sees the same jobs, whichever process started them.
+    """
+
+    def __init__(
+        self,
+        backend: Literal["kubernetes", "local"] | Backend = "kubernetes",
+        *,
+        namespace: str | None = None,
+        kubeconfig: str | Path | None = None,
+        context: str | None = None,
+        home: str | Path | None = None,
+    ) -> None:
+        if isinstance(backend, Backend):
+            self.backend = backend
+        elif backend == "local":
+            from transferjob.backends.local import LocalBackend
+
+            self.backend = LocalBackend(home)
+        elif backend == "kubernetes":
+            from transferjob.backends.kubernetes import KubernetesBackend
+
+            self.backend = KubernetesBackend(namespace, kubeconfig, context)
+        else:
+            raise ValueError(f"backend must be 'kubernetes' or 'local', got {backend!r}")
+
+    @property
+    def namespace(self) -> str:
+        """The namespace jobs are created and looked up in ("local" for the local backend)."""
+        return self.backend.namespace
+
+    def submit(self, job: TransferJob, name: str | None = None) -> str:
+        """Create the job and return its name: `name`, else `metadata.name`, else a generated one.
+
+        Generated names look like `mobilenetv2-fe-x7k2p` (or `metadata.generateName` + 5 characters).
+        """
+        if name is not None:
+            job = job.model_copy(deep=True)
+            job.metadata.name = name
+        created = self.backend.create(job)
+        return created.metadata.name or ""
+
+    def get(self, name: str) -> TransferJob:
+        """The job with its current status."""
+        return self.backend.get(name)
+
+    def list(self, label_selector: str | None = None) -> builtins.list[TransferJob]:
+        """Jobs in the namespace, oldest first; `label_selector` as with `kubectl -l`."""
+        return self.backend.list(label_selector)
+
+    def watch(self, name: str, timeout: float | None = None) -> Iterator[WatchEvent]:
+        """Progress as it lands on `.status`: phase changes and each epoch, until the job finishes.
+
+        The last event is a `PhaseChanged` whose `finished` is true (it carries the final status);
+        raises `JobTimeoutError` after `timeout` seconds and `JobNotFoundError` if the job is deleted.
+        """
+        before: TransferJobStatus | None = None
+        last_epoch = 0
+        phase: Phase | None = None
+        for job in self.backend.stream(name, timeout):
+            status = job.status or TransferJobStatus()
+            for event in progress_events(name, before, status, last_epoch):
+                if isinstance(event, EpochCompleted):
+                    last_epoch = event.epoch
+                yield event
+                if isinstance(event, PhaseChanged) and event.finished:
+                    return
+            before, phase = status, status.phase or phase
+        raise JobTimeoutError(name, timeout or 0, phase.value if phase else None)
+
+    def wait(
+        self,
+        name: str,
+        timeout: float | None = None,
+        until: Phase | str | Iterable[Phase | str] = (Phase.SUCCEEDED,),
+        progress: bool | None = None,
+    ) -> TransferJob:
+        """Block until the job's phase is in `until` (default Succeeded) and return the job then.
+
+        A Failed job raises `JobFailedError` with the reason and message from its conditions (unless
+        Failed is in `until`); a Succeeded job ends the wait whatever `until` says, since no other
+        phase can follow. `timeout` raises `JobTimeoutError` (the job keeps running). `progress`
+        shows a live progress bar; by default only when attached to a terminal or a notebook.
+        """
+        wanted = {Phase(until)} if isinstance(until, Phase | str) else {Phase(p) for p in until}
+        show = _interactive() if progress is None else progress
+        with _ProgressDisplay(name, enabled=show) as display:
+            last_epoch = 0
+            before: TransferJobStatus | None = None
+            last: TransferJob | None = None
+            for job in self.backend.stream(name, timeout):
+                last = job
+                status = job.status or TransferJobStatus()
+                for event in progress_events(name, before, status, last_epoch):
+                    if isinstance(event, EpochCompleted):
+                        last_epoch = event.epoch
+                    display.update(event)
+                before = status
+                if status.phase in wanted:
+                    return job
+                if status.phase is Phase.FAILED:
+                    raise JobFailedError(job, *failure(status))
+                if status.phase is Phase.SUCCEEDED:
+                    return job
+        phase = last.status.phase if last and last.status else None
+        raise JobTimeoutError(name, timeout or 0, phase.value if phase else None)
+
+    def logs(self, name: str, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        """The trainer's output, line by line; `follow` waits for the pod and follows it (and the
+        pods of retries) until the job finishes; `tail` starts with the last N lines."""
+        return self.backend.logs(name, follow, tail)
+
+    def events(self, name: str) -> builtins.list[JobEvent]:
+        """What happened to the job (scheduling, starts, retries, the outcome), oldest first."""
+        return self.backend.events(name)
+
+    def delete(self, name: str) -> None:
+        """Delete the job; its training pod (or local process) is stopped."""
+        self.backend.delete(name)
+
+    def fine_tune(
+        self,
+        from_job: str,
+        *,
+        name: str | None = None,
+        epochs: int | None = None,
+        learning_rate: float | None = None,
+        fine_tune_at: int | str | None = None,
+        output: Location | None = None,
+    ) -> str:
+        """Submit the FineTuning job that continues `from_job` (exercise 2 of the reference workflow).
+
+        On a cluster the new job names `from_job` (`model.fromJob`) and the operator starts it once
+        that one has succeeded; locally the exported model must exist, so `from_job` must have
+        succeeded already (`JobNotReadyError` otherwise). Unset arguments take the FineTuning
+        defaults: 10 epochs, Adam 1e-5, the base's default `fineTuneAt` (block_13_expand).
+        """
+        source = self.get(from_job)
+        job = fine_tuning_job(
+            source,
+            self.backend.fine_tune_source(source),
+            name=name,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            fine_tune_at=fine_tune_at,
+            output=output,
+        )
+        return self.submit(job)
+
+
+def _interactive() -> bool:
+    """A terminal or a notebook is watching: progress bars help there and only clutter logs elsewhere."""
+    try:
+        from rich.console import Console
+    except ImportError:  # rich comes with the `cli` extra; without it, no bars
+        return False
+    console = Console(stderr=True)
+    return bool(console.is_terminal or console.is_jupyter)
+
+
+class _ProgressDisplay:
+    """A rich progress bar over epochs, with the latest metrics, drawn only when enabled."""
+
+    def __init__(self, name: str, enabled: bool) -> None:
+        self.name = name
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.name, total=None, info="Pending")
+        return self
+
+    def update(self, event: WatchEvent) -> None:
+        if self._progress is None or self._task is None:
+            return
+        if isinstance(event, EpochCompleted):
+            self._progress.update(
+                self._task, completed=event.epoch, total=event.epochs, info=format_metrics(event.metrics)
+            )
+        else:
+            info = event.phase.value + (f": {event.reason}" if event.reason else "")
+            self._progress.update(self._task, info=info, total=event.status.epochs)
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def format_metrics(metrics: EpochMetrics) -> str:
+    """`loss 0.4100 acc 0.8300 val_loss ...`, skipping what the trainer did not report."""
+    parts = []
+    for label, value in (
+        ("loss", metrics.loss),
+        ("acc", metrics.accuracy),
+        ("val_loss", metrics.val_loss),
+        ("val_acc", metrics.val_accuracy),
+    ):
+        if value is not None:
+            parts.append(f"{label} {value:.4f}")
+    return " ".join(parts)

@@ -1,0 +1,67 @@
+"""Errors the SDK raises, one type per thing a caller may want to handle differently.
+
+A notebook user catches `JobFailedError` to read why training failed; the CLI maps each type onto an
+exit code. Every error carries the job's name, so a message printed on its own still says which job.
+A spec that cannot run is a `transferjob.SpecError` (from the models), never one of these.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transferjob.models import TransferJob
+
+
+class TransferJobError(Exception):
+    """Base of every SDK error: `except TransferJobError` catches all of them."""
+
+
+class BackendError(TransferJobError):
+    """The backend cannot do what was asked: no kubeconfig, cluster unreachable, API refused, ..."""
+
+
+class JobNotFoundError(TransferJobError, LookupError):
+    """No TransferJob of that name (it was never created, or it was deleted while being watched)."""
+
+    def __init__(self, name: str, namespace: str | None = None) -> None:
+        where = f" in namespace {namespace!r}" if namespace else ""
+        super().__init__(f"TransferJob {name!r} not found{where}")
+        self.name = name
+        self.namespace = namespace
+
+
+class JobExistsError(TransferJobError):
+    """A TransferJob of that name exists already; names are unique per namespace (or TJ_HOME)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"TransferJob {name!r} already exists; delete it or choose another name")
+        self.name = name
+
+
+class JobFailedError(TransferJobError):
+    """The job ended in phase Failed. `reason` is machine-readable (InvalidData, OOMKilled, ...)."""
+
+    def __init__(self, job: TransferJob, reason: str, message: str) -> None:
+        name = job.metadata.name or "?"
+        super().__init__(f"TransferJob {name!r} failed: {reason}: {message}" if message else reason)
+        self.name = name
+        self.reason = reason
+        self.message = message
+        self.job = job
+
+
+class JobTimeoutError(TransferJobError, TimeoutError):
+    """`wait`/`watch` gave up before the job reached the phase asked for; the job keeps running."""
+
+    def __init__(self, name: str, timeout: float, phase: str | None) -> None:
+        super().__init__(
+            f"TransferJob {name!r} did not finish within {timeout:g}s (phase: {phase or 'unknown'})"
+        )
+        self.name = name
+        self.timeout = timeout
+        self.phase = phase
+
+
+class JobNotReadyError(TransferJobError):
+    """An operation needs a finished job (e.g. fine-tuning its model locally) and it is not one yet."""
