@@ -1,0 +1,70 @@
+"""Test-set metrics from labels and predicted probabilities (pure NumPy, unit-tested)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from transferjob.models import ClassMetrics, TestMetrics
+
+
+def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Class indices from a sigmoid column (binary) or a softmax row."""
+    probs = np.asarray(probabilities)
+    if probs.ndim == 1 or probs.shape[-1] == 1:
+        return (probs.reshape(-1) >= 0.5).astype(np.int64)
+    return np.argmax(probs, axis=-1).astype(np.int64)
+
+
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n: int
+) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return matrix
+
+
+def cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean cross-entropy, clipped like Keras (epsilon 1e-7), for binary and multi-class outputs."""
+    eps = 1e-7
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(y_true, dtype=np.int64)
+    if probs.ndim == 1 or probs.shape[-1] == 1:
+        p = np.clip(probs.reshape(-1), eps, 1 - eps)
+        return float(np.mean(-(labels * np.log(p) + (1 - labels) * np.log(1 - p))))
+    p = np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)
+    return float(np.mean(-np.log(p)))
+
+
+def test_metrics(
+    y_true: Sequence[int] | np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
+) -> TestMetrics:
+    """Loss, accuracy, per-class precision/recall/support and the confusion matrix.
+
+    Precision of a class never predicted is 0 (scikit-learn's `zero_division=0`).
+    """
+    labels = np.asarray(y_true, dtype=np.int64)
+    predicted = predicted_classes(probabilities)
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    per_class = []
+    for i, name in enumerate(classes):
+        tp = int(matrix[i, i])
+        predicted_i = int(matrix[:, i].sum())
+        support = int(matrix[i, :].sum())
+        per_class.append(
+            ClassMetrics(
+                name=name,
+                precision=tp / predicted_i if predicted_i else 0.0,
+                recall=tp / support if support else 0.0,
+                support=support,
+            )
+        )
+    accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
+    return TestMetrics(
+        loss=cross_entropy(labels, probabilities),
+        accuracy=accuracy,
+        per_class=per_class,
+        confusion_matrix=matrix.tolist(),
+    )

@@ -1,0 +1,185 @@
+"""tf.data input pipelines: parallel decode, in-memory caching when it fits, augmentation, prefetch.
+
+Decoded images are cached as uint8 (a quarter of float32's memory) after resizing, so every later pass
+(augmented views, fine-tuning epochs) skips file reads and decoding. Augmentation runs on whole batches
+in the pipeline, on the training set only; the model itself carries no augmentation layers, so the
+exported model is exactly what serving needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import tensorflow as tf
+
+from transferjob.models import AugmentationSpec
+from transferjob_trainer import fs
+from transferjob_trainer.errors import InvalidDataError
+from transferjob_trainer.layout import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+#: Share of the available memory the image cache may take when data.cache is auto.
+CACHE_MEMORY_SHARE = 0.5
+
+Augmenter = Callable[[tf.Tensor], tf.Tensor]
+
+
+def available_memory_bytes() -> int:
+    """Memory this process may still use: the smaller of MemAvailable and the cgroup's headroom."""
+    candidates: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file, encoding="ascii") as lf, open(usage_file, encoding="ascii") as uf:
+                limit_text = lf.read().strip()
+                if limit_text != "max" and int(limit_text) < 1 << 60:
+                    candidates.append(int(limit_text) - int(uf.read().strip()))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(0, min(candidates)) if candidates else 1 << 31
+
+
+def cached_image_bytes(n_images: int, size: int) -> int:
+    """Memory of `n_images` decoded uint8 RGB images of `size` x `size`."""
+    return n_images * size * size * 3
+
+
+def should_cache(policy: str, needed: int, available: int) -> bool:
+    """data.cache: memory always caches, none never, auto when it takes at most half the headroom."""
+    if policy == "memory":
+        return True
+    if policy == "none":
+        return False
+    return needed <= available * CACHE_MEMORY_SHARE
+
+
+def _label_tensor(labels: Sequence[int], binary: bool) -> tf.Tensor:
+    if binary:
+        return tf.constant(np.asarray(labels, dtype=np.float32).reshape(-1, 1))
+    return tf.constant(np.asarray(labels, dtype=np.int32))
+
+
+def decode_resize(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded bytes -> uint8 [size, size, 3], bilinear like `image_dataset_from_directory`."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(image, [size, size], method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def image_dataset(split: Split, size: int, *, binary: bool, cache: bool) -> tf.data.Dataset:
+    """(uint8 image, label) pairs in file order, decoded in parallel, cached in memory when asked."""
+    ds = tf.data.Dataset.from_tensor_slices((list(split.files), _label_tensor(split.labels, binary)))
+    ds = ds.map(
+        lambda path, label: (decode_resize(tf.io.read_file(path), size), label), num_parallel_calls=AUTOTUNE
+    )
+    if cache:
+        ds = ds.cache()
+    return ds
+
+
+def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(images, tf.float32), labels
+
+
+def training_batches(
+    images: tf.data.Dataset, n: int, batch_size: int, seed: int, augment: Augmenter | None
+) -> tf.data.Dataset:
+    """Shuffled (every epoch), batched, augmented float32 batches, prefetched."""
+    ds = images.shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size).map(to_float, AUTOTUNE)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_batches(images: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Batched float32 images in file order, prefetched."""
+    return images.batch(batch_size).map(to_float, AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def random_crop_resize(images: tf.Tensor, fraction: float, seed: int) -> tf.Tensor:
+    """Cut up to `fraction` off each side of every image (independently) and resize back."""
+    shape = tf.shape(images)
+    batch = shape[0]
+    margins = tf.random.uniform([batch, 4], 0.0, fraction, seed=seed)
+    boxes = tf.stack([margins[:, 0], margins[:, 1], 1.0 - margins[:, 2], 1.0 - margins[:, 3]], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch), crop_size=[shape[1], shape[2]])
+
+
+def build_augmenter(spec: AugmentationSpec, seed: int) -> Augmenter | None:
+    """The spec's random flip/rotation/zoom/translation/crop as one batch function, or None when off."""
+    import keras
+
+    if not spec.enabled:
+        return None
+    layers: list[keras.layers.Layer] = []
+    if spec.flip != "none":
+        layers.append(keras.layers.RandomFlip(spec.flip, seed=seed))
+    if spec.rotation > 0:
+        layers.append(keras.layers.RandomRotation(spec.rotation, seed=seed + 1))
+    if spec.zoom > 0:
+        layers.append(keras.layers.RandomZoom((-spec.zoom, spec.zoom), seed=seed + 2))
+    if spec.translation > 0:
+        layers.append(keras.layers.RandomTranslation(spec.translation, spec.translation, seed=seed + 3))
+    crop = spec.crop
+    if not layers and crop <= 0:
+        return None
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        for layer in layers:
+            images = layer(images, training=True)
+        if crop > 0:
+            images = random_crop_resize(images, crop, seed + 4)
+        return images
+
+    return augment
+
+
+def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """Files TensorFlow itself fails to decode, with its message (the slow, exact check)."""
+    bad = []
+    for path in paths:
+        try:
+            tf.io.decode_image(tf.constant(fs.read_bytes(path)), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+            bad.append((path, error.message.splitlines()[0]))
+    return bad
+
+
+@contextmanager
+def decode_errors_as_invalid_data(splits: Sequence[Split]) -> Iterator[None]:
+    """Map a decode failure inside a pipeline to InvalidDataError naming the file.
+
+    The header check in `layout.check_images` catches nearly every broken file; this is the net for
+    files Pillow accepts but TensorFlow's decoders reject. The pipeline's error does not say which file
+    failed, so the splits are re-checked one file at a time to name it.
+    """
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        bad = [item for split in splits for item in find_undecodable(split.files)]
+        if not bad:
+            raise
+        listed = "; ".join(f"{p}: {why}" for p, why in bad[:5])
+        raise InvalidDataError(f"{len(bad)} image file(s) TensorFlow cannot decode: {listed}") from error
+
+
+def is_tensorflow_decode_failure(error: BaseException) -> bool:
+    """Whether an error looks like a decoder failure (used to decide on the slow re-check)."""
+    return isinstance(error, tf.errors.InvalidArgumentError) and "decode" in str(error).lower()
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,118 @@
+"""One run, from a spec file to an exported model, without TensorFlow until the data has been checked.
+
+Everything a retry cannot fix (the spec, the flags, the data) is checked first and fails within seconds
+with a permanent error; only then is TensorFlow imported and the model built (`training.train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from transferjob.constants import KIND
+from transferjob.models import Location, Mode, SpecError, TransferJobSpec, parse_spec
+from transferjob.progress import Finished
+from transferjob_trainer import fs
+from transferjob_trainer.errors import InvalidSpecError
+from transferjob_trainer.layout import Layout, check_images, scan_layout
+from transferjob_trainer.report import Reporter
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where this run reads and writes, after the CLI's overrides."""
+
+    data_root: str
+    output: str
+    init_model: str | None = None
+
+
+def spec_from_document(document: Any) -> TransferJobSpec:
+    """A spec from a parsed YAML/JSON document: a whole TransferJob manifest or just its spec."""
+    if not isinstance(document, dict):
+        raise InvalidSpecError("the spec file must hold a TransferJob manifest or its spec (a mapping)")
+    try:
+        if "kind" in document or "apiVersion" in document:
+            if document.get("kind") != KIND:
+                raise InvalidSpecError(f"kind must be {KIND}, got {document.get('kind')!r}")
+            spec = document.get("spec")
+            if not isinstance(spec, dict):
+                raise InvalidSpecError("the TransferJob manifest has no spec")
+            return parse_spec(spec, "spec")
+        return parse_spec(document, "spec")
+    except SpecError as error:
+        raise InvalidSpecError(f"invalid spec: {error}") from None
+
+
+def load_spec(path: str) -> TransferJobSpec:
+    """Read and validate a spec file (YAML or JSON; JSON is YAML)."""
+    try:
+        text = fs.read_text(fs.normalize(path))
+    except OSError as error:
+        raise InvalidSpecError(f"cannot read spec file {path}: {error}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidSpecError(f"spec file {path} is not valid YAML/JSON: {error}") from None
+    return spec_from_document(document)
+
+
+def location_path(location: Location, field: str, flag: str) -> str:
+    """The path or URI a location names; PVCs exist only inside the pod the operator builds."""
+    if location.pvc is not None:
+        raise InvalidSpecError(f"{field} is a pvc: pvc locations are mounted by the operator; pass {flag}")
+    return fs.normalize(location.host_path or location.uri or "")
+
+
+def resolve_paths(
+    spec: TransferJobSpec, data_dir: str | None, output_dir: str | None, init_model: str | None
+) -> RunPaths:
+    """Apply the CLI overrides; say what is missing for fine-tuning from another job."""
+    data_root = (
+        fs.normalize(data_dir) if data_dir else location_path(spec.data.source, "data.source", "--data-dir")
+    )
+    output = (
+        fs.normalize(output_dir)
+        if output_dir
+        else location_path(spec.output.location, "output.location", "--output-dir")
+    )
+    model = init_model or spec.model.from_model
+    if spec.mode is Mode.FINE_TUNING and spec.model.from_job and not init_model:
+        raise InvalidSpecError(
+            f"model.fromJob {spec.model.from_job!r} needs --init-model: the operator resolves the job's "
+            "exported model and passes its path"
+        )
+    if spec.mode is not Mode.FINE_TUNING and init_model:
+        raise InvalidSpecError("--init-model is only used with mode FineTuning")
+    return RunPaths(data_root=data_root, output=output.rstrip("/") or "/", init_model=model)
+
+
+def fingerprint(spec: TransferJobSpec, layout: Layout) -> str:
+    """What must match for a checkpoint to be resumed: every setting that changes training, and the data.
+
+    Locations, resources and the init model's path are left out: the operator may mount the same data
+    or model at a different path when it restarts a pod.
+    """
+    relevant = {
+        "mode": spec.mode.value,
+        "model": spec.model.model_dump(mode="json", exclude={"from_job", "from_model"}),
+        "data": spec.data.model_dump(mode="json", exclude={"source"}),
+        "training": spec.training.model_dump(mode="json"),
+        "files": layout.digest(),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
+    """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
+    reporter.phase("loading", f"checking images in {paths.data_root}")
+    layout = scan_layout(paths.data_root, spec.data)
+    check_images(layout.all_files())
+
+    from transferjob_trainer.training import train
+
+    return train(spec, paths, layout, fingerprint(spec, layout), reporter)

@@ -1,0 +1,364 @@
+"""Training proper: feature extraction on cached features, or fine-tuning; then test and export.
+
+Feature extraction never runs the frozen base inside the training loop. The base's pooled features are
+computed once per image (without augmentation), or once per augmented view (`cachedViews` views of every
+training image, each a fresh random augmentation), and the head trains on those arrays: epoch e (from 0)
+uses view `e % cachedViews`, so the views cycle through the epochs. Validation features are computed
+once. The head shares its layers with the end-to-end model, which is what gets tested and exported.
+
+Fine-tuning trains the end-to-end model on the image pipeline (cached decoded images, augmentation on
+the fly), with the base unfrozen from `fineTuneAt` and BatchNorm frozen.
+
+Each epoch is one `fit` call, followed by the early-stopping step, a checkpoint and then the progress
+line; this keeps all state that must survive a restart (history, early stopping, best weights, optimizer
+state) under our control rather than inside Keras callbacks that reset at `on_train_begin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TransferJobSpec
+from transferjob.progress import EpochEnded, Finished, Started
+from transferjob_trainer import fs, modeling
+from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
+from transferjob_trainer.errors import InvalidSpecError
+from transferjob_trainer.layout import Layout, Split
+from transferjob_trainer.metrics import test_metrics
+from transferjob_trainer.pipeline import (
+    Augmenter,
+    available_memory_bytes,
+    build_augmenter,
+    cached_image_bytes,
+    decode_errors_as_invalid_data,
+    eval_batches,
+    image_dataset,
+    should_cache,
+    training_batches,
+)
+from transferjob_trainer.report import Reporter
+from transferjob_trainer.run import RunPaths
+from transferjob_trainer.stopping import kept_epoch, step
+
+#: Batch size for the one-off feature pass and for test predictions (inference only: larger is faster
+#: and does not change results, since BatchNorm runs in inference mode).
+INFERENCE_BATCH = 64
+
+FitOneEpoch = Callable[[int], dict[str, float]]
+
+
+def log(message: str) -> None:
+    """Human-readable notes go to stderr; stdout carries only protocol events."""
+    print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+
+def distribution_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
+    """Every visible GPU: MirroredStrategy for several, the default strategy for one or none (CPU)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus]), [d.name for d in gpus]
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")[:1]]
+    return tf.distribute.get_strategy(), devices
+
+
+def labels_array(split: Split, binary: bool) -> np.ndarray:
+    if binary:
+        return np.asarray(split.labels, dtype=np.float32).reshape(-1, 1)
+    return np.asarray(split.labels, dtype=np.int32)
+
+
+def build_or_load_model(spec: TransferJobSpec, paths: RunPaths, n_classes: int) -> keras.Model:
+    """The end-to-end model: a fine-tuning job's init model, or a fresh base with a new head."""
+    size = spec.model.image_size
+    if spec.mode is Mode.FINE_TUNING and paths.init_model:
+        model = modeling.load_saved_model(paths.init_model, "init model")
+        predicts = modeling.output_classes(model)
+        if predicts != n_classes:
+            raise InvalidSpecError(
+                f"init model {paths.init_model} predicts {predicts} classes but the data has {n_classes}"
+            )
+        shape = tuple(model.inputs[0].shape[1:3])
+        if any(side not in (None, size) for side in shape):
+            raise InvalidSpecError(f"init model takes {shape} images but model.imageSize is {size}")
+        return model
+    base, preprocess = modeling.build_base(spec.model.base, spec.model.weights, size)
+    return modeling.build_model(base, n_classes, spec.model.head, size, preprocess)
+
+
+def compute_features(
+    extractor: keras.Model, images: tf.data.Dataset, views: int, augment: Augmenter | None
+) -> np.ndarray:
+    """Pooled base features of every image: [views, n, d]; each view a fresh random augmentation."""
+    out = []
+    for view in range(views):
+        ds = images.batch(INFERENCE_BATCH).map(lambda x, y: (tf.cast(x, tf.float32), y), tf.data.AUTOTUNE)
+        if augment is not None:
+            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        started = time.perf_counter()
+        features = extractor.predict(ds.map(lambda x, y: x).prefetch(tf.data.AUTOTUNE), verbose=0)
+        log(f"features view {view + 1}/{views}: {features.shape} in {time.perf_counter() - started:.1f}s")
+        out.append(np.asarray(features, dtype=np.float32))
+    return np.stack(out)
+
+
+def _scalar_metadata() -> summary_pb2.SummaryMetadata:
+    """What TensorBoard's scalars plugin tags its summaries with (see tensorboard's `scalar_v2`)."""
+    metadata = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
+    metadata.plugin_data.plugin_name = "scalars"
+    return metadata
+
+
+_SCALAR = _scalar_metadata()
+
+
+class TensorBoardLog:
+    """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback.
+
+    Written with the low-level `tf.summary.write` and the scalars plugin's metadata, because the
+    high-level `tf.summary.scalar` needs the tensorboard package, which TensorFlow no longer pulls in.
+    """
+
+    def __init__(self, folder: str | None) -> None:
+        self._writers = (
+            {
+                "train": tf.summary.create_file_writer(fs.join(folder, "train")),
+                "validation": tf.summary.create_file_writer(fs.join(folder, "validation")),
+            }
+            if folder
+            else {}
+        )
+
+    def write(self, metrics: EpochMetrics) -> None:
+        if not self._writers:
+            return
+        values = {
+            "train": {
+                "loss": metrics.loss,
+                "accuracy": metrics.accuracy,
+                "learning_rate": metrics.learning_rate,
+            },
+            "validation": {"loss": metrics.val_loss, "accuracy": metrics.val_accuracy},
+        }
+        for split, writer in self._writers.items():
+            with writer.as_default():
+                for name, value in values[split].items():
+                    if value is not None:
+                        tf.summary.write(
+                            f"epoch_{name}",
+                            tf.constant(value, tf.float32),
+                            step=metrics.epoch,
+                            metadata=_SCALAR,
+                        )
+            writer.flush()
+
+
+def learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def epoch_metrics(epoch: int, logs: dict[str, float], lr: float, seconds: float) -> EpochMetrics:
+    def get(name: str) -> float | None:
+        value = logs.get(name)
+        return None if value is None or not np.isfinite(value) else float(value)
+
+    return EpochMetrics(
+        epoch=epoch,
+        loss=get("loss"),
+        accuracy=get("accuracy"),
+        val_loss=get("val_loss"),
+        val_accuracy=get("val_accuracy"),
+        learning_rate=lr,
+        seconds=round(seconds, 3),
+    )
+
+
+def train_epochs(
+    spec: TransferJobSpec,
+    state: RunState,
+    store: CheckpointStore,
+    train_model: keras.Model,
+    fit_one_epoch: FitOneEpoch,
+    board: TensorBoardLog,
+    reporter: Reporter,
+) -> RunState:
+    """Epochs from `state.epochs_done` until the planned number or early stopping."""
+    epochs = int(spec.training.epochs or 1)
+    stopping = spec.training.early_stopping
+    while state.epochs_done < epochs and not state.stop.stopped:
+        epoch = state.epochs_done + 1
+        started = time.perf_counter()
+        logs = fit_one_epoch(state.epochs_done)
+        metrics = epoch_metrics(epoch, logs, learning_rate(train_model), time.perf_counter() - started)
+        monitored = logs.get(stopping.monitor)
+        state.stop, improved = step(
+            state.stop, epoch, None if monitored is None else float(monitored), stopping
+        )
+        state.epochs_done = epoch
+        state.history.append(metrics.to_dict())
+        board.write(metrics)
+        store.commit(state, train_model, improved)
+        reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
+    return state
+
+
+def evaluate(model: keras.Model, layout: Layout, images: tf.data.Dataset) -> Any:
+    """Test metrics of the end-to-end model (the exported artifact itself, not the head on features)."""
+    probabilities = model.predict(eval_batches(images, INFERENCE_BATCH).map(lambda x, y: x), verbose=0)
+    return test_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
+
+
+def export(model: keras.Model, output: str, spec: TransferJobSpec) -> ModelArtifacts:
+    """model.keras, and the SavedModel for serving when asked."""
+    model_uri = fs.join(output, "model.keras")
+    with fs.local_file_for_write(model_uri, ".keras") as tmp:
+        model.save(tmp)
+    saved_model_uri = None
+    if spec.output.saved_model:
+        saved_model_uri = fs.join(output, "saved_model")
+        staging = tempfile.mkdtemp(prefix="savedmodel-", dir=output if fs.is_local(output) else None)
+        try:
+            target = os.path.join(staging, "saved_model")
+            model.export(target, verbose=False)
+            fs.copy_tree(target, saved_model_uri)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ModelArtifacts(
+        uri=model_uri,
+        saved_model_uri=saved_model_uri,
+        tensorboard_uri=fs.join(output, "tensorboard") if spec.output.tensorboard else None,
+        metrics_uri=fs.join(output, "metrics.json"),
+    )
+
+
+def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
+    """Build (or resume), train, restore the best epoch, test, export; returns the finished event."""
+    training = spec.training
+    epochs = int(training.epochs or 1)
+    feature_extraction = spec.mode is Mode.FEATURE_EXTRACTION
+    keras.utils.set_random_seed(training.seed)
+    if training.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    strategy, devices = distribution_strategy()
+    fs.makedirs(paths.output)
+    store = CheckpointStore(fs.join(paths.output, "checkpoints"))
+    state = store.load(fp) or RunState(fp)
+    if state.epochs_done:
+        log(f"resuming after epoch {state.epochs_done} from {store.folder}")
+
+    binary = layout.binary
+    size = spec.model.image_size
+    n_images = len(layout.train) + len(layout.val) + len(layout.test)
+    cache = should_cache(spec.data.cache, cached_image_bytes(n_images, size), available_memory_bytes())
+    with strategy.scope():
+        model = build_or_load_model(spec, paths, len(layout.classes))
+        if feature_extraction:
+            parts = modeling.split_model(model)
+            train_model = parts.head
+        else:
+            assert spec.model.fine_tune_at is not None  # resolved by the spec's validator
+            trainable = modeling.set_fine_tune(model, spec.model.fine_tune_at)
+            log(f"fine-tuning {trainable} base layers from {spec.model.fine_tune_at!r} (BatchNorm frozen)")
+            train_model = model
+        modeling.compile_model(train_model, training.optimizer, float(training.learning_rate or 1e-4), binary)
+        if state.weights:
+            store.load_weights(train_model, state.weights)
+
+    reporter.emit(
+        Started(
+            mode=spec.mode.value,
+            base=spec.model.base,
+            epochs=epochs,
+            initial_epoch=state.epochs_done,
+            classes=list(layout.classes),
+            train_images=len(layout.train),
+            val_images=len(layout.val),
+            test_images=len(layout.test),
+            devices=devices,
+        )
+    )
+    splits = [layout.train, layout.val, layout.test]
+    with decode_errors_as_invalid_data(splits):
+        train_images = image_dataset(layout.train, size, binary=binary, cache=cache)
+        val_images = image_dataset(layout.val, size, binary=binary, cache=cache)
+        test_images = image_dataset(layout.test, size, binary=binary, cache=False)
+        augment = build_augmenter(spec.data.augmentation, training.seed)
+        remaining = state.epochs_done < epochs and not state.stop.stopped
+        fit_one_epoch: FitOneEpoch
+        if feature_extraction and remaining:
+            features = store.load_features(fp)
+            if features is None:
+                views = spec.data.augmentation.cached_views if augment is not None else 1
+                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+                features = {
+                    "train": compute_features(parts.extractor, train_images, views, augment),
+                    "val": compute_features(parts.extractor, val_images, 1, None)[0],
+                }
+                store.save_features(fp, features)
+            train_x, val_x = features["train"], features["val"]
+            train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
+
+            def fit_one_epoch(epoch: int) -> dict[str, float]:
+                history = train_model.fit(
+                    train_x[epoch % len(train_x)],
+                    train_y,
+                    batch_size=training.batch_size,
+                    epochs=epoch + 1,
+                    initial_epoch=epoch,
+                    validation_data=(val_x, val_y),
+                    shuffle=True,
+                    verbose=0,
+                )
+                return {k: float(v[-1]) for k, v in history.history.items()}
+
+        else:
+            train_ds = training_batches(
+                train_images, len(layout.train), training.batch_size, training.seed, augment
+            )
+            val_ds = eval_batches(val_images, training.batch_size)
+
+            def fit_one_epoch(epoch: int) -> dict[str, float]:
+                history = train_model.fit(
+                    train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds, verbose=0
+                )
+                return {k: float(v[-1]) for k, v in history.history.items()}
+
+        if remaining:
+            reporter.phase("training", f"epochs {state.epochs_done + 1}-{epochs}")
+            board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
+            state = train_epochs(spec, state, store, train_model, fit_one_epoch, board, reporter)
+
+        kept = kept_epoch(state.stop, state.epochs_done, training.early_stopping)
+        if kept != state.epochs_done and state.best_weights:
+            log(f"restoring the weights of epoch {kept}")
+            store.load_weights(train_model, BEST_WEIGHTS)
+        reporter.phase("evaluating", f"testing the weights of epoch {kept}")
+        test = evaluate(model, layout, test_images)
+
+    reporter.phase("exporting", f"writing to {paths.output}")
+    artifacts = export(model, paths.output, spec)
+    history = [EpochMetrics.model_validate(h) for h in state.history]
+    finished = Finished(
+        epochs_run=state.epochs_done, best_epoch=kept, test=test, model=artifacts, history=history
+    )
+    summary = {
+        "mode": spec.mode.value,
+        "base": spec.model.base,
+        "classes": list(layout.classes),
+        **{k: v for k, v in finished.to_dict().items() if k != "event"},
+    }
+    fs.write_text(
+        artifacts.metrics_uri or fs.join(paths.output, "metrics.json"), json.dumps(summary, indent=1)
+    )
+    return finished
