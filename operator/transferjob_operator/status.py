@@ -312,7 +312,9 @@ def status_from_job_and_pods(
     completion = previous.completion_time
     if result.phase in TERMINAL and completion is None:
         completion = result.completion_time or now
-    restarts = int(job_status.get("failed", 0) or 0) if job is not None else None
+    # Failed pods that a new pod replaced: the last failure of a failed job was not retried.
+    failed_pods = int(job_status.get("failed", 0) or 0)
+    restarts = failed_pods - 1 if result.phase is Phase.FAILED and failed_pods else failed_pods
     return TransferJobStatus(
         phase=result.phase,
         conditions=merge_conditions(previous.conditions, conditions, now, generation),

@@ -1,0 +1,226 @@
+"""Install and run the operator against a (test) cluster: shared by the e2e tests and `hack/demo.py`.
+
+The operator runs as a real subprocess (`python -m transferjob_operator --kubeconfig ...`) with the
+credentials of its own ServiceAccount, bound to the ClusterRole in manifests/rbac/: if it needs a
+permission the manifests do not grant, the tests fail, just as the Deployment would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from tests.testcluster.kube import apply_yaml, wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"
+RBAC = REPO_ROOT / "manifests" / "rbac"
+OPERATOR_NAMESPACE = "transferjob-system"
+SERVICE_ACCOUNT = "transferjob-operator"
+
+
+def install(api: client.ApiClient) -> None:
+    """The CRD (waiting until it is served) and the operator's namespace, ServiceAccount and RBAC."""
+    apply_yaml(api, CRD)
+    ext = client.ApiextensionsV1Api(api)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition("transferjobs.transferjob.io")
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for(established, timeout=30, what="the TransferJob CRD to be established")
+    apply_yaml(api, REPO_ROOT / "manifests" / "namespace.yaml")
+    for name in ("service_account.yaml", "cluster_role.yaml", "cluster_role_binding.yaml", "user_roles.yaml"):
+        apply_yaml(api, RBAC / name)
+
+
+def service_account_kubeconfig(api: client.ApiClient, admin_kubeconfig: Path, path: Path) -> Path:
+    """A kubeconfig holding a token of the operator's ServiceAccount (so RBAC applies to it)."""
+    core = client.CoreV1Api(api)
+    request = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 86400},
+    }
+    wait_for(
+        lambda: _exists(core, SERVICE_ACCOUNT, OPERATOR_NAMESPACE),
+        timeout=30,
+        what="the operator ServiceAccount",
+    )
+    token = core.create_namespaced_service_account_token(
+        SERVICE_ACCOUNT, OPERATOR_NAMESPACE, request
+    ).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "cluster", "user": SERVICE_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _exists(core: client.CoreV1Api, name: str, namespace: str) -> bool:
+    try:
+        core.read_namespaced_service_account(name, namespace)
+        return True
+    except client.ApiException:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m transferjob_operator` as a child process, with its log in a file."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def liveness(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "transferjob_operator",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--all-namespaces",
+            "--liveness",
+            self.liveness,
+            "--verbose",
+            *self.extra_args,
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.liveness, timeout=2) as response:
+                if response.status == 200:
+                    return self
+            time.sleep(0.3)
+        raise RuntimeError(f"operator not live after {timeout}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def make_digits(root: Path, epochs: int = 6) -> tuple[Path, Path]:
+    """Digits 5-9 at 32x32 (the transfer task) and a small CNN pretrained on digits 0-4 (the source)."""
+    target = root / "digits-5-9"
+    source_data = root / "digits-0-4"
+    model = root / "source.keras"
+    python = sys.executable
+    if not (target / "train").is_dir():
+        _run([python, "-m", "transferjob.datasets", "digits", str(target), "--digits", "5-9", "--size", "32"])
+    if not model.is_file():
+        if not (source_data / "train").is_dir():
+            _run(
+                [
+                    python,
+                    "-m",
+                    "transferjob.datasets",
+                    "digits",
+                    str(source_data),
+                    "--digits",
+                    "0-4",
+                    "--size",
+                    "32",
+                ]
+            )
+        _run(
+            [
+                python,
+                "-m",
+                "transferjob_trainer.pretrain",
+                "--data",
+                str(source_data),
+                "--out",
+                str(model),
+                "--epochs",
+                str(epochs),
+                "--size",
+                "32",
+            ]
+        )
+    return target, model
+
+
+def _run(args: list[str]) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def digits_spec(
+    data: dict[str, Any], output: dict[str, Any], base: str, epochs: int = 3, **extra: Any
+) -> dict[str, Any]:
+    """A TransferJob spec that trains in seconds on the 32x32 digits."""
+    spec: dict[str, Any] = {
+        "mode": "FeatureExtraction",
+        "model": {"base": base, "imageSize": 32},
+        "data": {"source": data, "augmentation": {"enabled": False}},
+        "training": {"epochs": epochs, "batchSize": 32, "learningRate": 0.001},
+        "output": {"location": output, "tensorboard": False, "savedModel": False},
+        "resources": {"gpus": 1, "cpu": "1", "memory": "2Gi"},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def transferjob(name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "transferjob.io/v1alpha1",
+        "kind": "TransferJob",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": spec,
+    }
