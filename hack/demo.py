@@ -1,0 +1,178 @@
+"""`make demo`: the TransferJob story on a laptop, from nothing to two trained models and back to nothing.
+
+1. A real control plane on loopback (etcd, kube-apiserver, controller manager, scheduler) and the test
+   node agent, which runs pods as local processes (see docs/test-control-plane.md).
+2. The CRD, the operator's RBAC, and the operator itself, running with its ServiceAccount's token.
+3. The digits: 5-9 at 32x32 to learn, and a small CNN pretrained on 0-4 as the source network.
+4. A FeatureExtraction TransferJob, then a FineTuning one that builds on it (`model.fromJob`), with each
+   epoch's metrics printed as the operator writes them into `.status`.
+5. `kubectl get tj`, then everything is stopped and removed (also on Ctrl-C).
+
+Run from the repository root: `python hack/demo.py [--keep DIR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from kubernetes import client, config  # noqa: E402
+
+from tests.operator.harness import (  # noqa: E402
+    OperatorProcess,
+    digits_spec,
+    install,
+    make_digits,
+    service_account_kubeconfig,
+    transferjob,
+)
+from tests.testcluster.agent_process import start_agent  # noqa: E402
+from tests.testcluster.controlplane import ControlPlane  # noqa: E402
+
+GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
+NAMESPACE = "demo"
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def follow(custom: client.CustomObjectsApi, name: str, timeout: float = 900.0) -> dict[str, Any]:
+    """Print phase changes, conditions and each new epoch until the TransferJob finishes."""
+    shown_epochs: set[int] = set()
+    shown: tuple[str, ...] = ()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = (
+            custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name).get("status") or {}
+        )
+        true = tuple(
+            f"{c['type']}({c['reason']})" for c in status.get("conditions", []) if c["status"] == "True"
+        )
+        state = (status.get("phase", "-"), *true)
+        if state != shown:
+            shown = state
+            messages = [c["message"] for c in status.get("conditions", []) if c["status"] == "True"]
+            print(f"   {name}: {' '.join(state)}  {'; '.join(m for m in messages if m)}", flush=True)
+        for metrics in status.get("history", []):
+            if metrics["epoch"] not in shown_epochs:
+                shown_epochs.add(metrics["epoch"])
+                values = "  ".join(
+                    f"{label} {metrics.get(key, float('nan')):.4f}"
+                    for label, key in (("loss", "loss"), ("acc", "accuracy"), ("val_loss", "valLoss"))
+                )
+                val_acc = metrics.get("valAccuracy", float("nan"))
+                print(
+                    f"   {name}: epoch {metrics['epoch']}/{status.get('epochs')}  {values}  "
+                    f"val_acc {val_acc:.4f}"
+                )
+        if status.get("phase") in ("Succeeded", "Failed"):
+            if status.get("test"):
+                print(
+                    f"   {name}: best epoch {status.get('bestEpoch')}, test accuracy "
+                    f"{status['test']['accuracy']:.4f}, model {status['model']['uri']}",
+                    flush=True,
+                )
+            return dict(status)
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} did not finish in {timeout}s")
+
+
+def print_table(custom: client.CustomObjectsApi, kubeconfig: Path) -> None:
+    """`kubectl get tj`, or the same columns from the API when kubectl is not installed."""
+    if shutil.which("kubectl"):
+        subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "tj", "-n", NAMESPACE], check=False
+        )
+        return
+    print(f"{'NAME':<10} {'PHASE':<10} {'MODE':<18} {'EPOCH':<6} {'VAL-ACC':<8} TEST-ACC")
+    for item in custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]:
+        status = item.get("status", {})
+        print(
+            f"{item['metadata']['name']:<10} {status.get('phase', ''):<10} {item['spec']['mode']:<18} "
+            f"{status.get('epoch', ''):<6} {status.get('metrics', {}).get('valAccuracy', ''):<8.4} "
+            f"{status.get('test', {}).get('accuracy', '')}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep", type=Path, help="work in this folder and keep it (default: a temporary one)"
+    )
+    args = parser.parse_args(argv)
+    root = (args.keep or Path(tempfile.mkdtemp(prefix="tj-demo-"))).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cp = ControlPlane(root / "cluster")
+    agent = None
+    operator = None
+    try:
+        say(f"starting a control plane in {root / 'cluster'}")
+        cp.start()
+        agent = start_agent(
+            cp.kubeconfig, root / "node-agent", cp.pki.dir, nodes=1, gpus=2, cpu="4", memory="16Gi"
+        )
+        agent.wait_ready(cp.kubeconfig)
+        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+
+        say("installing the CRD and the operator's RBAC; starting the operator as its ServiceAccount")
+        install(api)
+        sa_kubeconfig = service_account_kubeconfig(api, cp.kubeconfig, root / "operator.kubeconfig")
+        operator = OperatorProcess(sa_kubeconfig, root / "operator.log").start()
+        print(f"   operator log: {operator.log_path}")
+
+        say("preparing digits 5-9 (32x32) and a small CNN pretrained on digits 0-4 (takes a minute)")
+        data, source = make_digits(root / "data")
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+        custom = client.CustomObjectsApi(api)
+        models = root / "models"
+
+        say("feature extraction: a new head on the frozen pretrained CNN")
+        fe = digits_spec(
+            {"hostPath": str(data)}, {"hostPath": str(models / "features")}, str(source), epochs=5
+        )
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("features", fe))
+
+        say("fine-tuning from it (model.fromJob: features); it waits until features has succeeded")
+        ft = digits_spec(
+            {"hostPath": str(data)},
+            {"hostPath": str(models / "finetune")},
+            str(source),
+            epochs=5,
+            mode="FineTuning",
+            model={"fromJob": "features", "fineTuneAt": "conv3"},
+            training={"learningRate": 0.0001},
+        )
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("finetune", ft))
+        results = [follow(custom, "features"), follow(custom, "finetune")]
+
+        say("kubectl get tj")
+        print_table(custom, cp.kubeconfig)
+        ok = all(r.get("phase") == "Succeeded" for r in results)
+        say("done" if ok else "a TransferJob failed: see the conditions above and the operator log")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        say("tearing down")
+        if operator is not None:
+            operator.stop()
+        if agent is not None:
+            agent.stop()
+        cp.stop()
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
