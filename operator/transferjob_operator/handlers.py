@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,8 @@ from transferjob_operator.tracking import SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
 
 Json = dict[str, Any]
+Key = tuple[str | None, str]
+IndexEntry = dict[Key, Json]
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _now() -> dt.datetime:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Own names for kopf's marks on our objects, and no events from plain log lines."""
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -100,19 +101,19 @@ def cleanup(**_: Any) -> None:
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_JOB_NAME: kopf.PRESENT})
-def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Json:
+def training_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> IndexEntry:
     """Training Jobs by (namespace, TransferJob name)."""
     return {(namespace, labels[LABEL_JOB_NAME]): _plain(body)}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT})
-def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Json:
+def training_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> IndexEntry:
     """Training pods by (namespace, TransferJob name)."""
     return {(namespace, labels[LABEL_JOB_NAME]): _plain(body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def transferjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> Json:
+def transferjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> IndexEntry:
     """TransferJobs by (namespace, name): what a `fromJob` waits for."""
     return {(namespace, name): {"spec": _plain(body.spec), "status": _plain(body.status)}}
 
@@ -126,21 +127,22 @@ def needs_supervision(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
     return not finished or spec.get("runPolicy", {}).get("ttlSecondsAfterFinished") is not None
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, when=needs_supervision, cancellation_timeout=10.0)
+# The index kwargs (training_jobs, ...) are not part of kopf's DaemonFn protocol, hence the ignore.
+@kopf.daemon(GROUP, VERSION, PLURAL, when=needs_supervision, cancellation_timeout=10.0)  # type: ignore[arg-type]
 async def supervise(
     body: kopf.Body,
-    namespace: str,
+    namespace: str | None,
     name: str,
     uid: str,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
-    training_jobs: kopf.Index[tuple[str, str], Json],
-    training_pods: kopf.Index[tuple[str, str], Json],
-    transferjobs: kopf.Index[tuple[str, str], Json],
+    logger: kopf.Logger,
+    training_jobs: kopf.Index[Key, Json],
+    training_pods: kopf.Index[Key, Json],
+    transferjobs: kopf.Index[Key, Json],
     **_: Any,
 ) -> None:
     """Drive one TransferJob until it is finished (and, with a TTL, deleted)."""
-    supervisor = Supervisor(_kube(), namespace, name, uid, body, logger)
+    supervisor = Supervisor(_kube(), namespace or "", name, uid, body, logger)
     try:
         while not stopped:
             try:
@@ -156,7 +158,7 @@ class Supervisor:
     """The state one daemon keeps between its loop's steps (all of it rebuildable after a restart)."""
 
     def __init__(
-        self, kube: Kube, namespace: str, name: str, uid: str, body: kopf.Body, logger: logging.Logger
+        self, kube: Kube, namespace: str, name: str, uid: str, body: kopf.Body, logger: kopf.Logger
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -187,9 +189,9 @@ class Supervisor:
 
     async def step(
         self,
-        job_index: kopf.Index[tuple[str, str], Json],
-        pod_index: kopf.Index[tuple[str, str], Json],
-        tj_index: kopf.Index[tuple[str, str], Json],
+        job_index: kopf.Index[Key, Json],
+        pod_index: kopf.Index[Key, Json],
+        tj_index: kopf.Index[Key, Json],
     ) -> None:
         raw = _plain(self.body)
         now = _now()
@@ -202,7 +204,7 @@ class Supervisor:
             await self._write(status.invalid_spec_status(previous, error.problems, generation, now), previous)
             return
 
-        key = (self.namespace, self.name)
+        key: Key = (self.namespace, self.name)
         job = next((j for j in job_index.get(key, []) if owned_by(j, self.uid)), self.created_job)
         finished = previous is not None and previous.phase in status.TERMINAL
         if finished:
@@ -225,7 +227,7 @@ class Supervisor:
         await self._write(new, previous)
 
     async def _create(
-        self, tj: TransferJob, tj_index: kopf.Index[tuple[str, str], Json], now: dt.datetime
+        self, tj: TransferJob, tj_index: kopf.Index[Key, Json], now: dt.datetime
     ) -> tuple[status.Gate | None, Json | None]:
         """Create the ConfigMap and the Job, unless `fromJob` holds the job back."""
         upstream = None

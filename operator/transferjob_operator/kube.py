@@ -45,9 +45,11 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        # Typed as Any: the generated client wants its model classes, the operator passes plain dicts
+        # (which it validates into those models) and reads raw responses (`_preload_content=False`).
+        self.core: Any = client.CoreV1Api(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
 
     def ensure(self, body: Json, owner_uid: str) -> tuple[Json, bool]:
         """Create a Job or ConfigMap unless it exists; return it and whether this call created it.
@@ -164,7 +166,8 @@ class LogFollower:
                 container=CONTAINER,
                 follow=True,
                 _preload_content=False,
-                _request_timeout=(10, None),
+                # A quiet trainer ends the stream after this long; the loop then follows it again.
+                _request_timeout=(10, 900),
             )
         except Exception as error:  # the pod went away or is not started yet: the loop retries
             log.debug("cannot follow %s/%s: %s", self.namespace, self.pod, error)

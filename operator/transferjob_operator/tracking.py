@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from transferjob.constants import HISTORY_LIMIT
 from transferjob.models import EpochMetrics, ModelArtifacts, TestMetrics
 from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, decode
 
-Event = Started | PhaseChanged | EpochEnded | Finished | Failed
+Event: TypeAlias = Started | PhaseChanged | EpochEnded | Finished | Failed
 
 
 @dataclass
