@@ -1,7 +1,7 @@
 """A scripted stand-in for `transferjob_trainer`: same arguments, same protocol, no TensorFlow.
 
 It lets the local backend's process handling (detaching, status files, retries, exit codes, deadlines,
-log following) be tested in seconds. What it does is read from `script.json` in the data folder:
+log following) be tested in seconds. It follows `script.json` in the data folder (absent: succeed):
 `epochs`, `sleep` (seconds per epoch), `fail_attempts` (attempts that fail before one succeeds),
 `fail` (`reason`/`message`/`permanent` of a failure), `exit` (exit code of a failing attempt). The real
 trainer runs in the tests marked `trainer`.
@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument("--init-model")
     args = parser.parse_args()
     spec = TransferJobSpec.model_validate(json.loads(Path(args.spec).read_text()))
-    script = json.loads((Path(args.data_dir) / "script.json").read_text())
+    script_file = Path(args.data_dir) / "script.json"
+    script = json.loads(script_file.read_text()) if script_file.exists() else {}
     out = Path(args.output_dir)
     attempts_file = out / "attempts"
     attempt = int(attempts_file.read_text()) + 1 if attempts_file.exists() else 1

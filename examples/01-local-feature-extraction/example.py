@@ -1,0 +1,62 @@
+"""Feature extraction on this machine: a new head on a frozen MobileNetV2, on handwritten digits 5-9.
+
+Writes scikit-learn's digits as 32x32 PNGs (no download), submits a local TransferJob, prints each epoch
+as it lands on the job's status, and saves the learning curves. The job runs in a detached process: you
+could stop this script and pick the job up again with `tj --local watch digits-features`.
+
+    python examples/01-local-feature-extraction/example.py [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transferjob import TransferJob, TransferJobClient, TransferJobSpec
+from transferjob.client import EpochCompleted, PhaseChanged
+from transferjob.datasets import main as write_dataset
+from transferjob.plot import plot_curves
+
+NAME = "digits-features"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path("out/examples"))
+    workdir = parser.parse_args().workdir.resolve()
+    data = workdir / "digits"
+    if not data.exists():
+        write_dataset(["digits", str(data), "--digits", "5-9", "--size", "32"])
+
+    spec = TransferJobSpec.model_validate(
+        {
+            # No ImageNet download here: random weights at 32x32 keep the example offline and quick.
+            "model": {"base": "MobileNetV2", "weights": "none", "imageSize": 32},
+            "data": {"source": {"hostPath": str(data)}, "augmentation": {"enabled": False}},
+            "training": {"epochs": 3, "batchSize": 64},
+            "output": {"location": {"hostPath": str(workdir / NAME)}},
+            "resources": {"gpus": 0},
+        }
+    )
+    client = TransferJobClient("local")
+    if any(job.metadata.name == NAME for job in client.list()):
+        client.delete(NAME)  # examples are re-runnable
+    name = client.submit(TransferJob(spec=spec), name=NAME)
+    print(f"submitted {name}")
+    for event in client.watch(name):
+        if isinstance(event, EpochCompleted):
+            m = event.metrics
+            print(f"epoch {event.epoch}/{event.epochs}: loss {m.loss:.3f}, val_accuracy {m.val_accuracy:.3f}")
+        elif isinstance(event, PhaseChanged):
+            print(f"{event.phase.value} {event.reason}")
+    job = client.wait(name)  # returns at once now; raises JobFailedError(reason, message) on failure
+    assert job.status is not None and job.status.test is not None
+    model = job.status.model.uri if job.status.model else "?"
+    print(f"test accuracy {job.status.test.accuracy:.4f}, model at {model}")
+    plot_curves(job, workdir / "features-curves.png")
+    print(f"curves: {workdir / 'features-curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Fine-tuning on this machine, continuing example 01's model (exercise 2 of the reference workflow).
+
+`client.fine_tune(from_job=...)` builds the FineTuning job from the first one: same data, base and head,
+its exported model as the starting point, the last blocks of the base unfrozen (from layer 100 here,
+`block_13_expand` by default), Adam at 1e-5, early stopping restoring the best epoch.
+
+    python examples/02-local-fine-tuning/example.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transferjob import JobFailedError, TransferJobClient
+from transferjob.plot import plot_curves
+
+SOURCE = "digits-features"
+NAME = "digits-finetune"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path("out/examples"))
+    workdir = parser.parse_args().workdir.resolve()
+    client = TransferJobClient("local")
+    first = client.wait(SOURCE)  # run example 01 first
+    if any(job.metadata.name == NAME for job in client.list()):
+        client.delete(NAME)
+    name = client.fine_tune(from_job=SOURCE, name=NAME, epochs=3, fine_tune_at=100)
+    try:
+        job = client.wait(name, progress=True)
+    except JobFailedError as error:
+        print(f"fine-tuning failed: {error.reason}: {error.message}")
+        return 1
+    assert first.status and first.status.test and job.status and job.status.test
+    print(
+        f"test accuracy: feature extraction {first.status.test.accuracy:.4f}, "
+        f"fine-tuning {job.status.test.accuracy:.4f} (best epoch {job.status.best_epoch})"
+    )
+    plot_curves(job, workdir / "finetune-curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
