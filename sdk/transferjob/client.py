@@ -19,6 +19,8 @@ a watch that starts late still sees every epoch, once, in order.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from transferjob.backends.base import Backend, JobEvent
 from transferjob.backends.status import TERMINAL_PHASES, failure
-from transferjob.errors import JobFailedError, JobTimeoutError
+from transferjob.errors import JobFailedError, JobTimeoutError, TransferJobError
 from transferjob.models import (
     EpochMetrics,
     Location,
@@ -240,6 +242,7 @@ class TransferJobClient:
         timeout: float | None = None,
         until: Phase | str | Iterable[Phase | str] = (Phase.SUCCEEDED,),
         progress: bool | None = None,
+        logs: bool = False,
     ) -> TransferJob:
         """Block until the job's phase is in `until` (default Succeeded) and return the job then.
 
@@ -247,9 +250,24 @@ class TransferJobClient:
         Failed is in `until`); a Succeeded job ends the wait whatever `until` says, since no other
         phase can follow. `timeout` raises `JobTimeoutError` (the job keeps running). `progress`
         shows a live progress bar; by default only when attached to a terminal or a notebook.
+        `logs` prints the trainer's output to stdout while waiting (following pod restarts).
         """
         wanted = {Phase(until)} if isinstance(until, Phase | str) else {Phase(p) for p in until}
         show = _interactive() if progress is None else progress
+        follower = _LogPrinter(self.backend, name) if logs else None
+        finished = False
+        try:
+            job = self._wait(name, timeout, wanted, show)
+            finished = bool(job.status and job.status.phase in TERMINAL_PHASES)
+            return job
+        except JobFailedError:
+            finished = True
+            raise
+        finally:
+            if follower is not None:
+                follower.finish(grace=10.0 if finished else 0.0)
+
+    def _wait(self, name: str, timeout: float | None, wanted: set[Phase], show: bool) -> TransferJob:
         with _ProgressDisplay(name, enabled=show) as display:
             last_epoch = 0
             before: TransferJobStatus | None = None
@@ -312,6 +330,29 @@ class TransferJobClient:
             output=output,
         )
         return self.submit(job)
+
+
+class _LogPrinter:
+    """Prints a job's log lines from a background thread while `wait` watches its status."""
+
+    def __init__(self, backend: Backend, name: str) -> None:
+        self._lines = backend.logs(name, follow=True, tail=None)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"logs-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(TransferJobError):
+            for line in self._lines:
+                if self._stopped:
+                    return
+                print(line, flush=True)
+
+    def finish(self, grace: float) -> None:
+        """Let the last lines of a finished job arrive (its log ends just after the final status),
+        then stop printing: a wait that ended early must not leave output running behind it."""
+        self._thread.join(grace)
+        self._stopped = True
 
 
 def _interactive() -> bool:

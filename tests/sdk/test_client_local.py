@@ -237,3 +237,21 @@ def test_from_job_in_a_manifest_hands_the_model_to_the_trainer(
     assert job.spec.model.from_job == "up"  # stored as written
     out = job.spec.output.location.host_path
     assert json.loads((Path(out or "") / "args.json").read_text())["init_model"] == model
+
+
+def test_wait_can_show_progress_and_stream_logs(
+    local_client: TransferJobClient, make_job: MakeJob, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = local_client.submit(make_job({"epochs": 2, "sleep": 0.3}, name="chatty"))
+    local_client.wait(name, timeout=60, progress=True, logs=True)
+    captured = capsys.readouterr()
+    assert "some library chatter that is not a protocol line" in captured.out
+    assert sum('"event":"epoch"' in line for line in captured.out.splitlines()) == 2
+    assert "chatty" in captured.err and "2/2" in captured.err  # the bar, at its end
+
+
+def test_wait_is_quiet_by_default_when_not_on_a_terminal(
+    local_client: TransferJobClient, make_job: MakeJob, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local_client.wait(local_client.submit(make_job({"epochs": 1})), timeout=60)
+    assert capsys.readouterr() == ("", "")

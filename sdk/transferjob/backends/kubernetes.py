@@ -157,6 +157,7 @@ class KubernetesBackend(Backend):
                     GROUP, VERSION, self.namespace, PLURAL,
                     field_selector=f"metadata.name={name}", resource_version=version,
                     timeout_seconds=max(1, int(left)), allow_watch_bookmarks=True,
+                    _request_timeout=left + 30,  # a connection that silently died must not hang us
                 ):  # fmt: skip
                     obj = event["object"]
                     version = obj.get("metadata", {}).get("resourceVersion", version)
