@@ -65,9 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
-    """The client for the operator's own calls; also loads the default config that kopf's login reads."""
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login_via_client reads the same file
+    """The client for the operator's own calls; kopf's login takes its credentials from it too."""
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
     else:

@@ -86,9 +86,28 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """The same credentials as the `kubernetes` client: in-cluster, else the kubeconfig."""
-    return kopf.login_via_client(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use exactly the credentials the CLI loaded (`--kubeconfig`, in-cluster, ...).
+
+    kopf's own `login_via_client` reloads the default kubeconfig location, which ignores
+    `--kubeconfig`; this reads the already loaded configuration instead (re-invoked on a 401, so a
+    refreshed ServiceAccount token is picked up).
+    """
+    config = _kube().api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    scheme, _sep, token = header.rpartition(" ") if header else ("", "", "")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
 
 
 @kopf.on.cleanup()
