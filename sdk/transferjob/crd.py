@@ -89,10 +89,18 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
     if "properties" in node:
         node["type"] = "object"
         node["properties"] = {k: to_structural(v, defs) for k, v in node["properties"].items()}
-        for child in node["properties"].values():
-            # A nested object with no required fields defaults to {} so its own defaults apply.
-            if child.get("type") == "object" and "properties" in child and not child.get("required"):
-                child.setdefault("default", {})
+        required = set(node.get("required") or [])
+        for name, child in node["properties"].items():
+            # A nested object with no required fields defaults to its own defaults, so they apply when it
+            # is left out. Written out in full (not `{}`): the API server validates a default, CEL rules
+            # included, without applying the nested defaults first. A required child needs no default.
+            if (
+                child.get("type") == "object"
+                and "properties" in child
+                and not child.get("required")
+                and name not in required
+            ):
+                child.setdefault("default", _object_default(child))
     if isinstance(node.get("additionalProperties"), dict):
         node["additionalProperties"] = to_structural(node["additionalProperties"], defs)
     if "items" in node:
@@ -100,6 +108,15 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
     if "type" not in node and not node.get("x-kubernetes-int-or-string"):
         raise ValueError(f"schema node without a type: {node}")
     return node
+
+
+def _object_default(node: dict[str, Any]) -> dict[str, Any]:
+    """The value an object takes when left out: each property's own default, recursively."""
+    return {
+        name: copy.deepcopy(child["default"])
+        for name, child in node["properties"].items()
+        if "default" in child
+    }
 
 
 def _model_schema(model: type[Any]) -> dict[str, Any]:
