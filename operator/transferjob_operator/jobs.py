@@ -38,7 +38,7 @@ SPEC_FILE = "spec.json"
 DATA_MOUNT = "/data"
 OUTPUT_MOUNT = "/output"
 INIT_MOUNT = "/init"
-SCRATCH_MOUNT = "/tmp"
+SCRATCH_MOUNT = "/scratch"
 
 #: The non-root identity the training pod runs as (Pod Security "restricted" wants a numeric one).
 RUN_AS_USER = 1000
@@ -227,8 +227,13 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
         "imagePullPolicy": spec.resources.image_pull_policy,
         "command": list(TRAINER_COMMAND),
         "args": args,
-        # HOME on the scratch volume: Keras caches weights under ~/.keras and the root fs is read-only.
-        "env": [{"name": "HOME", "value": SCRATCH_MOUNT}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # HOME and TMPDIR on the scratch volume: Keras caches weights under ~/.keras, exports go through
+        # temporary files, and the root filesystem is read-only.
+        "env": [
+            {"name": "HOME", "value": SCRATCH_MOUNT},
+            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
         "volumeMounts": volumes.mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

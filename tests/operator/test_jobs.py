@@ -110,6 +110,12 @@ def test_pod_passes_pod_security_restricted(tj: TransferJob) -> None:
     for volume in pod["volumes"]:
         assert set(volume) - {"name"} <= allowed, volume
     assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # A read-only root filesystem, with HOME and TMPDIR on a writable emptyDir.
+    assert ctx["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    scratch = {v["name"]: v for v in pod["volumes"]}[mounts[env["HOME"]]]
+    assert "emptyDir" in scratch and env["TMPDIR"] == env["HOME"]
 
 
 def test_failure_policy_fails_fast_on_permanent_errors(tj: TransferJob) -> None:
