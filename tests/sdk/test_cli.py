@@ -144,7 +144,7 @@ def test_get_list_logs_events_watch_wait_in_process(tj_home: Path, make_job: Mak
         "0.9500",
     ]
     code, out = tj("--local", "get", "inproc", "-o", "json")
-    assert TransferJob.from_dict(json.loads(out)).status.phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+    assert TransferJob.from_dict(json.loads(out)).status.phase is Phase.SUCCEEDED
     code, out = tj("--local", "get", "inproc", "-o", "yaml")
     assert TransferJob.from_yaml(out).metadata.name == "inproc"
 

@@ -7,16 +7,21 @@ trainer pods as local processes.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.operator.harness import (
+    OperatorProcess,
+    digits_spec,
+    install,
+    make_digits,
+    service_account_kubeconfig,
+)
 from transferjob import (
     JobFailedError,
     JobNotFoundError,
@@ -30,44 +35,27 @@ from transferjob.client import EpochCompleted, PhaseChanged
 
 pytestmark = pytest.mark.cluster
 
-CRD = Path(__file__).resolve().parents[2] / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"
-
 
 @pytest.fixture(scope="module")
-def crd(apply_yaml: Callable[..., list[dict[str, Any]]], kubectl: Callable[..., Any]) -> None:
-    apply_yaml(CRD)
-    kubectl("wait", "--for=condition=Established", "crd/transferjobs.transferjob.io", "--timeout=60s")
+def crd(api_client: Any) -> None:
+    install(api_client)  # the CRD, the operator's namespace and RBAC, as tests/operator does
 
 
 @pytest.fixture(scope="module")
 def operator(
-    crd: None, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "transferjob_operator",
-                "--kubeconfig",
-                str(kubeconfig),
-                "-A",
-                "--interval",
-                "0.5",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    crd: None, api_client: Any, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    root = tmp_path_factory.mktemp("sdk-operator")
+    sa_kubeconfig = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
+    process = OperatorProcess(sa_kubeconfig, root / "operator.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Digits 5-9 and a small CNN pretrained on 0-4 (the operator tests' transfer task)."""
+    return make_digits(tmp_path_factory.mktemp("sdk-digits"))
 
 
 @pytest.fixture()
@@ -75,20 +63,12 @@ def client(crd: None, kubeconfig: Path, namespace: str) -> TransferJobClient:
     return TransferJobClient(kubeconfig=kubeconfig, namespace=namespace)
 
 
-def job(data: Path, out: Path, name: str | None = None, epochs: int = 2, **labels: str) -> TransferJob:
-    return TransferJob.model_validate(
-        {
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "model": {"base": "MobileNetV2", "weights": "none", "imageSize": 32},
-                "data": {"source": {"hostPath": str(data)}, "augmentation": {"enabled": False}},
-                "training": {"epochs": epochs, "batchSize": 32},
-                "output": {"location": {"hostPath": str(out)}},
-                "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
-                "runPolicy": {"backoffLimit": 0},
-            },
-        }
-    )
+def job(data: Path, out: Path, base: str = "MobileNetV2", epochs: int = 2, **labels: str) -> TransferJob:
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, base, epochs=epochs)
+    spec["runPolicy"] = {"backoffLimit": 0}
+    if base == "MobileNetV2":
+        spec["model"]["weights"] = "none"
+    return TransferJob.model_validate({"metadata": {"labels": labels}, "spec": spec})
 
 
 def test_namespace_comes_from_the_kubeconfig_context(crd: None, kubeconfig: Path) -> None:
@@ -148,25 +128,25 @@ def test_failed_job_raises_with_its_reason(operator: None, client: TransferJobCl
 
 @pytest.mark.trainer
 def test_training_epochs_arrive_in_order_and_logs_follow(
-    operator: None, client: TransferJobClient, tmp_path: Path
+    operator: OperatorProcess, client: TransferJobClient, digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from transferjob.datasets import main as datasets_main
-
-    data = tmp_path / "digits"
-    assert datasets_main(["digits", str(data), "--digits", "0-4", "--size", "32"]) == 0
-    name = client.submit(job(data, tmp_path / "out", epochs=3), name="digits")
+    data, source_model = digits
+    name = client.submit(job(data, tmp_path / "features", base=str(source_model), epochs=3), name="digits")
     followed: list[str] = []
     follower = threading.Thread(target=lambda: followed.extend(client.logs(name, follow=True)), daemon=True)
     follower.start()  # before the pod exists: logs waits for it
     events = list(client.watch(name, timeout=300))
     assert [e.epoch for e in events if isinstance(e, EpochCompleted)] == [1, 2, 3]
     final = events[-1]
-    assert isinstance(final, PhaseChanged) and final.phase is Phase.SUCCEEDED
+    assert isinstance(final, PhaseChanged) and final.phase is Phase.SUCCEEDED, (final.reason, final.message)
     assert final.status.test and final.status.model
     follower.join(60)
     assert not follower.is_alive(), "logs(follow=True) did not end when the job finished"
     assert sum('"event":"epoch"' in line for line in followed) == 3
-    tuned = client.fine_tune(from_job=name, epochs=1, fine_tune_at=100)
+    assert [e.reason for e in client.events(name)], "the operator recorded no events"
+
+    tuned = client.fine_tune(from_job=name, epochs=1, fine_tune_at=0)
     tuned_job = client.get(tuned)
     assert (tuned_job.spec.mode, tuned_job.spec.model.from_job) == (Mode.FINE_TUNING, name)
-    assert client.wait(tuned, timeout=300).status.phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+    done = client.wait(tuned, timeout=300)
+    assert done.status and done.status.phase is Phase.SUCCEEDED

@@ -89,7 +89,7 @@ def test_jobs_outlive_the_client_and_its_process(tj_home: Path, make_job: MakeJo
     assert started.stdout.strip() == "survivor"
     fresh = TransferJobClient("local")  # a new client in this process: the submitting one is gone
     assert [j.metadata.name for j in fresh.list()] == ["survivor"]
-    assert fresh.wait("survivor", timeout=60).status.phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+    assert fresh.wait("survivor", timeout=60).status.phase is Phase.SUCCEEDED
 
 
 def test_retryable_failures_are_retried_up_to_backoff_limit(
@@ -141,7 +141,7 @@ def test_wait_times_out_and_the_job_keeps_running(local_client: TransferJobClien
     with pytest.raises(JobTimeoutError) as caught:
         local_client.wait(name, timeout=1.5)
     assert caught.value.name == name and caught.value.phase in ("Pending", "Running")
-    assert local_client.get(name).status.phase in (Phase.PENDING, Phase.RUNNING)  # type: ignore[union-attr]
+    assert local_client.get(name).status.phase in (Phase.PENDING, Phase.RUNNING)
     running = local_client.wait(name, until=Phase.RUNNING, timeout=30)
     assert running.status and running.status.phase is Phase.RUNNING
     local_client.delete(name)
@@ -215,7 +215,7 @@ def test_fine_tune_chains_on_the_exported_model(local_client: TransferJobClient,
     first = local_client.submit(make_job({"epochs": 2, "sleep": 0.3}, name="features"))
     with pytest.raises(JobNotReadyError, match="has not succeeded"):
         local_client.fine_tune(from_job=first)
-    model = local_client.wait(first, timeout=60).status.model.uri  # type: ignore[union-attr]
+    model = local_client.wait(first, timeout=60).status.model.uri
     tuned = local_client.fine_tune(from_job=first, epochs=2)
     assert tuned == "features-finetune"
     job = local_client.wait(tuned, timeout=60)
@@ -228,7 +228,7 @@ def test_from_job_in_a_manifest_hands_the_model_to_the_trainer(
     local_client: TransferJobClient, make_job: MakeJob, tmp_path: Path
 ) -> None:
     first = local_client.submit(make_job({"epochs": 1}, name="up"))
-    model = local_client.wait(first, timeout=60).status.model.uri  # type: ignore[union-attr]
+    model = local_client.wait(first, timeout=60).status.model.uri
     second = make_job(
         {"epochs": 1}, name="down", mode="FineTuning", model={"base": "MobileNetV2", "fromJob": "up"}
     )
