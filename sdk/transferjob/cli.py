@@ -368,9 +368,14 @@ def _plot(client: TransferJobClient, name: str, output: str, out: TextIO) -> Non
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run `tj` with `argv` (default: the process's arguments); returns the exit code."""
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["datasets"]:  # all its arguments (--help too) belong to transferjob.datasets
+        from transferjob.datasets import main as datasets_main
+
+        return int(datasets_main(argv[1:]) or 0)
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse printed its message (or the help)
         return int(exit_.code or 0)
     try:

@@ -205,3 +205,12 @@ def test_plot_of_a_job_without_epochs_is_an_error(tj_home: Path, make_job: MakeJ
     result = tj_process("--local", "plot", "empty", "-o", str(tmp_path / "x.png"))
     assert result.returncode == EXIT_FAILED
     assert result.stderr == "tj: error: TransferJob 'empty' has no finished epoch to plot yet\n"
+
+
+def test_datasets_delegates_to_the_dataset_writer(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    out = tmp_path / "digits"
+    assert main(["datasets", "digits", str(out), "--digits", "0-1", "--size", "8"]) == EXIT_OK
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["0", "1"]
+    result = tj_process("datasets", "--help")
+    assert result.returncode == EXIT_OK and "digits" in result.stdout
