@@ -57,6 +57,8 @@ from kubernetes.utils import parse_quantity
 log = logging.getLogger("tj-node-agent")
 
 PROVISIONER = "transferjob.io/test-local-path"
+# The generated client would default a dict patch body to JSON Patch; say which patch we send.
+SMP = "application/strategic-merge-patch+json"
 AGENT_LABEL = "node.transferjob.io/agent"
 LOOPBACK = "127.0.0.1"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
@@ -647,7 +649,9 @@ class PodWorker(threading.Thread):
         if encoded == self._last_status:
             return
         try:
-            self.agent.core.patch_namespaced_pod_status(self.pod_name, self.ns, {"status": status})
+            self.agent.core.patch_namespaced_pod_status(
+                self.pod_name, self.ns, {"status": status}, _content_type=SMP
+            )
             self._last_status = encoded
         except ApiException as exc:
             if exc.status == 404:
@@ -930,7 +934,7 @@ class NodeAgent:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        self.core.patch_node_status(name, {"status": self._node_status(name)})
+        self.core.patch_node_status(name, {"status": self._node_status(name)}, _content_type=SMP)
         self._renew_lease(name)
 
     def _renew_lease(self, name: str) -> None:
@@ -946,7 +950,7 @@ class NodeAgent:
             },
         }
         try:
-            coord.patch_namespaced_lease(name, "kube-node-lease", {"spec": body["spec"]})
+            coord.patch_namespaced_lease(name, "kube-node-lease", {"spec": body["spec"]}, _content_type=SMP)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -960,7 +964,9 @@ class NodeAgent:
                 try:
                     self._renew_lease(name)
                     if ticks % 6 == 0:
-                        self.core.patch_node_status(name, {"status": self._node_status(name)})
+                        self.core.patch_node_status(
+                            name, {"status": self._node_status(name)}, _content_type=SMP
+                        )
                 except Exception as exc:
                     log.warning("heartbeat for %s failed: %s", name, exc)
 
