@@ -1,7 +1,8 @@
 """The real trainer through the local backend: the two exercises of the reference workflow, on digits.
 
-MobileNetV2 with random weights at 32x32 on scikit-learn's digits: tiny, but every part is real
-(TensorFlow training, progress lines, the exported model that fine-tuning starts from).
+The transfer task of the operator tests: a small CNN pretrained on digits 0-4 is the base, the job
+transfers it to digits 5-9 (32x32). Tiny, but every part is real: TensorFlow training, progress lines,
+the exported model that fine-tuning starts from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.operator.harness import make_digits
 from transferjob import Mode, Phase, TransferJob, TransferJobClient, TransferJobSpec
 from transferjob.client import EpochCompleted, PhaseChanged
 from transferjob.plot import plot_curves
@@ -20,17 +22,14 @@ pytestmark = pytest.mark.trainer
 def test_feature_extraction_then_fine_tuning_on_digits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transferjob.datasets import main as datasets_main
-
     monkeypatch.setenv("TJ_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TJ_TRAINER", raising=False)
-    data = tmp_path / "digits"
-    assert datasets_main(["digits", str(data), "--digits", "5-9", "--size", "32"]) == 0
+    data, source_model = make_digits(tmp_path, epochs=2)
     spec = TransferJobSpec.model_validate(
         {
-            "model": {"base": "MobileNetV2", "weights": "none", "imageSize": 32},
+            "model": {"base": str(source_model), "imageSize": 32},
             "data": {"source": {"hostPath": str(data)}, "augmentation": {"enabled": False}},
-            "training": {"epochs": 2, "batchSize": 64},
+            "training": {"epochs": 2, "batchSize": 64, "learningRate": 0.001},
             "output": {"location": {"hostPath": str(tmp_path / "features")}},
             "resources": {"gpus": 0},
             "runPolicy": {"backoffLimit": 0},
@@ -50,7 +49,7 @@ def test_feature_extraction_then_fine_tuning_on_digits(
     figure = plot_curves(client.get(name), tmp_path / "curves.png")
     assert list(figure.axes[0].get_lines()[0].get_xdata()) == [1, 2]
 
-    tuned = client.fine_tune(from_job=name, epochs=1, fine_tune_at=100)
+    tuned = client.fine_tune(from_job=name, epochs=1, fine_tune_at=0)
     job = client.wait(tuned, timeout=240)
     assert job.spec.mode is Mode.FINE_TUNING and job.spec.model.from_model == status.model.uri
     assert job.status and job.status.phase is Phase.SUCCEEDED and job.status.test
