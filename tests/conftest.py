@@ -62,9 +62,14 @@ class TestCluster:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/cluster/ needs the control plane: mark it ``cluster``."""
+    """Mark ``cluster`` what needs the control plane: tests/cluster/ and any test using its fixtures.
+
+    ``fixturenames`` is the transitive closure, so a test that only asks for ``namespace`` or a module
+    fixture built on ``api_client`` is deselected by ``-m "not cluster"`` too.
+    """
     for item in items:
-        if CLUSTER_DIR in Path(str(item.fspath)).parents:
+        uses_cluster = "test_cluster" in getattr(item, "fixturenames", ())
+        if uses_cluster or CLUSTER_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.cluster)
 
 
@@ -91,15 +96,17 @@ def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClust
         server = str(config.new_client_from_config(config_file=str(kubeconfig)).configuration.host)
         yield TestCluster(kubeconfig, server, True, pki if (pki / "kubelet.crt").exists() else None, root)
         return
+    problem = ""
+    cp = ControlPlane(root / "cp")
     try:
-        binaries = find_binaries()
-    except BinariesMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    cp = ControlPlane(root / "cp", binaries=binaries)
-    try:
+        cp.binaries = find_binaries()
         cp.start()
+    except BinariesMissingError as exc:
+        problem = str(exc)
     except ControlPlaneError as exc:
-        pytest.fail(f"test control plane did not start: {exc}", pytrace=False)
+        problem = f"test control plane did not start: {exc}"
+    if problem:  # outside the except block: one clear message, no chained traceback
+        pytest.fail(problem, pytrace=False)
     try:
         yield TestCluster(cp.kubeconfig, cp.server, False, cp.pki.dir, root)
     finally:

@@ -121,11 +121,12 @@ def _try_create(custom: client.CustomObjectsApi, ns: str, body: dict[str, Any]) 
 
 
 JOB_SCRIPT = """
-    import json, os, sys
+    import json, os, sys, time
     spec_path, out_dir = sys.argv[1], sys.argv[2]
+    print("api:", os.environ["KUBERNETES_SERVICE_HOST"], file=sys.stderr)
+    time.sleep(0.3)  # stdout and stderr are separate pipes: keep the stderr line first in the log
     print("spec:", open(spec_path).read().strip())
     print("pod:", os.environ["POD_NAME"], "mode:", os.environ["MODE"], "token:", os.environ["TOKEN"])
-    print("api:", os.environ["KUBERNETES_SERVICE_HOST"], file=sys.stderr)
     print("mapped:", sorted(json.loads(os.environ["TJ_PATH_MAP"])))
     open(os.path.join(out_dir, "model.txt"), "w").write("exported")
     with open("/dev/termination-log", "w") as f:  # literal container paths in a command are rewritten
@@ -177,7 +178,8 @@ def test_job_runs_to_completion_with_logs(
     )
 
     (pod,) = _pods(core, namespace, "job-name=hello")
-    assert pod.spec.node_name in node_agent.node_names
+    node = core.read_node(pod.spec.node_name)  # scheduled onto a node of a test agent (ours or cluster-up's)
+    assert node.metadata.labels.get("node.transferjob.io/agent") == "process"
     assert pod.status.phase == "Succeeded"
     assert pod.status.pod_ip == "127.0.0.1"
     term = pod.status.container_statuses[0].state.terminated
