@@ -8,6 +8,7 @@ subprocess with its ServiceAccount's RBAC; pods run the real trainer as local pr
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,23 @@ class Cluster:
             print(self.operator.tail())
             raise
 
+    def statuses_until(
+        self, name: str, phase: str, timeout: float = TRAINING_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """Every distinct status seen while polling until `phase` (the last one is that phase)."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(name)
+            if not seen or status != seen[-1]:
+                seen.append(status)
+            if status.get("phase") == phase:
+                return seen
+            assert status.get("phase") not in ("Succeeded", "Failed"), status.get("conditions")
+            time.sleep(0.2)
+        print(self.operator.tail())
+        raise AssertionError(f"{name} not {phase} after {timeout}s: {seen[-1] if seen else None}")
+
     def jobs(self, name: str) -> list[dict[str, Any]]:
         items = self.batch.list_namespaced_job(
             self.ns, label_selector=f"transferjob.io/job-name={name}"
@@ -131,7 +149,7 @@ def test_feature_extraction_then_fine_tuning_from_job(
         {"hostPath": str(data)},
         {"hostPath": str(out / "finetune")},
         str(source),
-        epochs=2,
+        epochs=3,
         mode="FineTuning",
         model={"fromJob": "features", "fineTuneAt": "conv3"},
         training={"learningRate": 0.0001},
@@ -170,8 +188,13 @@ def test_feature_extraction_then_fine_tuning_from_job(
         status["test"]["accuracy"], abs=1e-3
     )
 
-    ft_status = cluster.wait_phase("finetune", "Succeeded")
-    _history_ok(ft_status, 2)
+    # Epochs reach .status while the pod still runs (from its log), not only at the end.
+    seen = cluster.statuses_until("finetune", "Succeeded")
+    live = [s for s in seen if s.get("phase") == "Running" and s.get("epoch") and "test" not in s]
+    assert live, [(s.get("phase"), s.get("epoch")) for s in seen]
+    assert live[0]["metrics"]["epoch"] == live[0]["epoch"] == live[0]["history"][-1]["epoch"]
+    ft_status = seen[-1]
+    _history_ok(ft_status, 3)
     (job,) = cluster.jobs("finetune")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--init-model") + 1] == "/init/model.keras"
