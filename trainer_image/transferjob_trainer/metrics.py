@@ -38,7 +38,7 @@ def cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(-np.log(p)))
 
 
-def test_metrics(
+def classification_metrics(
     y_true: Sequence[int] | np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
 ) -> TestMetrics:
     """Loss, accuracy, per-class precision/recall/support and the confusion matrix.

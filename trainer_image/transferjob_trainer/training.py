@@ -36,7 +36,7 @@ from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError
 from transferjob_trainer.layout import Layout, Split
-from transferjob_trainer.metrics import test_metrics
+from transferjob_trainer.metrics import classification_metrics
 from transferjob_trainer.pipeline import (
     Augmenter,
     available_memory_bytes,
@@ -216,7 +216,7 @@ def train_epochs(
 def evaluate(model: keras.Model, layout: Layout, images: tf.data.Dataset) -> Any:
     """Test metrics of the end-to-end model (the exported artifact itself, not the head on features)."""
     probabilities = model.predict(eval_batches(images, INFERENCE_BATCH).map(lambda x, y: x), verbose=0)
-    return test_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
+    return classification_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
 
 
 def export(model: keras.Model, output: str, spec: TransferJobSpec) -> ModelArtifacts:
@@ -330,7 +330,12 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
 
             def fit_one_epoch(epoch: int) -> dict[str, float]:
                 history = train_model.fit(
-                    train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds, verbose=0
+                    train_ds,
+                    epochs=epoch + 1,
+                    initial_epoch=epoch,
+                    validation_data=val_ds,
+                    shuffle=False,
+                    verbose=0,
                 )
                 return {k: float(v[-1]) for k, v in history.history.items()}
 

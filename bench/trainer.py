@@ -1,0 +1,211 @@
+"""Benchmark: our cached-feature extraction vs the TensorFlow transfer-learning tutorial's pipeline.
+
+Not a test; a script. On the same images (scikit-learn's digits, all 10 classes, upscaled to --size),
+the same MobileNetV2 base (random init saved once to a weights file, since ImageNet weights cannot be
+downloaded here; both pipelines load the same file), the same head, optimizer, batch and epochs:
+
+1. feature extraction without augmentation: ours (base run once per image, head trained on cached
+   features) vs the tutorial (frozen base inside the model, re-run on every batch of every epoch, input
+   pipeline `image_dataset_from_directory` + prefetch): wall time, test accuracy, speed-up;
+2. the same with augmentation: ours with `cachedViews` augmented views vs the tutorial's augmentation
+   layers inside the model;
+3. fine-tuning throughput: our image pipeline (cached decoded uint8 images, shuffle, batch, prefetch)
+   vs `model.fit` on in-memory float32 tensors, same model and batch, images/s after a warm-up epoch.
+
+Run: `.venv/bin/python bench/trainer.py [--size 96] [--epochs 10] [--out bench/trainer-results.json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transferjob.datasets import write_digits
+from transferjob.models import parse_spec
+from transferjob.progress import Finished
+from transferjob_trainer import modeling
+from transferjob_trainer.layout import scan_layout
+from transferjob_trainer.pipeline import image_dataset, training_batches
+from transferjob_trainer.report import Reporter
+from transferjob_trainer.run import resolve_paths, run
+
+AUGMENTATION = {"flip": "none", "rotation": 0.05, "zoom": 0.1, "translation": 0.1}
+
+
+def save_random_base(size: int, path: Path, seed: int) -> None:
+    """One random MobileNetV2 init, saved so both pipelines start from identical weights."""
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(size, size, 3))
+    base.save_weights(path)
+
+
+def ours(data: Path, out: Path, weights: Path, args: argparse.Namespace, augment: bool) -> dict[str, Any]:
+    """Our trainer, in process (no interpreter start-up counted), early stopping off for equal epochs."""
+    augmentation = {"enabled": augment, **AUGMENTATION, "cachedViews": args.views}
+    spec = parse_spec(
+        {
+            "model": {"base": "MobileNetV2", "weights": str(weights), "imageSize": args.size},
+            "data": {"source": {"hostPath": str(data)}, "augmentation": augmentation},
+            "training": {
+                "epochs": args.epochs,
+                "batchSize": args.batch,
+                "learningRate": args.lr,
+                "seed": args.seed,
+                "earlyStopping": {"enabled": False},
+            },
+            "output": {"location": {"hostPath": str(out)}, "savedModel": False, "tensorboard": False},
+        }
+    )
+    started = time.perf_counter()
+    finished = run(spec, resolve_paths(spec, None, None, None), Reporter(io.StringIO(), None))
+    seconds = time.perf_counter() - started
+    assert isinstance(finished, Finished)
+    return {"seconds": seconds, "testAccuracy": finished.test.accuracy}
+
+
+def tutorial(data: Path, weights: Path, args: argparse.Namespace, augment: bool) -> dict[str, Any]:
+    """The tutorial's pipeline (tensorflow.org/tutorials/images/transfer_learning), same base and head."""
+    keras.utils.set_random_seed(args.seed)
+    started = time.perf_counter()
+    load = dict(image_size=(args.size, args.size), batch_size=args.batch, seed=args.seed, verbose=False)
+    train = keras.utils.image_dataset_from_directory(data / "train", shuffle=True, **load)
+    val = keras.utils.image_dataset_from_directory(data / "val", shuffle=False, **load)
+    test = keras.utils.image_dataset_from_directory(data / "test", shuffle=False, **load)
+    train, val, test = (ds.prefetch(tf.data.AUTOTUNE) for ds in (train, val, test))
+    base = keras.applications.MobileNetV2(
+        include_top=False, weights=str(weights), input_shape=(args.size, args.size, 3)
+    )
+    base.trainable = False
+    inputs = keras.Input((args.size, args.size, 3))
+    x = inputs
+    if augment:
+        x = keras.layers.RandomRotation(AUGMENTATION["rotation"])(x)
+        x = keras.layers.RandomZoom((-AUGMENTATION["zoom"], AUGMENTATION["zoom"]))(x)
+        x = keras.layers.RandomTranslation(AUGMENTATION["translation"], AUGMENTATION["translation"])(x)
+    x = keras.applications.mobilenet_v2.preprocess_input(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.Adam(args.lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, validation_data=val, epochs=args.epochs, verbose=0)
+    _, accuracy = model.evaluate(test, verbose=0)
+    return {"seconds": time.perf_counter() - started, "testAccuracy": float(accuracy)}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def fine_tuning_throughput(data: Path, weights: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s of training epochs (after one warm-up epoch): our pipeline vs in-memory tensors."""
+    spec = parse_spec(
+        {"data": {"source": {"hostPath": str(data)}}, "output": {"location": {"hostPath": "/x"}}}
+    )
+    layout = scan_layout(str(data), spec.data)
+    n = len(layout.train)
+
+    def fresh_model() -> keras.Model:
+        keras.utils.set_random_seed(args.seed)
+        base = modeling.application_base("MobileNetV2", str(weights), args.size)
+        model = modeling.build_model(base, 10, spec.model.head, args.size, "mobilenet_v2")
+        modeling.set_fine_tune(model, "block_13_expand")
+        modeling.compile_model(model, "adam", 1e-5, binary=False)
+        return model
+
+    def images_per_second(fit: Any) -> float:
+        timer = EpochTimer()
+        fit(timer)
+        return n / float(np.median(timer.seconds[1:]))
+
+    images = image_dataset(layout.train, args.size, binary=False, cache=True)
+    pipeline = training_batches(images, n, args.batch, args.seed, None)
+    model = fresh_model()
+    ours_rate = images_per_second(
+        lambda t: model.fit(pipeline, epochs=args.ft_epochs, verbose=0, callbacks=[t])
+    )
+
+    x = np.stack([img.numpy() for img, _ in images]).astype(np.float32)
+    y = np.asarray(layout.train.labels, dtype=np.int32)
+    model = fresh_model()
+    raw_rate = images_per_second(
+        lambda t: model.fit(x, y, batch_size=args.batch, epochs=args.ft_epochs, verbose=0, callbacks=[t])
+    )
+    return {"oursImagesPerSecond": ours_rate, "rawImagesPerSecond": raw_rate, "ratio": ours_rate / raw_rate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=96, help="image side (MobileNetV2 needs >= 32)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs, as the tutorial trains")
+    parser.add_argument("--batch", type=int, default=32, help="batch size (the tutorial's)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate, both pipelines")
+    parser.add_argument("--views", type=int, default=4, help="our cachedViews in the augmented comparison")
+    parser.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs per side (1 warm-up)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "augmented", "finetune"])
+    parser.add_argument("--out", default="bench/trainer-results.json", help="JSON results file")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="tj-bench-"))
+    data = work / "digits"
+    summary = write_digits(data, size=args.size, seed=0)
+    weights = work / "mobilenetv2-random.weights.h5"
+    save_random_base(args.size, weights, args.seed)
+    results: dict[str, Any] = {
+        "config": {**vars(args), "images": {s: summary.total(s) for s in ("train", "val", "test")}},
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+    rows = []
+    for name, augment in (("plain", False), ("augmented", True)):
+        if name in args.skip:
+            continue
+        mine = ours(data, work / f"out-{name}", weights, args, augment)
+        theirs = tutorial(data, weights, args, augment)
+        speedup = theirs["seconds"] / mine["seconds"]
+        results[name] = {"ours": mine, "tutorial": theirs, "speedup": speedup}
+        rows.append(
+            f"{'FE ' + name:<16} {mine['seconds']:>8.1f}s {theirs['seconds']:>9.1f}s {speedup:>7.2f}x "
+            f"{mine['testAccuracy']:>8.3f} {theirs['testAccuracy']:>9.3f}"
+        )
+    if "finetune" not in args.skip:
+        results["fineTuning"] = fine_tuning_throughput(data, weights, args)
+    print(f"{'':<16} {'ours':>9} {'tutorial':>10} {'speedup':>8} {'acc ours':>8} {'acc tut.':>9}")
+    print("\n".join(rows))
+    if "fineTuning" in results:
+        ft = results["fineTuning"]
+        print(
+            f"fine-tuning images/s: ours {ft['oursImagesPerSecond']:.1f}, raw model.fit on tensors "
+            f"{ft['rawImagesPerSecond']:.1f}, ratio {ft['ratio']:.2f}x"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"results: {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

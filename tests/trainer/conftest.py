@@ -1,0 +1,170 @@
+"""Shared fixtures: the digits written once per session, a pretrained source network, a trainer runner.
+
+Every end-to-end test runs the real CLI (`python -m transferjob_trainer`) in a subprocess, exactly as the
+operator and the local backend do, and reads its protocol lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from transferjob.datasets import write_digits
+from transferjob.progress import EpochEnded, Failed, Finished, Started, decode
+
+#: Per-class training images of the small target set (the "few labelled images" transfer case).
+SMALL_TRAIN_PER_CLASS = 4
+IMAGE_SIZE = 32
+
+
+@dataclass
+class TrainerRun:
+    """What one trainer process did."""
+
+    rc: int
+    events: list[Any]
+    stdout: str
+    stderr: str
+    termination: str | None = None
+    non_protocol_stdout: list[str] = field(default_factory=list)
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    @property
+    def final(self) -> Finished | Failed:
+        last = self.events[-1]
+        assert isinstance(last, Finished | Failed), self.stderr[-3000:]
+        return last
+
+    @property
+    def finished(self) -> Finished:
+        final = self.final
+        assert isinstance(final, Finished), f"{final}\n{self.stderr[-3000:]}"
+        return final
+
+    @property
+    def started(self) -> Started:
+        return self.of(Started)[0]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [e.metrics.epoch for e in self.of(EpochEnded)]
+
+
+def trainer_command(spec_file: Path, *args: str, termination_log: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "transferjob_trainer",
+        "--spec",
+        str(spec_file),
+        "--termination-log",
+        str(termination_log),
+        *args,
+    ]
+
+
+def trainer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    return env
+
+
+def parse_run(rc: int, stdout: str, stderr: str, termination_log: Path) -> TrainerRun:
+    events, other = [], []
+    for line in stdout.splitlines():
+        event = decode(line)
+        if event is None:
+            other.append(line)
+        else:
+            events.append(event)
+    termination = termination_log.read_text() if termination_log.exists() else None
+    return TrainerRun(rc, events, stdout, stderr, termination, other)
+
+
+@pytest.fixture
+def run_trainer(tmp_path: Path):
+    """Run the trainer CLI on a spec dict; returns a TrainerRun."""
+    counter = iter(range(1000))
+
+    def run(spec: dict[str, Any], *args: str, timeout: float = 600) -> TrainerRun:
+        n = next(counter)
+        spec_file = tmp_path / f"spec-{n}.json"
+        spec_file.write_text(json.dumps(spec))
+        termination_log = tmp_path / f"termination-{n}.log"
+        proc = subprocess.run(
+            trainer_command(spec_file, *args, termination_log=termination_log),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=trainer_env(),
+        )
+        return parse_run(proc.returncode, proc.stdout, proc.stderr, termination_log)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Digits:
+    source: Path  # digits 0-4, full split
+    target: Path  # digits 5-9, full split
+    small_target: Path  # digits 5-9 with SMALL_TRAIN_PER_CLASS training images per class
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root / "d04", digits=range(5), size=IMAGE_SIZE, seed=0)
+    write_digits(root / "d59", digits=range(5, 10), size=IMAGE_SIZE, seed=0)
+    small = root / "d59-small"
+    shutil.copytree(root / "d59", small)
+    for class_dir in sorted((small / "train").iterdir()):
+        for extra in sorted(class_dir.iterdir())[SMALL_TRAIN_PER_CLASS:]:
+            extra.unlink()
+    return Digits(root / "d04", root / "d59", small)
+
+
+@dataclass(frozen=True)
+class SourceModels:
+    pretrained: Path  # small CNN trained on digits 0-4
+    untrained: Path  # the same architecture, random init
+    pretrain_val_accuracy: float
+
+
+@pytest.fixture(scope="session")
+def source_models(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> SourceModels:
+    """Pretrain once per session (in this process: TensorFlow is imported once for all fixtures)."""
+    from transferjob_trainer.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("source")
+    summary = pretrain(
+        str(digits.source), str(root / "source.keras"), epochs=15, image_size=IMAGE_SIZE, seed=0
+    )
+    pretrain(str(digits.source), str(root / "scratch.keras"), epochs=0, image_size=IMAGE_SIZE, seed=1)
+    return SourceModels(root / "source.keras", root / "scratch.keras", float(summary["valAccuracy"]))  # type: ignore[arg-type]
+
+
+def make_spec(
+    data: Path, out_dir: Path, *, mode: str = "FeatureExtraction", model: dict[str, Any], **sections: Any
+) -> dict[str, Any]:
+    """A spec dict (wire form) with the test defaults: no augmentation, short runs, small batches."""
+    spec: dict[str, Any] = {
+        "mode": mode,
+        "model": {"imageSize": IMAGE_SIZE, **model},
+        "data": {"source": {"hostPath": str(data)}, "augmentation": {"enabled": False}},
+        "training": {"batchSize": 16},
+        "output": {"location": {"hostPath": str(out_dir)}, "savedModel": False},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    return spec

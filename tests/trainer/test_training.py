@@ -1,0 +1,262 @@
+"""End-to-end trainer runs on the real digits, through the CLI, as the operator runs it.
+
+Accuracies asserted (135 test images of digits 5-9, 32x32; seeds fixed):
+- feature extraction on the small CNN pretrained on 0-4, full 5-9 training set: >= 0.85 (measured ~0.90);
+- fine-tuning from that job's exported model: >= the feature-extraction accuracy;
+- transfer with 4 training images per class beats the same network trained from scratch on the same 20
+  images (measured 0.86 vs 0.84: digits are easy enough that a small CNN learns a lot from 20 images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transferjob.constants import EXIT_PERMANENT
+from transferjob.models import EarlyStoppingSpec
+from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, decode
+from transferjob_trainer.stopping import StopState, kept_epoch, step
+
+from .conftest import IMAGE_SIZE, Digits, SourceModels, make_spec, parse_run, trainer_command, trainer_env
+
+pytestmark = pytest.mark.trainer
+
+FE_MIN_ACCURACY = 0.85
+
+
+def test_feature_extraction_then_fine_tuning(
+    digits: Digits, source_models: SourceModels, run_trainer, tmp_path: Path
+) -> None:
+    fe_out = tmp_path / "fe"
+    fe = run_trainer(
+        make_spec(
+            digits.target,
+            fe_out,
+            model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
+            training={"epochs": 15, "learningRate": 0.02, "earlyStopping": {"patience": 4}},
+            output={"savedModel": True},
+        )
+    )
+    assert fe.rc == 0, fe.stderr[-3000:]
+    assert fe.non_protocol_stdout == [], "stdout must carry only protocol lines"
+    phases = [e.phase for e in fe.of(PhaseChanged)]
+    assert phases == ["loading", "features", "training", "evaluating", "exporting"]
+    assert fe.started.classes == ["5", "6", "7", "8", "9"]
+    assert fe.epochs == list(range(1, len(fe.epochs) + 1))
+    result = fe.finished
+    assert result.test.accuracy >= FE_MIN_ACCURACY, result.test
+    assert sum(c.support for c in result.test.per_class) == fe.started.test_images
+    assert np.trace(np.array(result.test.confusion_matrix)) == round(
+        result.test.accuracy * fe.started.test_images
+    )
+    assert json.loads(fe.termination or "{}")["event"] == "finished"
+    metrics = json.loads((fe_out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == fe.epochs
+    assert (fe_out / "saved_model" / "saved_model.pb").exists()
+    assert (fe_out / "tensorboard" / "train").is_dir()
+
+    # The exported model is end to end: images in, the same test accuracy out, with plain Keras.
+    import keras
+
+    from transferjob_trainer.layout import scan_layout
+    from transferjob_trainer.pipeline import eval_batches, image_dataset
+    from transferjob_trainer.run import load_spec
+
+    spec_file = tmp_path / "spec-0.json"
+    layout = scan_layout(str(digits.target), load_spec(str(spec_file)).data)
+    model = keras.models.load_model(fe_out / "model.keras")
+    images = eval_batches(image_dataset(layout.test, IMAGE_SIZE, binary=False, cache=False), 64)
+    predicted = np.argmax(model.predict(images.map(lambda x, y: x), verbose=0), axis=-1)
+    assert np.mean(predicted == np.array(layout.test.labels)) == pytest.approx(result.test.accuracy)
+
+    ft = run_trainer(
+        make_spec(
+            digits.target,
+            tmp_path / "ft",
+            mode="FineTuning",
+            model={"base": str(source_models.pretrained), "fineTuneAt": "conv2", "head": {"dropout": 0.0}},
+            training={"epochs": 5, "learningRate": 1e-3, "batchSize": 32},
+        ),
+        "--init-model",
+        str(fe_out / "model.keras"),
+    )
+    assert ft.rc == 0, ft.stderr[-3000:]
+    assert [e.phase for e in ft.of(PhaseChanged)] == ["loading", "training", "evaluating", "exporting"]
+    assert ft.finished.test.accuracy >= result.test.accuracy, (ft.finished.test, result.test)
+
+
+def test_transfer_beats_training_from_scratch(
+    digits: Digits, source_models: SourceModels, run_trainer, tmp_path: Path
+) -> None:
+    transfer = run_trainer(
+        make_spec(
+            digits.small_target,
+            tmp_path / "transfer",
+            model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
+            training={"epochs": 60, "learningRate": 0.05, "batchSize": 8, "earlyStopping": {"patience": 10}},
+        )
+    )
+    scratch = run_trainer(
+        make_spec(
+            digits.small_target,
+            tmp_path / "scratch",
+            mode="FineTuning",
+            model={"base": str(source_models.untrained), "fineTuneAt": 0, "head": {"dropout": 0.0}},
+            training={"epochs": 60, "learningRate": 0.003, "batchSize": 8, "earlyStopping": {"patience": 10}},
+        )
+    )
+    assert transfer.rc == 0, transfer.stderr[-3000:]
+    assert scratch.rc == 0, scratch.stderr[-3000:]
+    assert transfer.started.train_images == scratch.started.train_images == 20
+    print(f"transfer {transfer.finished.test.accuracy:.3f} vs scratch {scratch.finished.test.accuracy:.3f}")
+    assert transfer.finished.test.accuracy > scratch.finished.test.accuracy
+
+
+def expected_best_epoch(history: list[dict], spec: EarlyStoppingSpec) -> int:
+    state = StopState()
+    for h in history:
+        state, _ = step(state, h["epoch"], h["valLoss"], spec)
+    return kept_epoch(state, history[-1]["epoch"], spec)
+
+
+def test_killed_trainer_resumes_from_last_epoch(
+    digits: Digits, source_models: SourceModels, tmp_path: Path
+) -> None:
+    """SIGKILL after epoch 2's line; the restarted trainer continues at 3 and reports every epoch once."""
+    epochs, kill_after = 6, 2
+    out = tmp_path / "out"
+    spec = make_spec(
+        digits.target,
+        out,
+        model={"base": str(source_models.pretrained)},
+        data={"augmentation": {"enabled": True, "flip": "none", "rotation": 0.05, "cachedViews": 2}},
+        training={"epochs": epochs, "learningRate": 0.01, "earlyStopping": {"patience": 50, "minDelta": 0.0}},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+
+    first_log = tmp_path / "first.log"
+    proc = subprocess.Popen(
+        trainer_command(spec_file, termination_log=first_log),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=trainer_env(),
+    )
+    first_events = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        event = decode(line)
+        if event is not None:
+            first_events.append(event)
+        if isinstance(event, EpochEnded) and event.metrics.epoch == kill_after:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline and not isinstance(event, Finished | Failed), event
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert [e.metrics.epoch for e in first_events if isinstance(e, EpochEnded)] == [1, 2]
+
+    second_log = tmp_path / "second.log"
+    done = subprocess.run(
+        trainer_command(spec_file, termination_log=second_log),
+        capture_output=True,
+        text=True,
+        env=trainer_env(),
+    )
+    second = parse_run(done.returncode, done.stdout, done.stderr, second_log)
+    assert second.rc == 0, second.stderr[-3000:]
+    assert second.of(Started)[0].initial_epoch == kill_after
+    assert second.epochs == list(range(kill_after + 1, epochs + 1))
+    assert "features view" not in second.stderr, "the resumed run must reuse the cached features"
+    finished = second.finished
+    assert [h.epoch for h in finished.history] == list(range(1, epochs + 1))
+    first_metrics = [e.metrics for e in first_events if isinstance(e, EpochEnded)]
+    assert finished.history[:kill_after] == first_metrics
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+    # The best epoch is judged over both runs: early-stopping state survived the restart.
+    stopping = EarlyStoppingSpec(patience=50, min_delta=0.0)
+    assert finished.best_epoch == expected_best_epoch(metrics["history"], stopping)
+
+
+def corrupt_png(root: Path) -> Path:
+    victim = sorted((root / "train" / "7").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:60])
+    return victim
+
+
+def empty_class(root: Path) -> Path:
+    folder = root / "val" / "8"
+    for f in folder.iterdir():
+        f.unlink()
+    return folder
+
+
+def missing_val(root: Path) -> Path:
+    import shutil
+
+    shutil.rmtree(root / "val")
+    return root / "val"
+
+
+@pytest.mark.parametrize("damage", [corrupt_png, empty_class, missing_val])
+def test_bad_data_fails_permanently_naming_the_culprit(
+    damage, digits: Digits, run_trainer, tmp_path: Path
+) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits.small_target, data)
+    culprit = damage(data)
+    run = run_trainer(make_spec(data, tmp_path / "out", model={"base": "MobileNetV2", "weights": "none"}))
+    assert run.rc == EXIT_PERMANENT
+    failed = run.final
+    assert isinstance(failed, Failed)
+    assert failed.reason == "InvalidData" and failed.permanent
+    assert str(culprit) in failed.message
+    assert json.loads(run.termination or "{}")["reason"] == "InvalidData"
+    assert "Traceback" not in run.stderr
+
+
+def test_pvc_without_data_dir_is_an_invalid_spec(run_trainer, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, tmp_path / "out", model={"base": "MobileNetV2", "weights": "none"})
+    spec["data"]["source"] = {"pvc": {"claimName": "images"}}
+    run = run_trainer(spec)
+    assert run.rc == EXIT_PERMANENT
+    assert run.final.reason == "InvalidSpec"  # type: ignore[union-attr]
+    assert "pass --data-dir" in run.final.message  # type: ignore[union-attr]
+
+
+def test_invalid_spec_names_the_field(run_trainer, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, tmp_path / "out", model={"base": "MobileNetV2", "weights": "none"})
+    spec["training"]["learnigRate"] = 0.1
+    run = run_trainer(spec)
+    assert run.rc == EXIT_PERMANENT
+    assert run.final.reason == "InvalidSpec"  # type: ignore[union-attr]
+    assert "learnigRate" in run.final.message  # type: ignore[union-attr]
+
+
+def test_mobilenet_v2_feature_extraction_epoch(digits: Digits, run_trainer, tmp_path: Path) -> None:
+    """A keras.applications base builds at its minimum size, computes augmented features and exports."""
+    run = run_trainer(
+        make_spec(
+            digits.small_target,
+            tmp_path / "out",
+            model={"base": "MobileNetV2", "weights": "none"},
+            data={"augmentation": {"enabled": True, "zoom": 0.1, "crop": 0.1, "cachedViews": 1}},
+            training={"epochs": 1},
+        )
+    )
+    assert run.rc == 0, run.stderr[-3000:]
+    assert run.epochs == [1]
+    assert run.finished.model.uri.endswith("model.keras")
+    assert (tmp_path / "out" / "model.keras").exists()

@@ -1,0 +1,310 @@
+"""Fast tests of the trainer's pure pieces and of the digits writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transferjob.bases import BASES
+from transferjob.datasets import main as datasets_main
+from transferjob.datasets import parse_digit_range, split_counts, write_digits
+from transferjob.models import EarlyStoppingSpec, parse_spec
+from transferjob_trainer.errors import InvalidDataError, InvalidSpecError
+from transferjob_trainer.layout import image_problem, scan_layout
+from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy
+from transferjob_trainer.report import write_termination_log
+from transferjob_trainer.run import resolve_paths, spec_from_document
+from transferjob_trainer.stopping import StopState, kept_epoch, step
+
+pytestmark = pytest.mark.trainer
+
+
+def spec_dict(**overrides: object) -> dict:
+    spec: dict = {
+        "model": {"base": "MobileNetV2", "weights": "none", "imageSize": 32},
+        "data": {"source": {"hostPath": "/data"}},
+        "output": {"location": {"uri": "file:///out"}},
+    }
+    spec.update(overrides)
+    return spec
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+@pytest.mark.parametrize(
+    ("text", "digits"),
+    [("0-4", [0, 1, 2, 3, 4]), ("7", [7]), ("5,7,9", [5, 7, 9]), ("0-2,8,1", [0, 1, 2, 8])],
+)
+def test_parse_digit_range(text: str, digits: list[int]) -> None:
+    assert parse_digit_range(text) == digits
+
+
+@pytest.mark.parametrize("text", ["", "4-0", "0-10", "a", "1,,2", "-3"])
+def test_parse_digit_range_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_digit_range(text)
+
+
+def test_split_counts_keep_every_image_and_every_split() -> None:
+    assert split_counts(180, (0.7, 0.15, 0.15)) == (126, 27, 27)
+    assert sum(split_counts(181, (0.7, 0.15, 0.15))) == 181
+    assert min(split_counts(3, (0.98, 0.01, 0.01))) == 1
+
+
+def test_write_digits_is_stratified_and_seeded(tmp_path: Path) -> None:
+    first = write_digits(tmp_path / "a", digits=[3, 8], size=32, seed=5)
+    again = write_digits(tmp_path / "b", digits=[3, 8], size=32, seed=5)
+    assert first.classes == ["3", "8"]
+    assert first.counts == again.counts
+    assert sorted(p.name for p in (tmp_path / "a" / "val" / "3").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b" / "val" / "3").iterdir()
+    )
+    for split in ("train", "val", "test"):
+        for digit in ("3", "8"):
+            files = list((tmp_path / "a" / split / digit).glob("*.png"))
+            assert len(files) == first.counts[split][digit] > 0
+    from PIL import Image
+
+    with Image.open(next((tmp_path / "a" / "train" / "3").iterdir())) as image:
+        assert image.size == (32, 32) and image.mode == "RGB"
+    names = {p.name for split in ("train", "val", "test") for p in (tmp_path / "a" / split / "3").iterdir()}
+    assert (
+        len(names) == first.total("train") // 2 + first.total("val") // 2 + first.total("test") // 2 or names
+    )
+
+
+def test_datasets_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert datasets_main(["digits", str(tmp_path / "d"), "--digits", "0-1", "--size", "16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["classes"] == ["0", "1"]
+    assert summary["totals"]["train"] + summary["totals"]["val"] + summary["totals"]["test"] == 360
+
+
+# ------------------------------------------------------------------------------------------ stopping
+
+
+def run_stopping(values: list[float], spec: EarlyStoppingSpec) -> tuple[StopState, int]:
+    state = StopState()
+    epoch = 0
+    for epoch, value in enumerate(values, start=1):
+        state, _ = step(state, epoch, value, spec)
+        if state.stopped:
+            break
+    return state, epoch
+
+
+def test_early_stopping_follows_keras_rules() -> None:
+    spec = EarlyStoppingSpec(patience=2, min_delta=0.01)
+    state, last = run_stopping([1.0, 0.8, 0.795, 0.79, 0.5], spec)
+    assert state.stopped and last == 4  # 0.795 and 0.79 are within min_delta of 0.8
+    assert state.best_epoch == 2 and state.best == 0.8
+    assert kept_epoch(state, last, spec) == 2
+    assert kept_epoch(state, last, EarlyStoppingSpec(restore_best_weights=False)) == 4
+
+
+def test_early_stopping_state_round_trips_and_continues() -> None:
+    spec = EarlyStoppingSpec(patience=3, min_delta=0.0, monitor="val_accuracy")
+    state, _ = run_stopping([0.5, 0.7, 0.6], spec)
+    restored = StopState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert restored == state and restored.wait == 1
+    resumed, improved = step(restored, 4, 0.65, spec)
+    assert not improved and resumed.wait == 2 and not resumed.stopped
+    resumed, _ = step(resumed, 5, 0.69, spec)
+    assert resumed.stopped and resumed.best_epoch == 2
+
+
+def test_disabled_early_stopping_never_stops_and_keeps_last() -> None:
+    spec = EarlyStoppingSpec(enabled=False, patience=0)
+    state, last = run_stopping([1.0, 2.0, 3.0], spec)
+    assert not state.stopped and last == 3 and state.best_epoch == 1
+    assert kept_epoch(state, last, spec) == 3
+
+
+def test_nan_is_not_an_improvement() -> None:
+    state, improved = step(StopState(), 1, float("nan"), EarlyStoppingSpec())
+    assert not improved and state.best is None and state.wait == 1
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_test_metrics_multiclass() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    metrics = classification_metrics([0, 1, 1, 2], probs, ["a", "b", "c"])
+    assert metrics.accuracy == 0.75
+    assert metrics.confusion_matrix == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    a, b, _ = metrics.per_class
+    assert (a.precision, a.recall, a.support) == (0.5, 1.0, 1)
+    assert (b.precision, b.recall, b.support) == (1.0, 0.5, 2)
+    assert metrics.loss == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.3, 0.8])))
+
+
+def test_test_metrics_binary_sigmoid_and_unpredicted_class() -> None:
+    metrics = classification_metrics([0, 1, 1], np.array([[0.1], [0.9], [0.2]]), ["cat", "dog"])
+    assert metrics.confusion_matrix == [[1, 0], [1, 1]]
+    assert metrics.per_class[1].precision == 1.0 and metrics.per_class[1].recall == 0.5
+    assert cross_entropy(np.array([1]), np.array([[1.0]])) == pytest.approx(0.0, abs=1e-6)
+    assert classification_metrics([0, 0], np.array([[0.1], [0.2]]), ["x", "y"]).per_class[1].precision == 0.0
+    assert confusion_matrix([0, 1], [1, 1], 2).tolist() == [[0, 1], [0, 1]]
+
+
+# ------------------------------------------------------------------------------------- spec & paths
+
+
+def test_spec_from_manifest_or_bare_spec() -> None:
+    bare = spec_from_document(spec_dict())
+    manifest = spec_from_document(
+        {"apiVersion": "transferjob.io/v1alpha1", "kind": "TransferJob", "spec": spec_dict()}
+    )
+    assert bare == manifest
+    with pytest.raises(InvalidSpecError, match="kind must be TransferJob"):
+        spec_from_document({"kind": "Job", "spec": spec_dict()})
+    with pytest.raises(InvalidSpecError, match=r"spec\.model\.imageSize"):
+        spec_from_document(spec_dict(model={"base": "MobileNetV2", "imageSize": 8}))
+
+
+def test_resolve_paths_overrides_and_file_uris() -> None:
+    spec = parse_spec(spec_dict())
+    paths = resolve_paths(spec, None, None, None)
+    assert (paths.data_root, paths.output, paths.init_model) == ("/data", "/out", None)
+    paths = resolve_paths(spec, "/mnt/data", "/mnt/out/", None)
+    assert (paths.data_root, paths.output) == ("/mnt/data", "/mnt/out")
+
+
+def test_resolve_paths_pvc_and_from_job_need_flags() -> None:
+    pvc = parse_spec(spec_dict(data={"source": {"pvc": {"claimName": "imgs"}}}))
+    with pytest.raises(InvalidSpecError, match="pass --data-dir"):
+        resolve_paths(pvc, None, None, None)
+    assert resolve_paths(pvc, "/mnt/imgs", None, None).data_root == "/mnt/imgs"
+    from_job = parse_spec(
+        {**spec_dict(), "mode": "FineTuning", "model": {"base": "MobileNetV2", "fromJob": "fe"}}
+    )
+    with pytest.raises(InvalidSpecError, match="--init-model"):
+        resolve_paths(from_job, None, None, None)
+    assert resolve_paths(from_job, None, None, "/m/model.keras").init_model == "/m/model.keras"
+
+
+# -------------------------------------------------------------------------------------------- layout
+
+
+def make_tree(root: Path, layout: dict[str, dict[str, int]], png: bytes) -> None:
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}.png").write_bytes(png)
+
+
+@pytest.fixture
+def png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_scan_layout_labels_in_class_order(tmp_path: Path, png_bytes: bytes) -> None:
+    make_tree(tmp_path, {s: {"b": 2, "a": 1} for s in ("train", "val", "test")}, png_bytes)
+    (tmp_path / "train" / "a" / "notes.txt").write_text("ignored")
+    spec = parse_spec(spec_dict()).data
+    layout = scan_layout(str(tmp_path), spec)
+    assert layout.classes == ("a", "b")
+    assert layout.train.labels == (0, 1, 1)
+    ordered = spec.model_copy(update={"class_names": ["b", "a"]})
+    assert scan_layout(str(tmp_path), ordered).train.labels == (0, 0, 1)
+
+
+def test_scan_layout_rejects_missing_class_and_extra_class(tmp_path: Path, png_bytes: bytes) -> None:
+    make_tree(
+        tmp_path, {"train": {"a": 1, "b": 1}, "val": {"a": 1}, "test": {"a": 1, "b": 1, "c": 1}}, png_bytes
+    )
+    spec = parse_spec(spec_dict()).data
+    with pytest.raises(InvalidDataError, match=r"class 'b' is missing from val"):
+        scan_layout(str(tmp_path), spec)
+    (tmp_path / "val" / "b").mkdir()
+    (tmp_path / "val" / "b" / "x.png").write_bytes(png_bytes)
+    with pytest.raises(InvalidDataError, match=r"has class folder\(s\) c that the training set lacks"):
+        scan_layout(str(tmp_path), spec)
+
+
+def test_image_problem_detects_broken_files(png_bytes: bytes) -> None:
+    assert image_problem(png_bytes) is None
+    assert image_problem(b"") == "empty file"
+    assert "unrecognised" in (image_problem(b"hello world, not an image") or "")
+    assert image_problem(png_bytes[:-20]) is not None
+    broken_crc = bytearray(png_bytes)
+    broken_crc[40] ^= 0xFF
+    assert image_problem(bytes(broken_crc)) is not None
+
+
+def test_termination_log_written_or_skipped(tmp_path: Path) -> None:
+    from transferjob.progress import Failed
+
+    event = Failed(reason="InvalidData", message="x" * 10000, permanent=True)
+    target = tmp_path / "term"
+    assert write_termination_log(str(target), event)
+    assert len(target.read_bytes()) <= 4096 and json.loads(target.read_text())["reason"] == "InvalidData"
+    assert not write_termination_log(str(tmp_path / "missing" / "term"), event)
+
+
+# ------------------------------------------------------------------------------------------ modeling
+
+
+@pytest.mark.parametrize("module", sorted({b.preprocess_module for b in BASES.values()}))
+def test_preprocessing_layer_matches_keras_preprocess_input(module: str) -> None:
+    """Our stock-layer preprocessing equals the base's own `preprocess_input`."""
+    import importlib
+
+    from transferjob_trainer.modeling import preprocessing_layer
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = importlib.import_module(f"keras.applications.{module}").preprocess_input(images.copy())
+    layer = preprocessing_layer(module)
+    got = images if layer is None else np.asarray(layer(images))
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_saved_base_cut_convention() -> None:
+    import keras
+
+    from transferjob_trainer.modeling import cut_layer
+
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(2, 3, name="conv")(image)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    named = keras.layers.Dense(4, name="features")(pooled)
+    with_features = keras.Model(image, keras.layers.Dense(2, name="out")(named))
+    assert cut_layer(with_features).name == "features"
+    without = keras.Model(image, keras.layers.Dense(2, name="out")(pooled))
+    assert cut_layer(without).name == "gap"
+
+
+def test_fine_tune_freezes_before_layer_and_all_batchnorm() -> None:
+    import keras
+
+    from transferjob.models import HeadSpec
+    from transferjob_trainer.modeling import build_model, find_base, set_fine_tune, split_model
+
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(2, 3, name="c1")(image)
+    x = keras.layers.Conv2D(2, 3, name="c2")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(2, 1, name="c3")(x)
+    base = keras.Model(image, x, name="base")
+    model = build_model(base, 3, HeadSpec(), 8, "mobilenet_v2")
+    assert not find_base(model).trainable
+    set_fine_tune(model, "c2")
+    trainable = {layer.name: layer.trainable for layer in find_base(model).layers}
+    assert trainable == {base.layers[0].name: False, "c1": False, "c2": True, "bn": False, "c3": True}
+    parts = split_model(model)
+    assert parts.head.layers[-1] is model.get_layer("predictions")
+    with pytest.raises(InvalidSpecError, match="not a layer of the base"):
+        set_fine_tune(model, "nope")
