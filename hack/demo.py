@@ -59,7 +59,7 @@ def follow(custom: client.CustomObjectsApi, name: str, timeout: float = 900.0) -
             f"{c['type']}({c['reason']})" for c in status.get("conditions", []) if c["status"] == "True"
         )
         state = (status.get("phase", "-"), *true)
-        if state != shown:
+        if status and state != shown:
             shown = state
             messages = [c["message"] for c in status.get("conditions", []) if c["status"] == "True"]
             print(f"   {name}: {' '.join(state)}  {'; '.join(m for m in messages if m)}", flush=True)

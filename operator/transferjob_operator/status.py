@@ -160,8 +160,10 @@ def pod_problems(pods: Iterable[Json]) -> dict[str, tuple[str, str]]:
 
 
 def _running_pod(pods: Iterable[Json]) -> Json | None:
+    """The pod that is training; a pod that just succeeded counts until the Job notices (no Pending blip)."""
     for pod in reversed(_by_creation(pods)):
-        if pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
+        phase = pod.get("status", {}).get("phase")
+        if phase in ("Running", "Succeeded") and not pod["metadata"].get("deletionTimestamp"):
             return pod
     return None
 
@@ -216,7 +218,9 @@ def verdict(tj: TransferJob, job: Json | None, pods: list[Json], gate: Gate | No
     if complete is not None:
         when = parse_time(job.get("status", {}).get("completionTime") or complete.get("lastTransitionTime"))
         return Verdict(Phase.SUCCEEDED, {"Succeeded": ("Succeeded", f"Job {name} completed")}, when)
-    failed = _condition(job, "Failed")
+    # FailureTarget: the Job controller has decided (podFailurePolicy, backoff limit) and is only
+    # waiting for pods to terminate; Failed follows.
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed is not None:
         reason, message = failure_reason(job, pods)
         return Verdict(

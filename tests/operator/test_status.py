@@ -241,3 +241,20 @@ def test_best_epoch_follows_the_monitor() -> None:
     assert best_epoch(history[:2], "val_loss", min_delta=0.001) == 1  # not a real improvement
     assert best_epoch(history, "val_accuracy") == 2
     assert best_epoch([], "val_loss") is None
+
+
+def test_pod_done_but_job_not_yet_complete_stays_running(tj: TransferJob) -> None:
+    finished = _finished()
+    pod = make_pod(phase="Succeeded", state=terminated(0, termination_message(finished), "Completed"))
+    status = status_from_job_and_pods(tj, make_job([cond("SuccessCriteriaMet")]), [pod], Progress(), NOW)
+    assert status.phase is Phase.RUNNING
+    assert status.test is not None  # the final metrics are already there
+
+
+def test_failure_target_is_already_failed(tj: TransferJob) -> None:
+    failed = Failed(reason="InvalidData", message="no images", permanent=True)
+    pod = make_pod(phase="Failed", state=terminated(42, termination_message(failed)))
+    job = make_job([cond("FailureTarget", "PodFailurePolicy", "exit code 42")], failed=1)
+    status = status_from_job_and_pods(tj, job, [pod], Progress(), NOW)
+    assert status.phase is Phase.FAILED
+    assert _conds(status)["Failed"][:2] == ("True", "InvalidData")
