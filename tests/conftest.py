@@ -151,7 +151,7 @@ def node_agent(test_cluster: TestCluster) -> Iterator[AgentProcess]:
 def namespace(api_client: Any) -> Iterator[str]:
     from kubernetes import client
 
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)  # dict bodies; the generated signatures want models
     name = f"tj-test-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"transferjob.io/test": "true"}}})
 

@@ -28,7 +28,7 @@ EXAMPLE = "manifests/examples/01-feature-extraction.yaml"
 
 def _api_error(exc: client.ApiException) -> str:
     try:
-        return str(json.loads(exc.body).get("message", exc.body))
+        return str(json.loads(exc.body or "{}").get("message", exc.body))
     except (TypeError, ValueError):
         return str(exc.body)
 
@@ -51,7 +51,7 @@ def _job(name: str, script: str, **pod_extra: Any) -> dict[str, Any]:
     }
 
 
-def _job_condition(batch: client.BatchV1Api, ns: str, name: str) -> str | None:
+def _job_condition(batch: Any, ns: str, name: str) -> str | None:
     job = batch.read_namespaced_job(name, ns)
     for cond in job.status.conditions or []:
         if cond.type in ("Complete", "Failed") and cond.status == "True":
@@ -59,7 +59,8 @@ def _job_condition(batch: client.BatchV1Api, ns: str, name: str) -> str | None:
     return None
 
 
-def _pods(core: client.CoreV1Api, ns: str, selector: str) -> list[client.V1Pod]:
+def _pods(core: Any, ns: str, selector: str) -> list[Any]:
+    """Pods as ``Any``: the generated models make every field Optional, which tests assert anyway."""
     return list(core.list_namespaced_pod(ns, label_selector=selector).items)
 
 
@@ -71,7 +72,7 @@ def test_crd_applies_serves_prunes_and_validates(
     kubectl: Callable[..., Any],
 ) -> None:
     apply_yaml(repo_root / CRD)
-    ext = client.ApiextensionsV1Api(api_client)
+    ext: Any = client.ApiextensionsV1Api(api_client)
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition("transferjobs.transferjob.io")
@@ -109,7 +110,7 @@ def test_crd_applies_serves_prunes_and_validates(
     assert "fromJob and fromModel are mutually exclusive" in _api_error(cel_err.value)
 
 
-def _try_create(custom: client.CustomObjectsApi, ns: str, body: dict[str, Any]) -> dict[str, Any] | None:
+def _try_create(custom: Any, ns: str, body: dict[str, Any]) -> dict[str, Any] | None:
     try:
         return dict(
             custom.create_namespaced_custom_object("transferjob.io", "v1alpha1", ns, "transferjobs", body)
@@ -142,7 +143,8 @@ def test_job_runs_to_completion_with_logs(
     kubectl: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
+    batch: Any = client.BatchV1Api(api_client)
     core.create_namespaced_config_map(
         namespace, {"metadata": {"name": "spec"}, "data": {"spec.yaml": "epochs: 5"}}
     )
@@ -201,7 +203,7 @@ def test_job_runs_to_completion_with_logs(
 def test_logs_follow_streams_while_running(
     node_agent: AgentProcess, api_client: client.ApiClient, namespace: str, kubectl: Callable[..., Any]
 ) -> None:
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
     script = "import time\nfor i in range(4):\n    print('tick', i)\n    time.sleep(0.7)\n"
     pod = {
         "metadata": {"name": "ticker"},
@@ -233,7 +235,7 @@ def test_logs_follow_streams_while_running(
 def test_failed_container_reports_exit_code_and_message(
     node_agent: AgentProcess, api_client: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
     pod = {
         "metadata": {"name": "crash"},
         "spec": {
@@ -263,7 +265,7 @@ def test_failed_container_reports_exit_code_and_message(
 def test_too_many_gpus_stays_pending_unschedulable(
     node_agent: AgentProcess, api_client: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
     pod = {
         "metadata": {"name": "greedy"},
         "spec": {
@@ -295,7 +297,8 @@ def test_too_many_gpus_stays_pending_unschedulable(
 def test_deleting_owner_garbage_collects_job_and_pods(
     node_agent: AgentProcess, api_client: client.ApiClient, namespace: str
 ) -> None:
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
+    batch: Any = client.BatchV1Api(api_client)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     job = _job("sleeper", "import time; time.sleep(300)", terminationGracePeriodSeconds=5)
     job["metadata"]["ownerReferences"] = [
@@ -336,7 +339,7 @@ def _zombie(pid: int) -> bool:
 
 
 def test_restricted_namespace_rejects_privileged_pod(api_client: client.ApiClient, namespace: str) -> None:
-    core = client.CoreV1Api(api_client)
+    core: Any = client.CoreV1Api(api_client)
     core.patch_namespace(
         namespace,
         {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},

@@ -43,7 +43,7 @@ def up(args: argparse.Namespace) -> int:
         shutil.rmtree(root)
     t0 = time.monotonic()
     try:
-        cp = ControlPlane(root).start()
+        cp = ControlPlane(root, detach=True).start()
     except BinariesMissingError as exc:
         print(exc, file=sys.stderr)
         return 2

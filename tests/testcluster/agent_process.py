@@ -17,7 +17,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from tests.testcluster.binaries import REPO_ROOT
-from tests.testcluster.controlplane import stop_pid
+from tests.testcluster.controlplane import die_with_parent, stop_pid
 
 AGENT_MODULE = "tests.testcluster.node_agent"
 
@@ -58,8 +58,9 @@ class AgentProcess:
                     node = core.read_node(name)
                 except client.ApiException:
                     continue
-                ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-                if ready and not node.spec.taints:
+                conditions = (node.status.conditions if node.status else None) or []
+                ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+                if ready and not (node.spec and node.spec.taints):
                     pending.discard(name)
             time.sleep(0.2)
         api.close()
@@ -122,6 +123,7 @@ def start_agent(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
+            preexec_fn=None if detach else die_with_parent,
         )
     names = [f"{node_prefix}-{i}" for i in range(nodes)]
     (root / "agent.json").write_text(json.dumps({"pid": proc.pid, "nodes": names}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,6 +45,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+# Resolved once in the parent: a child between fork and exec must not load libraries.
+try:
+    PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    PRCTL = None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: ask Linux to SIGTERM this child when the thread that started it dies.
+
+    Used for everything a pytest run starts, so a killed test run (even SIGKILL) leaves no etcd,
+    API server or trainer process behind. Not used by ``make cluster-up``, whose processes must
+    outlive the command that started them.
+    """
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _b64(path: Path) -> str:
@@ -134,6 +154,7 @@ class ControlPlane:
     root: Path
     binaries: ControlPlaneBinaries | None = None
     service_cidr: str = SERVICE_CIDR
+    detach: bool = False  # True: components outlive this process (make cluster-up)
     ports: dict[str, int] = field(default_factory=dict)
     _components: list[_Component] = field(default_factory=list)
 
@@ -319,7 +340,8 @@ class ControlPlane:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the CLI that started it (make cluster-up)
+                start_new_session=True,  # own process group: Ctrl-C in a terminal reaches only us
+                preexec_fn=None if self.detach else die_with_parent,
             )
         comp.pid = comp.proc.pid
         self._write_state()

@@ -30,6 +30,7 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import functools
 import http.server
 import json
 import logging
@@ -53,6 +54,8 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
+
+from tests.testcluster.controlplane import PRCTL
 
 log = logging.getLogger("tj-node-agent")
 
@@ -196,6 +199,12 @@ class ContainerRun:
         if self.last_state:
             st["lastState"] = self.last_state
         return st
+
+
+def _die_with_agent() -> None:
+    """``preexec_fn``: SIGKILL the container process if the agent dies without cleaning up."""
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _pump(stream: Any, name: str, run: ContainerRun, path: Path) -> None:
@@ -440,6 +449,7 @@ class PodWorker(threading.Thread):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: kill the whole tree
+                preexec_fn=_die_with_agent,
             )
         except OSError as exc:
             c.state = {
@@ -801,7 +811,9 @@ class NodeAgent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.api = config.new_client_from_config(config_file=str(cfg.kubeconfig))
-        self.core = client.CoreV1Api(self.api)
+        # Typed as Any on purpose: the agent sends raw dict bodies and reads raw JSON
+        # (_preload_content=False); the generated signatures only know the pydantic models.
+        self.core: Any = client.CoreV1Api(self.api)
         host = urllib.parse.urlsplit(self.api.configuration.host)
         self.api_host = host.hostname or LOOPBACK
         self.api_port = host.port or 443
@@ -823,7 +835,7 @@ class NodeAgent:
             self._register(name)
         self._spawn(self._heartbeat_loop, "heartbeat")
         for name in self.cfg.node_names:
-            self._spawn(lambda n=name: self._watch_pods(n), f"watch-{name}")
+            self._spawn(functools.partial(self._watch_pods, name), f"watch-{name}")
         if self.cfg.provision:
             self._ensure_storage_class()
             self._spawn(self._provision_loop, "provisioner")
@@ -938,7 +950,7 @@ class NodeAgent:
         self._renew_lease(name)
 
     def _renew_lease(self, name: str) -> None:
-        coord = client.CoordinationV1Api(self.api)
+        coord: Any = client.CoordinationV1Api(self.api)
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -973,7 +985,7 @@ class NodeAgent:
     # -- pods
     def _watch_pods(self, node: str) -> None:
         selector = f"spec.nodeName={node}"
-        core = client.CoreV1Api(config.new_client_from_config(config_file=str(self.cfg.kubeconfig)))
+        core: Any = client.CoreV1Api(config.new_client_from_config(config_file=str(self.cfg.kubeconfig)))
         while not self.stopping.is_set():
             try:
                 resp = core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
@@ -1313,7 +1325,7 @@ class NodeAgent:
 
     # -- local-path provisioning
     def _ensure_storage_class(self) -> None:
-        storage = client.StorageV1Api(self.api)
+        storage: Any = client.StorageV1Api(self.api)
         body = {
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",
