@@ -64,7 +64,7 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
             node["x-kubernetes-int-or-string"] = True
         elif len(options) == 1:
             inner = to_structural(options[0], defs)
-            inner.update({k: v for k, v in node.items() if k in ("description", "default")})
+            inner.update(node)  # the property's own keywords (description, default, x-kubernetes-*)
             node = inner
         else:
             raise ValueError(f"cannot express anyOf {options} structurally")

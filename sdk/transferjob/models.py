@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from transferjob.bases import BASES, MAX_IMAGE_SIZE, is_model_path
+from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, is_model_path
 from transferjob.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, HISTORY_LIMIT, KIND
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -93,6 +93,18 @@ class Phase(str, Enum):
 class PVCSource(ApiModel):
     """A PersistentVolumeClaim in the TransferJob's namespace."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.subPath) || !('..' in self.subPath.split('/'))",
+                    "subPath must not contain '..' segments",
+                    ".subPath",
+                )
+            ]
+        }
+    )
+
     claim_name: str = Field(
         description="Name of the PersistentVolumeClaim.", max_length=253, pattern=DNS_SUBDOMAIN
     )
@@ -155,20 +167,12 @@ class HeadSpec(ApiModel):
     dropout: float = Field(
         default=0.2, ge=0.0, lt=1.0, description="Dropout rate before the classifier; 0 disables it."
     )
-    hidden_units: list[int] = Field(
+    hidden_units: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
         default_factory=list,
         max_length=8,
         description="Sizes of optional Dense+ReLU layers before the classifier; empty for the reference "
         "head (pooling, dropout, one Dense layer).",
     )
-
-    @field_validator("hidden_units")
-    @classmethod
-    def _units_positive(cls, value: list[int]) -> list[int]:
-        for units in value:
-            if not 1 <= units <= 8192:
-                raise ValueError(f"hiddenUnits entries must be between 1 and 8192, got {units}")
-        return value
 
 
 class ModelSpec(ApiModel):
@@ -177,6 +181,13 @@ class ModelSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                cel(
+                    f"self.base in {sorted(BASES)} || self.base.contains('/') || "
+                    + " || ".join(f"self.base.endsWith('{s}')" for s in SAVED_MODEL_SUFFIXES),
+                    "base must be a keras.applications network name or the path of a saved Keras model "
+                    "(.keras/.h5)",
+                    ".base",
+                ),
                 cel(
                     "!(has(self.fromJob) && has(self.fromModel))",
                     "fromJob and fromModel are mutually exclusive",
@@ -315,14 +326,29 @@ class AugmentationSpec(ApiModel):
 class DataSpec(ApiModel):
     """Labelled images in the Keras `image_dataset_from_directory` layout: one sub-folder per class."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"!self.{d}.startsWith('/') && !('..' in self.{d}.split('/'))",
+                    f"{d} must be a relative path without '..' segments",
+                    f".{d}",
+                )
+                for d in ("trainDir", "valDir", "testDir")
+            ]
+        }
+    )
+
     source: Location = Field(description="Where the image folders are; mounted read-only.")
     train_dir: str = Field(default="train", min_length=1, max_length=512, description="Training images.")
     val_dir: str = Field(default="val", min_length=1, max_length=512, description="Validation images.")
     test_dir: str = Field(default="test", min_length=1, max_length=512, description="Test images.")
     class_names: list[str] | None = Field(
         default=None,
+        min_length=2,
         max_length=1000,
         description="Class sub-folders to use, in label order; default: all sub-folders, sorted.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     augmentation: AugmentationSpec = Field(
         default_factory=AugmentationSpec, description="Training-set augmentation."
@@ -342,8 +368,6 @@ class DataSpec(ApiModel):
     def _classes_distinct(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return value
-        if len(value) < 2:
-            raise ValueError("classNames needs at least 2 classes")
         if len(set(value)) != len(value):
             raise ValueError("classNames must not repeat a class")
         for name in value:

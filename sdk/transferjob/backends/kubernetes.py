@@ -104,7 +104,7 @@ class KubernetesBackend(Backend):
                 raise JobNotFoundError(name, self.namespace) from None
             if error.status == 409:
                 raise JobExistsError(name) from None
-            if error.status == 422:
+            if error.status == 422 or (error.status == 400 and "strict decoding error" in (error.body or "")):
                 raise SpecError(spec_problems(error)) from None
             raise BackendError(f"{func.__name__}: {api_error(error)}") from None
         except OSError as error:  # urllib3 wraps connection failures in OSError subclasses
@@ -121,6 +121,7 @@ class KubernetesBackend(Backend):
             body.metadata.name or body.metadata.generate_name or "",
             self.custom.create_namespaced_custom_object,
             GROUP, VERSION, self.namespace, PLURAL, body.to_dict(),
+            field_validation="Strict",  # a misspelt field is an error, not silently pruned
         )  # fmt: skip
         return TransferJob.from_dict(created)
 
