@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
+import time
 
 import kopf
 from kubernetes import client, config
 
-from transferjob_operator import handlers
+from transferjob_operator import handlers, metrics
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT
 
 
@@ -43,7 +45,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--peering",
         metavar="NAME",
-        help="coordinate with other operator replicas through this KopfPeering (default: standalone)",
+        help="coordinate with other operator replicas through this KopfPeering (ClusterKopfPeering with "
+        "--all-namespaces); only the replica with the highest priority acts (default: standalone)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (default: higher for replicas started earlier, so a new replica does not "
+        "take over from a running one)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="a replica silent this long is taken for dead and another one takes over (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics at /metrics (default: off)"
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address for --metrics-port; 0.0.0.0 in a pod (default: %(default)s)",
     )
     parser.add_argument(
         "--interval",
@@ -75,6 +100,18 @@ def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def seniority_priority(started: float, jitter: int) -> int:
+    """A peering priority that is higher the earlier the replica started, ties broken by `jitter`.
+
+    kopf pauses every replica when two live ones share the highest priority, so priorities must differ;
+    preferring the senior replica means a restarted pod joins as a stand-by instead of taking the work
+    over from the replica that is doing it. Whole seconds since 2020 stay far below 2**31, so the
+    result fits a JSON number exactly.
+    """
+    seconds = int(started) - 1_577_836_800
+    return (2**31 - seconds) * 1_000_000 + jitter % 1_000_000
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
@@ -86,11 +123,18 @@ def main(argv: list[str] | None = None) -> int:
             api=api_client(args.kubeconfig, args.context),
             interval=args.interval,
             upstream_timeout=args.from_job_timeout,
+            peering_lifetime=args.peering_lifetime,
         )
     )
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_address, args.metrics_port)
+    priority = args.priority
+    if priority is None and args.peering is not None:
+        priority = seniority_priority(time.time(), random.randrange(1_000_000))
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from transferjob.constants import GROUP, LABEL_JOB_NAME, PLURAL, VERSION
 from transferjob.models import Phase, SpecError, TransferJob, TransferJobStatus, parse_spec
-from transferjob_operator import jobs, status
+from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
 from transferjob_operator.tracking import SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
@@ -42,6 +43,7 @@ class OperatorConfig:
     api: client.ApiClient | None = None
     interval: float = 1.0
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    peering_lifetime: int = 15
 
 
 CONFIG = OperatorConfig()
@@ -82,6 +84,9 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     settings.posting.loggers = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # A replica that dies without saying goodbye (SIGKILL, node loss) counts as gone this long after
+    # its last keep-alive; only then does a paused replica take over. kopf's default is 60 s.
+    settings.peering.lifetime = CONFIG.peering_lifetime
     logger.info("transferjob operator starting: status every %.1fs", CONFIG.interval)
 
 
@@ -137,6 +142,17 @@ def transferjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
     return {(namespace, name): {"spec": _plain(body.spec), "status": _plain(body.status)}}
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def count_phases(
+    event: kopf.RawEvent, namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> None:
+    """Keep the `transferjobs{phase}` gauge current (an index cannot see deletions, events can)."""
+    if event.get("type") == "DELETED":
+        metrics.PHASES.forget(namespace, name)
+    else:
+        metrics.PHASES.set(namespace, name, status.get("phase"))
+
+
 # -------------------------------------------------------------------------------------------- daemon
 
 
@@ -164,10 +180,12 @@ async def supervise(
     supervisor = Supervisor(_kube(), namespace or "", name, uid, body, logger)
     try:
         while not stopped:
+            started = time.monotonic()
             try:
                 await supervisor.step(training_jobs, training_pods, transferjobs)
             except ApiException as error:
                 logger.warning("API error, retrying: %s %s", error.status, error.reason)
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
             await stopped.wait(CONFIG.interval)
     finally:
         supervisor.close()
@@ -268,6 +286,7 @@ class Supervisor:
             raise
         self.created_job = job
         if created:
+            metrics.JOBS_CREATED.inc()
             init = f" from the model of {source}" if source else ""
             self._event("Normal", "JobCreated", f"created Job {job['metadata']['name']}{init}")
         return None, job
@@ -281,6 +300,7 @@ class Supervisor:
             if phase == "Running" and (follower is None or not follower.alive):
                 if follower is not None:
                     follower.stop()
+                    metrics.LOG_STREAM_RECONNECTS.inc()
                 self.followers[pod_name] = LogFollower(
                     self.kube, self.namespace, pod_name, self.progress
                 ).start()
@@ -305,10 +325,12 @@ class Supervisor:
             return
         try:
             await asyncio.to_thread(self.kube.patch_status, self.namespace, self.name, patch)
-        except ApiException as error:
-            if error.status == 404:
+        except Exception as error:  # refused or lost in transit: counted, retried on the next step
+            if isinstance(error, ApiException) and error.status == 404:
                 return  # deleted meanwhile; kopf stops this daemon
+            metrics.STATUS_PATCH_ERRORS.inc()
             raise
+        metrics.STATUS_PATCHES.inc()
         self.written = new.to_dict()
         for event in status.transitions(previous, new):
             self._event(event.type, event.reason, event.message)

@@ -90,12 +90,23 @@ def _free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m transferjob_operator` as a child process, with its log in a file."""
+    """`python -m transferjob_operator` as a child process, with its log in a file.
 
-    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    `namespaces` (globs allowed) limits what it serves, so that tests which run operators of their own
+    (peering, restarts) are not disturbed by another one serving every namespace.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = extra_args
+        self.scope = [arg for ns in namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -110,7 +121,7 @@ class OperatorProcess:
             "transferjob_operator",
             "--kubeconfig",
             str(self.kubeconfig),
-            "--all-namespaces",
+            *self.scope,
             "--liveness",
             self.liveness,
             "--verbose",

@@ -44,7 +44,10 @@ def operator(
     install(api_client)
     root = tmp_path_factory.mktemp("operator")
     sa_kubeconfig = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
-    process = OperatorProcess(sa_kubeconfig, root / "operator.log", ("--from-job-timeout", "120")).start()
+    # Only the namespaces of the `namespace` fixture: other test modules run operators of their own.
+    process = OperatorProcess(
+        sa_kubeconfig, root / "operator.log", ("--from-job-timeout", "120"), namespaces=("tj-test-*",)
+    ).start()
     yield process
     process.stop()
     print(f"operator log: {process.log_path}")
