@@ -155,13 +155,13 @@ def source_models(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> S
 
 
 def make_spec(
-    data: Path, out_dir: Path, *, mode: str = "FeatureExtraction", model: dict[str, Any], **sections: Any
+    data_dir: Path, out_dir: Path, *, mode: str = "FeatureExtraction", model: dict[str, Any], **sections: Any
 ) -> dict[str, Any]:
     """A spec dict (wire form) with the test defaults: no augmentation, short runs, small batches."""
     spec: dict[str, Any] = {
         "mode": mode,
         "model": {"imageSize": IMAGE_SIZE, **model},
-        "data": {"source": {"hostPath": str(data)}, "augmentation": {"enabled": False}},
+        "data": {"source": {"hostPath": str(data_dir)}, "augmentation": {"enabled": False}},
         "training": {"batchSize": 16},
         "output": {"location": {"hostPath": str(out_dir)}, "savedModel": False},
     }

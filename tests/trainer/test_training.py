@@ -1,8 +1,10 @@
 """End-to-end trainer runs on the real digits, through the CLI, as the operator runs it.
 
 Accuracies asserted (135 test images of digits 5-9, 32x32; seeds fixed):
-- feature extraction on the small CNN pretrained on 0-4, full 5-9 training set: >= 0.85 (measured ~0.90);
-- fine-tuning from that job's exported model: >= the feature-extraction accuracy;
+- feature extraction (5 epochs, the reference workflow's length) on the small CNN pretrained on 0-4,
+  full 5-9 training set: >= 0.85 (measured 0.963);
+- fine-tuning conv3 on, from that job's exported model, learning rate 1e-4: >= the feature-extraction
+  accuracy (measured 0.970);
 - transfer with 4 training images per class beats the same network trained from scratch on the same 20
   images (measured 0.86 vs 0.84: digits are easy enough that a small CNN learns a lot from 20 images).
 """
@@ -40,7 +42,7 @@ def test_feature_extraction_then_fine_tuning(
             digits.target,
             fe_out,
             model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
-            training={"epochs": 15, "learningRate": 0.02, "earlyStopping": {"patience": 4}},
+            training={"epochs": 5, "learningRate": 0.01, "earlyStopping": {"patience": 4}},
             output={"savedModel": True},
         )
     )
@@ -81,8 +83,8 @@ def test_feature_extraction_then_fine_tuning(
             digits.target,
             tmp_path / "ft",
             mode="FineTuning",
-            model={"base": str(source_models.pretrained), "fineTuneAt": "conv2", "head": {"dropout": 0.0}},
-            training={"epochs": 5, "learningRate": 1e-3, "batchSize": 32},
+            model={"base": str(source_models.pretrained), "fineTuneAt": "conv3", "head": {"dropout": 0.0}},
+            training={"epochs": 5, "learningRate": 1e-4, "batchSize": 32},
         ),
         "--init-model",
         str(fe_out / "model.keras"),

@@ -308,3 +308,36 @@ def test_fine_tune_freezes_before_layer_and_all_batchnorm() -> None:
     assert parts.head.layers[-1] is model.get_layer("predictions")
     with pytest.raises(InvalidSpecError, match="not a layer of the base"):
         set_fine_tune(model, "nope")
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+def test_cache_policy() -> None:
+    from transferjob_trainer.pipeline import cached_image_bytes, should_cache
+
+    needed = cached_image_bytes(2000, 224)
+    assert needed == 2000 * 224 * 224 * 3
+    assert should_cache("auto", needed, available=4 * needed)
+    assert not should_cache("auto", needed, available=needed)
+    assert should_cache("memory", needed, available=0)
+    assert not should_cache("none", 1, available=1 << 40)
+
+
+def test_augmented_views_differ_between_passes_and_batches() -> None:
+    """Each pass over the data draws new transforms: the cached views are distinct views."""
+    import tensorflow as tf
+
+    from transferjob.models import AugmentationSpec
+    from transferjob_trainer.pipeline import build_augmenter
+
+    augment = build_augmenter(AugmentationSpec(flip="none", rotation=0.1, zoom=0.1, crop=0.1), seed=1)
+    assert augment is not None
+    assert build_augmenter(AugmentationSpec(enabled=False), seed=1) is None
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(np.concatenate([images, images])).batch(4).map(augment)
+    first, again = [b.numpy() for b in ds], [b.numpy() for b in ds]
+    assert first[0].shape == images.shape
+    assert not np.allclose(first[0], images)
+    assert not np.allclose(first[0], first[1])
+    assert not np.allclose(first[0], again[0])

@@ -134,7 +134,7 @@ def base_from_saved_model(model: keras.Model, image_size: int) -> keras.Model:
             f"saved base takes {shape[0]}x{shape[1]} images but model.imageSize is {image_size}"
         )
     layer = cut_layer(model)
-    return keras.Model(model.inputs, layer.output, name=BASE_LAYER)
+    return keras.Model(model.inputs[0], layer.output, name=BASE_LAYER)
 
 
 def application_base(name: str, weights: str, image_size: int) -> keras.Model:
@@ -153,7 +153,7 @@ def application_base(name: str, weights: str, image_size: int) -> keras.Model:
                 network = constructor(include_top=False, weights=path, input_shape=shape)
             except ValueError as error:
                 raise InvalidSpecError(f"cannot load model.weights {weights} into {name}: {error}") from error
-    return keras.Model(network.inputs, network.outputs, name=BASE_LAYER)
+    return keras.Model(network.inputs[0], network.outputs[0], name=BASE_LAYER)
 
 
 def build_base(base: str, weights: str, image_size: int) -> tuple[keras.Model, str | None]:

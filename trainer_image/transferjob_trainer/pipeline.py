@@ -8,7 +8,6 @@ exported model is exactly what serving needs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -158,6 +157,12 @@ def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:
     return bad
 
 
+def is_decode_failure(error: BaseException) -> bool:
+    """Whether a pipeline error comes from an image decoder (and is worth the per-file re-check)."""
+    text = str(error).lower()
+    return any(word in text for word in ("decode", "image", "png", "jpeg", "gif", "bmp"))
+
+
 @contextmanager
 def decode_errors_as_invalid_data(splits: Sequence[Split]) -> Iterator[None]:
     """Map a decode failure inside a pipeline to InvalidDataError naming the file.
@@ -169,17 +174,10 @@ def decode_errors_as_invalid_data(splits: Sequence[Split]) -> Iterator[None]:
     try:
         yield
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        if not is_decode_failure(error):
+            raise
         bad = [item for split in splits for item in find_undecodable(split.files)]
         if not bad:
             raise
         listed = "; ".join(f"{p}: {why}" for p, why in bad[:5])
         raise InvalidDataError(f"{len(bad)} image file(s) TensorFlow cannot decode: {listed}") from error
-
-
-def is_tensorflow_decode_failure(error: BaseException) -> bool:
-    """Whether an error looks like a decoder failure (used to decide on the slow re-check)."""
-    return isinstance(error, tf.errors.InvalidArgumentError) and "decode" in str(error).lower()
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -184,6 +184,47 @@ def epoch_metrics(epoch: int, logs: dict[str, float], lr: float, seconds: float)
     )
 
 
+def last_logs(history: keras.callbacks.History) -> dict[str, float]:
+    return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def fit_on_features(
+    head: keras.Model, features: dict[str, np.ndarray], layout: Layout, binary: bool, batch_size: int
+) -> FitOneEpoch:
+    """One epoch of the head on cached features; epoch e uses augmented view e mod views."""
+    train_x, val_x = features["train"], features["val"]
+    train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
+
+    def fit_one_epoch(epoch: int) -> dict[str, float]:
+        return last_logs(
+            head.fit(
+                train_x[epoch % len(train_x)],
+                train_y,
+                batch_size=batch_size,
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                validation_data=(val_x, val_y),
+                shuffle=True,
+                verbose=0,
+            )
+        )
+
+    return fit_one_epoch
+
+
+def fit_on_images(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset) -> FitOneEpoch:
+    """One epoch of the end-to-end model on the image pipeline (which shuffles and augments itself)."""
+
+    def fit_one_epoch(epoch: int) -> dict[str, float]:
+        return last_logs(
+            model.fit(
+                train, epochs=epoch + 1, initial_epoch=epoch, validation_data=val, shuffle=False, verbose=0
+            )
+        )
+
+    return fit_one_epoch
+
+
 def train_epochs(
     spec: TransferJobSpec,
     state: RunState,
@@ -295,51 +336,28 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
         test_images = image_dataset(layout.test, size, binary=binary, cache=False)
         augment = build_augmenter(spec.data.augmentation, training.seed)
         remaining = state.epochs_done < epochs and not state.stop.stopped
-        fit_one_epoch: FitOneEpoch
-        if feature_extraction and remaining:
-            features = store.load_features(fp)
-            if features is None:
-                views = spec.data.augmentation.cached_views if augment is not None else 1
-                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
-                features = {
-                    "train": compute_features(parts.extractor, train_images, views, augment),
-                    "val": compute_features(parts.extractor, val_images, 1, None)[0],
-                }
-                store.save_features(fp, features)
-            train_x, val_x = features["train"], features["val"]
-            train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
-
-            def fit_one_epoch(epoch: int) -> dict[str, float]:
-                history = train_model.fit(
-                    train_x[epoch % len(train_x)],
-                    train_y,
-                    batch_size=training.batch_size,
-                    epochs=epoch + 1,
-                    initial_epoch=epoch,
-                    validation_data=(val_x, val_y),
-                    shuffle=True,
-                    verbose=0,
-                )
-                return {k: float(v[-1]) for k, v in history.history.items()}
-
-        else:
-            train_ds = training_batches(
-                train_images, len(layout.train), training.batch_size, training.seed, augment
-            )
-            val_ds = eval_batches(val_images, training.batch_size)
-
-            def fit_one_epoch(epoch: int) -> dict[str, float]:
-                history = train_model.fit(
-                    train_ds,
-                    epochs=epoch + 1,
-                    initial_epoch=epoch,
-                    validation_data=val_ds,
-                    shuffle=False,
-                    verbose=0,
-                )
-                return {k: float(v[-1]) for k, v in history.history.items()}
-
         if remaining:
+            if feature_extraction:
+                features = store.load_features(fp)
+                if features is None:
+                    views = spec.data.augmentation.cached_views if augment is not None else 1
+                    reporter.phase(
+                        "features", f"computing base features ({views} view(s) of the training set)"
+                    )
+                    features = {
+                        "train": compute_features(parts.extractor, train_images, views, augment),
+                        "val": compute_features(parts.extractor, val_images, 1, None)[0],
+                    }
+                    store.save_features(fp, features)
+                fit_one_epoch = fit_on_features(train_model, features, layout, binary, training.batch_size)
+            else:
+                fit_one_epoch = fit_on_images(
+                    train_model,
+                    training_batches(
+                        train_images, len(layout.train), training.batch_size, training.seed, augment
+                    ),
+                    eval_batches(val_images, training.batch_size),
+                )
             reporter.phase("training", f"epochs {state.epochs_done + 1}-{epochs}")
             board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
             state = train_epochs(spec, state, store, train_model, fit_one_epoch, board, reporter)
