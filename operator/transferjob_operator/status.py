@@ -183,17 +183,21 @@ def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str]:
     if term is None:
         return job_reason, job_message or "the training Job failed"
     event = term.event
-    if isinstance(event, Failed):
+    retries_exhausted = job_reason in ("BackoffLimitExceeded", "PodFailurePolicy")
+    # The trainer's reason wins when no retry could help (InvalidData, ...); a retryable failure that
+    # failed the Job by exhausting backoffLimit is BackoffLimitExceeded, with the trainer's words.
+    if isinstance(event, Failed) and (event.permanent or not retries_exhausted):
         return event.reason, f"{event.message} (pod {term.pod}, exit code {term.exit_code})"
     if term.reason == "OOMKilled":
         return "OOMKilled", (
             f"pod {term.pod}: the trainer ran out of memory (exit code {term.exit_code}); "
             "raise spec.resources.memory or lower spec.training.batchSize"
         )
-    reason = (
-        "BackoffLimitExceeded" if job_reason in ("BackoffLimitExceeded", "PodFailurePolicy") else job_reason
-    )
-    tail = term.message.strip().splitlines()[-1][-300:] if term.message.strip() else ""
+    reason = "BackoffLimitExceeded" if retries_exhausted else job_reason
+    if isinstance(event, Failed):
+        tail = f"{event.reason}: {event.message}"[:300]
+    else:
+        tail = term.message.strip().splitlines()[-1][-300:] if term.message.strip() else ""
     detail = f": {tail}" if tail else ""
     return reason, f"pod {term.pod}: trainer exited with code {term.exit_code}{detail}"
 
