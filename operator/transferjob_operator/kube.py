@@ -8,11 +8,14 @@ one kind of object whatever its source.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -25,10 +28,37 @@ MERGE_PATCH = "application/merge-patch+json"
 FIELD_MANAGER = "transferjob-operator"
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ConflictError(Exception):
     """An object with the name the operator needs exists and belongs to someone else."""
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Connection failures (API server restarting, network blip) as `ApiException(status=0)`.
+
+    The generated client raises urllib3's errors for those, which callers that handle `ApiException`
+    (the daemon loop: log and retry next period) would otherwise let escape, and kopf then restarts
+    the daemon only after its 60 s backoff.
+    """
+    try:
+        yield
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ApiException(status=0, reason=f"API server unreachable: {error}") from error
+
+
+def _api_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a `Kube` method under `_reachable`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _reachable():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _json(response: Any) -> Json:
@@ -51,6 +81,7 @@ class Kube:
         self.batch: Any = client.BatchV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
 
+    @_api_errors
     def ensure(self, body: Json, owner_uid: str) -> tuple[Json, bool]:
         """Create a Job or ConfigMap unless it exists; return it and whether this call created it.
 
@@ -81,11 +112,13 @@ class Kube:
             raise ConflictError(f"{body['kind']} {name} already exists and is not owned by this TransferJob")
         return existing, False
 
+    @_api_errors
     def patch_job(self, namespace: str, name: str, patch: Json) -> None:
         self.batch.patch_namespaced_job(
             name, namespace, patch, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH
         )
 
+    @_api_errors
     def patch_status(self, namespace: str, name: str, patch: Json) -> None:
         """Write `.status` through the status subresource (a merge patch: lists are replaced whole)."""
         self.custom.patch_namespaced_custom_object_status(
@@ -100,6 +133,7 @@ class Kube:
             _preload_content=False,
         )
 
+    @_api_errors
     def delete_transferjob(self, namespace: str, name: str, uid: str) -> None:
         """Delete the TransferJob (its Job, pods and ConfigMap follow by garbage collection).
 
@@ -116,6 +150,7 @@ class Kube:
                 _preload_content=False,
             )
 
+    @_api_errors
     def read_log(self, namespace: str, pod: str) -> str:
         """The trainer's whole log, for rebuilding a history that the operator did not see live."""
         response = self.core.read_namespaced_pod_log(
