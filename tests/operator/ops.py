@@ -1,0 +1,142 @@
+"""Operators of a test's own, in namespaces of its own: what test_ha, test_lifecycle and test_metrics share.
+
+These tests stop, kill and restart operators, or run two at once, so they cannot use the session-wide
+operator of test_e2e (which serves only the `tj-test-*` namespaces). Each starts operators scoped to
+its own namespaces, authenticated as the operator's ServiceAccount like every e2e operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from tests.operator.harness import OperatorProcess, make_digits
+from tests.testcluster.kube import wait_for
+
+GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
+
+
+def shared_digits(base: Path) -> tuple[Path, Path]:
+    """The digits and the pretrained source model, made once per test session for these modules."""
+    root = base / "own-operator-digits"
+    root.mkdir(exist_ok=True)
+    return make_digits(root)
+
+
+@contextlib.contextmanager
+def own_namespace(api: client.ApiClient, prefix: str) -> Iterator[str]:
+    """A fresh namespace `<prefix>-<hex>` (its default ServiceAccount exists), deleted afterwards."""
+    core: Any = client.CoreV1Api(api)
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"transferjob.io/test": "true"}}})
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return True
+        except client.ApiException:
+            return False
+
+    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)
+
+
+def operator(
+    kubeconfig: Path, log: Path, namespace: str, *extra: str, interval: float = 0.5
+) -> OperatorProcess:
+    """An operator process serving only `namespace` (not started)."""
+    return OperatorProcess(kubeconfig, log, ("--interval", str(interval), *extra), namespaces=(namespace,))
+
+
+def kill(process: OperatorProcess) -> float:
+    """SIGKILL: no goodbye to the peers, no cleanup. Returns when it died (monotonic)."""
+    assert process.proc is not None
+    process.proc.kill()
+    process.proc.wait()
+    process.proc = None
+    return time.monotonic()
+
+
+def log_text(process: OperatorProcess) -> str:
+    return process.log_path.read_text(errors="replace") if process.log_path.exists() else ""
+
+
+def wait_log(process: OperatorProcess, needle: str, timeout: float) -> None:
+    wait_for(
+        lambda: needle in log_text(process), timeout=timeout, interval=0.2, what=f"{needle!r} in the log"
+    )
+
+
+class Namespace:
+    """TransferJobs, Jobs and pods of one namespace, as an admin sees them."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.ns = namespace
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.api = api
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict((self.get(name) or {}).get("status") or {})
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.ns,
+            PLURAL,
+            name,
+            {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )
+
+    def wait_phase(self, name: str, phase: str, timeout: float, what: str = "") -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            if status.get("phase") in ("Succeeded", "Failed") and status["phase"] != phase:
+                raise AssertionError(f"{name} ended {status['phase']}: {status.get('conditions')}")
+            return status if status.get("phase") == phase else None
+
+        return wait_for(reached, timeout=timeout, interval=0.3, what=what or f"{name} to be {phase}")
+
+    def jobs(self, name: str) -> list[dict[str, Any]]:
+        items = self.batch.list_namespaced_job(
+            self.ns, label_selector=f"transferjob.io/job-name={name}"
+        ).items
+        return [self.api.sanitize_for_serialization(j) for j in items]
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_pod(self.ns, label_selector=f"transferjob.io/job-name={name}").items
+        return [self.api.sanitize_for_serialization(p) for p in items]
+
+
+def assert_full_history(status: dict[str, Any], epochs: int) -> None:
+    """Every epoch exactly once, in order, with a test result and a model: nothing lost, nothing doubled."""
+    history = [m["epoch"] for m in status["history"]]
+    assert history == list(range(1, epochs + 1)), history
+    assert status["epoch"] == epochs
+    assert 0.0 <= status["test"]["accuracy"] <= 1.0
+    assert status["model"]["uri"].endswith("model.keras")
+    assert status["completionTime"]
