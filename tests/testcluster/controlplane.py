@@ -388,6 +388,47 @@ class ControlPlane:
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 
+    def _component(self, name: str) -> _Component:
+        for comp in self._components:
+            if comp.name == name:
+                return comp
+        raise ControlPlaneError(f"{name} is not running in this control plane")
+
+    def stop_apiserver(self, grace: float = 10.0) -> None:
+        """Stop kube-apiserver (SIGTERM, SIGKILL after ``grace``); etcd and the rest keep running.
+
+        For fault tests: clients see connection refused until :meth:`start_apiserver`.
+        """
+        comp = self._component("kube-apiserver")
+        if comp.proc is not None and comp.proc.poll() is None:
+            comp.proc.terminate()
+            try:
+                comp.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                comp.proc.kill()
+                comp.proc.wait()
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again with the same flags and port; return once ``/readyz`` is ok."""
+        comp = self._component("kube-apiserver")
+        if comp.proc is not None and comp.proc.poll() is None:
+            raise ControlPlaneError("kube-apiserver is still running; stop it first")
+        self._components.remove(comp)
+        fresh = _Component(comp.name, comp.args, comp.log)
+        # Same position in the list, so that stop() still stops it before etcd.
+        self._spawn(fresh)
+        self._components.remove(fresh)
+        self._components.insert(1, fresh)
+        self._write_state()
+        ctx = self._admin_ssl()
+        self._wait(fresh, lambda: _http_ok(f"{self.server}/readyz", ctx), time.monotonic() + timeout)
+
+    def restart_apiserver(self, down_for: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver, leave it down for ``down_for`` seconds, start it again (same port)."""
+        self.stop_apiserver()
+        time.sleep(down_for)
+        self.start_apiserver(timeout)
+
     @staticmethod
     def stop_from_state(root: Path) -> bool:
         """Stop a control plane started by another process, using ``<root>/state.json``."""

@@ -332,6 +332,7 @@ class PodWorker(threading.Thread):
         while not self.deleting:
             self.wake.wait(1.0)
             self.wake.clear()
+            self._report()  # a no-op once the final status is stored; retried while the API is away
         if not self.force_killed:
             self.agent.delete_pod_now(self.ns, self.pod_name, self.uid)
 
@@ -670,6 +671,8 @@ class PodWorker(threading.Thread):
                 log.warning(
                     "status update of %s/%s failed: %s %s", self.ns, self.pod_name, exc.status, exc.body
                 )
+        except Exception as exc:  # API server unreachable (restarting): the next _report() retries
+            log.warning("status update of %s/%s failed: %s", self.ns, self.pod_name, exc)
 
 
 # ------------------------------------------------------------------------------------ log files
