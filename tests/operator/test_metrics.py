@@ -1,0 +1,128 @@
+"""The operator's Prometheus endpoint and its Events, scraped and listed during a real training run."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.operator import ops
+from tests.operator.harness import (
+    REPO_ROOT,
+    OperatorProcess,
+    digits_spec,
+    install,
+    service_account_kubeconfig,
+    transferjob,
+)
+from tests.testcluster.kube import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
+
+PREFIX = "transferjob_operator_"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Scraper:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def samples(self) -> dict[str, float]:
+        """`name{label="value"}` -> value, for the operator's own metrics."""
+        with urllib.request.urlopen(self.url, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith(PREFIX):
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k != "le")
+                    key = f"{sample.name}{{{labels}}}" if labels else sample.name
+                    if "le" not in sample.labels:
+                        found[key] = sample.value
+        return found
+
+
+@pytest.fixture()
+def namespace_with_operator(
+    api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path: Path
+) -> Iterator[tuple[ops.Namespace, OperatorProcess, Scraper]]:
+    install(api_client)
+    port = _free_port()
+    with ops.own_namespace(api_client, "tj-metrics") as ns:
+        sa = service_account_kubeconfig(api_client, kubeconfig, tmp_path / "kubeconfig")
+        process = ops.operator(sa, tmp_path / "operator.log", ns, "--metrics-port", str(port)).start()
+        try:
+            yield ops.Namespace(api_client, ns), process, Scraper(port)
+        finally:
+            process.stop()
+
+
+def test_metrics_move_during_a_run_and_event_reasons_are_documented(
+    namespace_with_operator: tuple[ops.Namespace, OperatorProcess, Scraper],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    cluster, _operator, scraper = namespace_with_operator
+    data, source = ops.shared_digits(tmp_path_factory.getbasetemp())
+    before = scraper.samples()
+    assert before[f'{PREFIX}transferjobs{{phase="Running"}}'] == 0
+    assert before[f"{PREFIX}jobs_created_total"] == 0
+    assert before[f"{PREFIX}status_patch_errors_total"] == 0
+    assert f"{PREFIX}log_stream_reconnects_total" in before
+
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source), epochs=2)
+    cluster.create(transferjob("scraped", spec))
+    running = wait_for(
+        lambda: (s := scraper.samples())[f'{PREFIX}transferjobs{{phase="Running"}}'] == 1 and s,
+        timeout=180,
+        interval=0.3,
+        what="the Running gauge at 1",
+    )
+    assert running[f"{PREFIX}jobs_created_total"] == 1
+    cluster.wait_phase("scraped", "Succeeded", timeout=180)
+    after = wait_for(
+        lambda: (s := scraper.samples())[f'{PREFIX}transferjobs{{phase="Succeeded"}}'] == 1 and s,
+        timeout=30,
+        what="the Succeeded gauge at 1",
+    )
+    assert after[f'{PREFIX}transferjobs{{phase="Running"}}'] == 0
+    assert after[f"{PREFIX}jobs_created_total"] == 1
+    # Pending, Running, every epoch, Succeeded: several patches, none failed.
+    assert after[f"{PREFIX}status_patches_total"] >= 3
+    assert after[f"{PREFIX}status_patch_errors_total"] == 0
+    steps = after[f"{PREFIX}reconcile_duration_seconds_count"]
+    assert steps > running[f"{PREFIX}reconcile_duration_seconds_count"] > 0
+    assert 0 < after[f"{PREFIX}reconcile_duration_seconds_sum"] / steps < 1.0
+
+    # Events can be filtered by reason, and every reason the run produced is in docs/operator.md.
+    core: Any = cluster.core
+    selector = "involvedObject.kind=TransferJob,involvedObject.name=scraped"
+
+    def reasons_so_far() -> set[str]:
+        return {e.reason for e in core.list_namespaced_event(cluster.ns, field_selector=selector).items}
+
+    # kopf posts events from a queue: the last ones may land a moment after the status.
+    wait_for(lambda: {"JobCreated", "Running", "Succeeded"} <= reasons_so_far(), timeout=30, what="events")
+    reasons = reasons_so_far()
+    succeeded = core.list_namespaced_event(cluster.ns, field_selector=f"{selector},reason=Succeeded").items
+    assert [e.reason for e in succeeded] == ["Succeeded"]
+    assert "test accuracy" in succeeded[0].message
+    documented = set(re.findall(r"`(\w+)`", _events_section()))
+    assert reasons <= documented, reasons - documented
+
+
+def _events_section() -> str:
+    text = (REPO_ROOT / "docs" / "operator.md").read_text()
+    return text.split("## Events", 1)[1].split("\n## ", 1)[0]
