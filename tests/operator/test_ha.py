@@ -36,7 +36,8 @@ def peered_namespace(api_client: client.ApiClient, node_agent: Any) -> Iterator[
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition("kopfpeerings.kopf.dev")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        conditions = crd.status.conditions if crd.status else None
+        return any(c.type == "Established" and c.status == "True" for c in conditions or [])
 
     wait_for(established, timeout=30, what="the KopfPeering CRD")
     with ops.own_namespace(api_client, "tj-ha") as ns:

@@ -53,6 +53,11 @@ class Scraper:
                         found[key] = sample.value
         return found
 
+    def when(self, key: str, value: float) -> dict[str, float] | None:
+        """The samples, once `key` has `value` (for `wait_for`)."""
+        samples = self.samples()
+        return samples if samples[key] == value else None
+
 
 @pytest.fixture()
 def namespace_with_operator(
@@ -85,7 +90,7 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
     spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source), epochs=2)
     cluster.create(transferjob("scraped", spec))
     running = wait_for(
-        lambda: (s := scraper.samples())[f'{PREFIX}transferjobs{{phase="Running"}}'] == 1 and s,
+        lambda: scraper.when(f'{PREFIX}transferjobs{{phase="Running"}}', 1),
         timeout=180,
         interval=0.3,
         what="the Running gauge at 1",
@@ -93,7 +98,7 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
     assert running[f"{PREFIX}jobs_created_total"] == 1
     cluster.wait_phase("scraped", "Succeeded", timeout=180)
     after = wait_for(
-        lambda: (s := scraper.samples())[f'{PREFIX}transferjobs{{phase="Succeeded"}}'] == 1 and s,
+        lambda: scraper.when(f'{PREFIX}transferjobs{{phase="Succeeded"}}', 1),
         timeout=30,
         what="the Succeeded gauge at 1",
     )
