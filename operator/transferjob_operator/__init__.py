@@ -7,6 +7,7 @@ Layers, each importing only the ones above it:
 - `status`: Job, pods and progress -> `.status`, conditions and Events (pure).
 - `upstream`: whether a `fromJob` may start, and from which model (pure).
 - `kube`: the API calls, and the log follower.
+- `metrics`: the Prometheus metrics and their `/metrics` server.
 - `handlers`: the kopf glue; `__main__`: the `tj-operator` command.
 """
 
