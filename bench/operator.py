@@ -1,0 +1,402 @@
+"""Benchmark: how the operator keeps up with a burst, how fresh `.status` is, how much memory it takes.
+
+Not a test; a script. One run, on a private local control plane (etcd, kube-apiserver,
+controller-manager, scheduler; `tests/testcluster`) with the test node agent, the operator as a
+subprocess authenticated as its ServiceAccount (manifests/rbac/), exactly as in the e2e tests:
+
+1. **direct** (the limit): 500 suspended Jobs created straight through the API (the operator's own
+   Job manifest, `jobs.build_job`), 8 client threads; jobs/s.
+2. **status lag**: small real training jobs (digits, feature extraction, no early stopping). For each
+   epoch: when the trainer printed the epoch line (`kubectl logs --timestamps`: the node agent stamps
+   each line when it reads it from the trainer's stdout) vs when a watch on TransferJobs first saw
+   `.status.epoch` reach it. p50/p99.
+3. **burst**: 500 TransferJobs created as fast as 8 client threads can, all with `runPolicy.suspend:
+   true`, so the operator creates their Jobs *suspended* and no pod trains (the Job controller creates
+   no pods for a suspended Job). Time until every one has its Job (watch on Jobs), jobs/s compared
+   with (1), and apply -> Job latency per TransferJob (create call returned -> Job seen by a watch)
+   p50/p99.
+4. **memory**: 500 more suspended TransferJobs (1000 present), then the operator's VmRSS
+   (`/proc/<pid>/status`) once all 1000 have Jobs and the status writes have settled.
+
+Run: `.venv/bin/python bench/operator.py [--count 500] [--out bench/operator-results.json]`.
+Targets: burst rate >= 50 % of direct, apply -> Job p50 < 100 ms, lag p50 < 2 s, RSS < 150 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for source_root in (REPO, REPO / "sdk", REPO / "operator", REPO / "trainer_image"):
+    if str(source_root) not in sys.path:
+        sys.path.insert(0, str(source_root))
+
+from kubernetes import client, watch  # noqa: E402
+
+from tests.operator.harness import (  # noqa: E402
+    digits_spec,
+    install,
+    make_digits,
+    service_account_kubeconfig,
+    transferjob,
+)
+from tests.testcluster.kube import kubectl, wait_for  # noqa: E402
+from tests.testcluster.private import PrivateCluster  # noqa: E402
+from transferjob.models import TransferJob  # noqa: E402
+from transferjob_operator import jobs  # noqa: E402
+
+GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
+THREADS = 8
+Json = dict[str, Any]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_share(pid: int, seconds: float) -> float:
+    """The share of one core the process used over the next `seconds` (1.0 = a whole core)."""
+    before, start = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - start)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Operator:
+    """`python -m transferjob_operator` with default verbosity (as deployed), log to a file."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        env["PYTHONPATH"] = os.pathsep.join(str(REPO / d) for d in ("sdk", "operator", "trainer_image", "."))
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "transferjob_operator", "--kubeconfig", str(kubeconfig), "-A"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        self.log = log
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class JobWatch:
+    """Records when a watch first sees each Job (by TransferJob label) in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.batch: Any = client.BatchV1Api(api)
+        self.ns = namespace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(
+                    self.batch.list_namespaced_job, self.ns, timeout_seconds=30, _request_timeout=60
+                ):
+                    now = time.monotonic()
+                    name = event["raw_object"]["metadata"]["name"]
+                    self.seen.setdefault(name, now)
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def create_many(make: Any, count: int) -> dict[str, float]:
+    """Run `make(i)` for i in range(count) on THREADS threads; returns name -> monotonic time done."""
+    done: dict[str, float] = {}
+
+    def one(i: int) -> None:
+        name = make(i)
+        done[name] = time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, range(count)))
+    return done
+
+
+def new_namespace(core: Any, name: str) -> str:
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: _has_default_sa(core, name), timeout=60, what=f"default SA in {name}")
+    return name
+
+
+def _has_default_sa(core: Any, ns: str) -> bool:
+    try:
+        core.read_namespaced_service_account("default", ns)
+        return True
+    except client.ApiException:
+        return False
+
+
+def suspended_spec(data: Path, source: Path, out: Path) -> Json:
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, str(source), epochs=5)
+    spec["runPolicy"] = {"suspend": True}
+    return spec
+
+
+def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
+    core: Any = client.CoreV1Api(api)
+    batch: Any = client.BatchV1Api(api)
+    ns = new_namespace(core, "bench-direct")
+    tj = TransferJob.from_dict(
+        {
+            **transferjob("x", suspended_spec(data, source, root / "direct")),
+            "metadata": {"name": "x", "namespace": ns},
+        }
+    )
+    template = jobs.build_job(tj, None)
+    template["metadata"].pop("ownerReferences", None)
+
+    def make(i: int) -> str:
+        body = json.loads(json.dumps(template))
+        body["metadata"]["name"] = f"direct-{i}"
+        body["metadata"]["labels"][jobs.LABEL_JOB_NAME] = f"direct-{i}"
+        batch.create_namespaced_job(ns, body, _preload_content=False)
+        return f"direct-{i}"
+
+    start = time.monotonic()
+    done = create_many(make, count)
+    elapsed = max(done.values()) - start
+    return {"count": count, "seconds": elapsed, "jobs_per_s": count / elapsed}
+
+
+def bench_burst(
+    api: client.ApiClient, ns: str, data: Path, source: Path, root: Path, count: int, offset: int
+) -> Json:
+    custom: Any = client.CustomObjectsApi(api)
+    jobs_seen = JobWatch(api, ns)
+    time.sleep(1.0)  # the watch is established
+
+    def make(i: int) -> str:
+        name = f"burst-{offset + i}"
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            transferjob(name, suspended_spec(data, source, root / name)),
+            _preload_content=False,
+        )
+        return name
+
+    start = time.monotonic()
+    applied = create_many(make, count)
+    applied_at = time.monotonic() - start
+    wait_for(lambda: all(n in jobs_seen.seen for n in applied), timeout=900, interval=0.5, what="all Jobs")
+    jobs_seen.stop()
+    last = max(jobs_seen.seen[n] for n in applied)
+    latencies = [max(0.0, jobs_seen.seen[n] - applied[n]) for n in applied]
+    return {
+        "count": count,
+        "apply_seconds": applied_at,
+        "seconds_until_all_jobs": last - start,
+        "jobs_per_s": count / (last - start),
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        "latency_max_ms": max(latencies) * 1000,
+    }
+
+
+def _parse_stamp(stamp: str) -> float:
+    """RFC 3339 (nanoseconds allowed) -> epoch seconds."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    base = dt.datetime.fromisoformat(head).replace(tzinfo=dt.timezone.utc).timestamp()
+    return base + (float(f"0.{frac}") if frac else 0.0)
+
+
+def bench_lag(
+    cluster: PrivateCluster, data: Path, source: Path, root: Path, jobs_count: int, epochs: int
+) -> Json:
+    """Epoch line in the pod log -> `.status.epoch` seen by a watch, on the same clock (wall time)."""
+    api = cluster.api
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    ns = new_namespace(core, "bench-lag")
+    status_seen: dict[tuple[str, int], float] = {}
+    stop = threading.Event()
+
+    def watch_status() -> None:
+        while not stop.is_set():
+            try:
+                for event in watch.Watch().stream(
+                    custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=30
+                ):
+                    now = time.time()
+                    obj = event["object"]
+                    epoch = (obj.get("status") or {}).get("epoch") or 0
+                    for e in range(1, epoch + 1):
+                        status_seen.setdefault((obj["metadata"]["name"], e), now)
+                    if stop.is_set():
+                        return
+            except Exception:
+                time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_status, daemon=True)
+    watcher.start()
+    names = [f"lag-{i}" for i in range(jobs_count)]
+    for name in names:
+        spec = digits_spec(
+            {"hostPath": str(data)}, {"hostPath": str(root / name)}, str(source), epochs=epochs
+        )
+        spec["training"]["earlyStopping"] = {"enabled": False}
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, transferjob(name, spec))
+
+    def all_done() -> bool:
+        phases = [
+            (custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n).get("status") or {}).get(
+                "phase"
+            )
+            for n in names
+        ]
+        if "Failed" in phases:
+            raise RuntimeError(f"a lag job failed: {phases}")
+        return all(p == "Succeeded" for p in phases)
+
+    wait_for(all_done, timeout=600, interval=1.0, what="the lag jobs")
+    stop.set()
+    lags: list[float] = []
+    for name in names:
+        pods = core.list_namespaced_pod(ns, label_selector=f"transferjob.io/job-name={name}").items
+        for pod in pods:
+            text = kubectl(
+                cluster.kubeconfig, "logs", "--timestamps", "-n", ns, pod.metadata.name, "-c", "trainer"
+            ).stdout
+            for line in text.splitlines():
+                stamp, _, payload = line.partition(" ")
+                if '"event":"epoch"' not in payload:
+                    continue
+                epoch = json.loads(payload)["metrics"]["epoch"]
+                if (name, epoch) in status_seen:
+                    lags.append(status_seen[(name, epoch)] - _parse_stamp(stamp))
+    return {
+        "jobs": jobs_count,
+        "epochs": epochs,
+        "samples": len(lags),
+        "lag_p50_s": percentile(lags, 50),
+        "lag_p99_s": percentile(lags, 99),
+        "lag_max_s": max(lags),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500, help="TransferJobs in the burst (and direct Jobs)")
+    parser.add_argument("--lag-jobs", type=int, default=2, help="training jobs for the status lag")
+    parser.add_argument("--lag-epochs", type=int, default=15, help="epochs of each lag job")
+    parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="tj-bench-"))
+    cluster_dir = root / "cluster"
+    data, source = make_digits(root / "digits")
+    cluster = PrivateCluster(cluster_dir, nodes=1, gpus=4).start()
+    results: Json = {"count": args.count, "threads": THREADS, "cpus": os.cpu_count()}
+    operator: Operator | None = None
+    try:
+        api = cluster.api
+        install(api)
+        kubeconfig = service_account_kubeconfig(api, cluster.kubeconfig, root / "operator.kubeconfig")
+        operator = Operator(kubeconfig, root / "operator.log")
+        time.sleep(8)  # imports and the first watches; no TransferJob exists yet
+        results["rss_idle_mib"] = rss_mib(operator.proc.pid)
+        results["cpu_cores_idle"] = busy_share(operator.proc.pid, 3.0)
+
+        results["direct"] = bench_direct(api, data, source, root, args.count)
+        print(f"direct: {results['direct']}", flush=True)
+        results["lag"] = bench_lag(cluster, data, source, root, args.lag_jobs, args.lag_epochs)
+        print(f"lag: {results['lag']}", flush=True)
+
+        core: Any = client.CoreV1Api(api)
+        ns = new_namespace(core, "bench-burst")
+        results["burst"] = bench_burst(api, ns, data, source, root, args.count, 0)
+        print(f"burst: {results['burst']}", flush=True)
+        results["rss_500_mib"] = rss_mib(operator.proc.pid)
+        results["burst2"] = bench_burst(api, ns, data, source, root, args.count, args.count)
+        print(f"burst2: {results['burst2']}", flush=True)
+        time.sleep(15)  # the daemons' first status writes settle
+        results["rss_1000_mib"] = rss_mib(operator.proc.pid)
+        # Steady state with 1000 unfinished (suspended) TransferJobs: nothing changes, yet each has a
+        # daemon that looks every --interval; how much CPU does that cost?
+        results["cpu_cores_1000_steady"] = busy_share(operator.proc.pid, 10.0)
+        results["transferjobs_present"] = 2 * args.count
+    finally:
+        if operator is not None:
+            results["operator_log"] = str(operator.log)
+            operator.stop()
+        cluster.stop()
+
+    direct, burst, lag = results["direct"], results["burst"], results["lag"]
+    ratio = burst["jobs_per_s"] / direct["jobs_per_s"]
+    results["burst_vs_direct"] = ratio
+    rows = [
+        ("direct Jobs/s (the limit)", f"{direct['jobs_per_s']:.1f}", ""),
+        ("TransferJob burst -> Jobs/s", f"{burst['jobs_per_s']:.1f}", f">= {0.5 * direct['jobs_per_s']:.1f}"),
+        ("  ratio to direct", f"{100 * ratio:.0f} %", ">= 50 %"),
+        ("  time until all have Jobs", f"{burst['seconds_until_all_jobs']:.1f} s", ""),
+        ("apply -> Job p50", f"{burst['latency_p50_ms']:.0f} ms", "< 100 ms"),
+        ("apply -> Job p99", f"{burst['latency_p99_ms']:.0f} ms", ""),
+        (
+            "2nd burst (500 present) p50/p99",
+            f"{results['burst2']['latency_p50_ms']:.0f}/{results['burst2']['latency_p99_ms']:.0f} ms",
+            "",
+        ),
+        ("progress line -> .status p50", f"{lag['lag_p50_s']:.2f} s", "< 2 s"),
+        ("progress line -> .status p99", f"{lag['lag_p99_s']:.2f} s", ""),
+        ("operator RSS idle", f"{results['rss_idle_mib']:.0f} MiB", ""),
+        ("operator RSS, 500 TransferJobs", f"{results['rss_500_mib']:.0f} MiB", ""),
+        ("operator RSS, 1000 TransferJobs", f"{results['rss_1000_mib']:.0f} MiB", "< 150 MiB"),
+        ("operator CPU, 1000 idle TransferJobs", f"{results['cpu_cores_1000_steady']:.2f} cores", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'value':>14}  target")
+    for name, value, target in rows:
+        print(f"{name.ljust(width)}  {value:>14}  {target}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
