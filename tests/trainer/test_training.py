@@ -262,3 +262,62 @@ def test_mobilenet_v2_feature_extraction_epoch(digits: Digits, run_trainer, tmp_
     assert run.epochs == [1]
     assert run.finished.model.uri.endswith("model.keras")
     assert (tmp_path / "out" / "model.keras").exists()
+
+
+def test_binary_subset_with_class_names(
+    digits: Digits, source_models: SourceModels, run_trainer, tmp_path: Path
+) -> None:
+    """Two classes picked with classNames train a sigmoid unit; label order follows classNames."""
+    run = run_trainer(
+        make_spec(
+            digits.target,
+            tmp_path / "out",
+            model={"base": str(source_models.pretrained)},
+            data={"classNames": ["9", "5"]},
+            training={"epochs": 4, "learningRate": 0.01},
+        )
+    )
+    assert run.rc == 0, run.stderr[-3000:]
+    assert run.started.classes == ["9", "5"]
+    result = run.finished.test
+    assert [c.name for c in result.per_class] == ["9", "5"]
+    assert np.array(result.confusion_matrix).shape == (2, 2)
+    assert result.accuracy >= 0.9, result
+
+    import keras
+
+    model = keras.models.load_model(tmp_path / "out" / "model.keras")
+    assert model.output_shape == (None, 1)
+
+
+def test_sigterm_fails_retryably_and_the_rerun_resumes(
+    digits: Digits, source_models: SourceModels, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        digits.small_target,
+        tmp_path / "out",
+        model={"base": str(source_models.pretrained)},
+        training={"epochs": 200, "earlyStopping": {"enabled": False}},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    log = tmp_path / "termination.log"
+    proc = subprocess.Popen(
+        trainer_command(spec_file, termination_log=log),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=trainer_env(),
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if isinstance(decode(line), EpochEnded):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 143
+    failed = decode(rest.strip().splitlines()[-1])
+    assert isinstance(failed, Failed) and failed.reason == "Interrupted" and not failed.permanent
+    assert json.loads(log.read_text())["reason"] == "Interrupted"
+    state = json.loads((tmp_path / "out" / "checkpoints" / "state.json").read_text())
+    assert state["epochsDone"] >= 1

@@ -3,8 +3,10 @@
 Feature extraction never runs the frozen base inside the training loop. The base's pooled features are
 computed once per image (without augmentation), or once per augmented view (`cachedViews` views of every
 training image, each a fresh random augmentation), and the head trains on those arrays: epoch e (from 0)
-uses view `e % cachedViews`, so the views cycle through the epochs. Validation features are computed
-once. The head shares its layers with the end-to-end model, which is what gets tested and exported.
+uses view `e % cachedViews`, so the views cycle through the epochs. Validation and test features are
+computed once, in the same pass. The head shares its layers with the end-to-end model that gets
+exported, so scoring the test features with the head is the end-to-end model's computation, without
+tracing the whole network a second time (a test checks the exported model reproduces the accuracy).
 
 Fine-tuning trains the end-to-end model on the image pipeline (cached decoded images, augmentation on
 the fly), with the base unfrozen from `fineTuneAt` and BatchNorm frozen.
@@ -23,7 +25,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 import keras
 import numpy as np
@@ -184,43 +185,47 @@ def epoch_metrics(epoch: int, logs: dict[str, float], lr: float, seconds: float)
     )
 
 
-def last_logs(history: keras.callbacks.History) -> dict[str, float]:
-    return {k: float(v[-1]) for k, v in history.history.items()}
-
-
 def fit_on_features(
-    head: keras.Model, features: dict[str, np.ndarray], layout: Layout, binary: bool, batch_size: int
+    head: keras.Model,
+    features: dict[str, np.ndarray],
+    layout: Layout,
+    binary: bool,
+    batch_size: int,
+    seed: int,
 ) -> FitOneEpoch:
-    """One epoch of the head on cached features; epoch e uses augmented view e mod views."""
-    train_x, val_x = features["train"], features["val"]
+    """One epoch of the head on cached features; epoch e uses augmented view e mod views.
+
+    The arrays become tf.data datasets once (reshuffled every pass), since handing NumPy arrays to each
+    per-epoch `fit` call re-slices them every time and costs more than the epoch itself on small heads.
+    """
     train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
+    n = len(train_y)
+    views = [
+        tf.data.Dataset.from_tensor_slices((view, train_y))
+        .shuffle(n, seed=seed + i, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+        for i, view in enumerate(features["train"])
+    ]
+    val = tf.data.Dataset.from_tensor_slices((features["val"], val_y)).batch(INFERENCE_BATCH)
+    return fit_on_datasets(head, lambda epoch: views[epoch % len(views)], val)
+
+
+def fit_on_datasets(
+    model: keras.Model, train_for_epoch: Callable[[int], tf.data.Dataset], val: tf.data.Dataset
+) -> FitOneEpoch:
+    """One `fit` call per epoch on the dataset for that epoch (datasets shuffle and augment themselves)."""
 
     def fit_one_epoch(epoch: int) -> dict[str, float]:
-        return last_logs(
-            head.fit(
-                train_x[epoch % len(train_x)],
-                train_y,
-                batch_size=batch_size,
-                epochs=epoch + 1,
-                initial_epoch=epoch,
-                validation_data=(val_x, val_y),
-                shuffle=True,
-                verbose=0,
-            )
+        history = model.fit(
+            train_for_epoch(epoch),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            validation_data=val,
+            shuffle=False,
+            verbose=0,
         )
-
-    return fit_one_epoch
-
-
-def fit_on_images(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset) -> FitOneEpoch:
-    """One epoch of the end-to-end model on the image pipeline (which shuffles and augments itself)."""
-
-    def fit_one_epoch(epoch: int) -> dict[str, float]:
-        return last_logs(
-            model.fit(
-                train, epochs=epoch + 1, initial_epoch=epoch, validation_data=val, shuffle=False, verbose=0
-            )
-        )
+        return {k: float(v[-1]) for k, v in history.history.items()}
 
     return fit_one_epoch
 
@@ -252,12 +257,6 @@ def train_epochs(
         store.commit(state, train_model, improved)
         reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
     return state
-
-
-def evaluate(model: keras.Model, layout: Layout, images: tf.data.Dataset) -> Any:
-    """Test metrics of the end-to-end model (the exported artifact itself, not the head on features)."""
-    probabilities = model.predict(eval_batches(images, INFERENCE_BATCH).map(lambda x, y: x), verbose=0)
-    return classification_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
 
 
 def export(model: keras.Model, output: str, spec: TransferJobSpec) -> ModelArtifacts:
@@ -336,27 +335,29 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
         test_images = image_dataset(layout.test, size, binary=binary, cache=False)
         augment = build_augmenter(spec.data.augmentation, training.seed)
         remaining = state.epochs_done < epochs and not state.stop.stopped
+        features: dict[str, np.ndarray] = {}
+        if feature_extraction:
+            features = store.load_features(fp) or {}
+            if not features:
+                views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
+                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+                features = {
+                    "train": compute_features(parts.extractor, train_images, views, augment),
+                    "val": compute_features(parts.extractor, val_images, 1, None)[0],
+                    "test": compute_features(parts.extractor, test_images, 1, None)[0],
+                }
+                store.save_features(fp, features)
         if remaining:
             if feature_extraction:
-                features = store.load_features(fp)
-                if features is None:
-                    views = spec.data.augmentation.cached_views if augment is not None else 1
-                    reporter.phase(
-                        "features", f"computing base features ({views} view(s) of the training set)"
-                    )
-                    features = {
-                        "train": compute_features(parts.extractor, train_images, views, augment),
-                        "val": compute_features(parts.extractor, val_images, 1, None)[0],
-                    }
-                    store.save_features(fp, features)
-                fit_one_epoch = fit_on_features(train_model, features, layout, binary, training.batch_size)
+                fit_one_epoch = fit_on_features(
+                    train_model, features, layout, binary, training.batch_size, training.seed
+                )
             else:
-                fit_one_epoch = fit_on_images(
-                    train_model,
-                    training_batches(
-                        train_images, len(layout.train), training.batch_size, training.seed, augment
-                    ),
-                    eval_batches(val_images, training.batch_size),
+                train_ds = training_batches(
+                    train_images, len(layout.train), training.batch_size, training.seed, augment
+                )
+                fit_one_epoch = fit_on_datasets(
+                    train_model, lambda _: train_ds, eval_batches(val_images, training.batch_size)
                 )
             reporter.phase("training", f"epochs {state.epochs_done + 1}-{epochs}")
             board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
@@ -367,7 +368,15 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             log(f"restoring the weights of epoch {kept}")
             store.load_weights(train_model, BEST_WEIGHTS)
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
-        test = evaluate(model, layout, test_images)
+        if feature_extraction:
+            probabilities = train_model.predict(features["test"], batch_size=INFERENCE_BATCH, verbose=0)
+        else:
+            probabilities = model.predict(
+                eval_batches(test_images, INFERENCE_BATCH).map(lambda x, y: x), verbose=0
+            )
+        test = classification_metrics(
+            np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes
+        )
 
     reporter.phase("exporting", f"writing to {paths.output}")
     artifacts = export(model, paths.output, spec)
