@@ -2,7 +2,7 @@
 
 Layers, each importing only the ones above it:
 
-- `jobs`: TransferJob -> Job and ConfigMap manifests (pure).
+- `jobs`: TransferJob -> Job manifest, the spec in its pod template (pure).
 - `tracking`: the trainer's progress events -> metrics (pure).
 - `status`: Job, pods and progress -> `.status`, conditions and Events (pure).
 - `upstream`: whether a `fromJob` may start, and from which model (pure).
@@ -13,14 +13,13 @@ Layers, each importing only the ones above it:
 
 from __future__ import annotations
 
-from transferjob_operator.jobs import UpstreamModel, build_config_map, build_job
+from transferjob_operator.jobs import UpstreamModel, build_job
 from transferjob_operator.status import status_from_job_and_pods, transitions
 from transferjob_operator.tracking import Progress
 
 __all__ = [
     "Progress",
     "UpstreamModel",
-    "build_config_map",
     "build_job",
     "status_from_job_and_pods",
     "transitions",

@@ -14,11 +14,15 @@ Decisions are made by pure functions (`jobs`, `status`, `upstream`, `tracking`);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime as dt
+import functools
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client
@@ -34,6 +38,21 @@ from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gat
 Json = dict[str, Any]
 Key = tuple[str | None, str]
 IndexEntry = dict[Key, Json]
+R = TypeVar("R")
+
+#: The blocking client calls run in two thread pools: Job creation has its own, so that in a burst a
+#: new TransferJob's Job does not queue behind hundreds of status patches; status patches, Job patches,
+#: log reads and deletions share a smaller one. (kopf posts the Events itself, one at a time.)
+_CREATE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tj-create")
+_WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tj-write")
+
+#: A settled supervisor still takes a step this often, whatever it was told (a cheap check when
+#: nothing changed): the level-triggered safety net under the event-driven wake-ups.
+RESYNC_SECONDS = 60.0
+
+
+async def _call(pool: ThreadPoolExecutor, fn: Callable[..., R], *args: Any) -> R:
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
 
 @dataclass
@@ -64,6 +83,49 @@ def _kube() -> Kube:
 def _plain(body: Any) -> Json:
     """A detached copy of a kopf body: indexes keep it after kopf moves on to the next event."""
     return copy.deepcopy(dict(body))
+
+
+_META_FIELDS = (
+    "name",
+    "uid",
+    "resourceVersion",
+    "ownerReferences",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def _slim_meta(body: Any) -> Json:
+    meta = body.get("metadata", {})
+    return {k: copy.deepcopy(meta[k]) for k in _META_FIELDS if k in meta}
+
+
+def slim_job(body: Any) -> Json:
+    """What the status logic reads of a Job: no pod template, no managedFields (~1/20 of the object)."""
+    spec = body.get("spec", {})
+    return {
+        "metadata": _slim_meta(body),
+        "spec": {k: spec[k] for k in ("suspend", "activeDeadlineSeconds") if k in spec},
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+def slim_pod(body: Any) -> Json:
+    """What the status logic reads of a pod: phase, conditions, the containers' states and images."""
+    status = body.get("status") or {}
+    containers = body.get("spec", {}).get("containers") or []
+    return {
+        "metadata": _slim_meta(body),
+        "spec": {"containers": [{"name": c.get("name"), "image": c.get("image")} for c in containers]},
+        "status": {
+            k: copy.deepcopy(status[k]) for k in ("phase", "conditions", "containerStatuses") if k in status
+        },
+    }
+
+
+def _fingerprint(obj: Json | None) -> tuple[str | None, str | None]:
+    meta = (obj or {}).get("metadata", {})
+    return meta.get("uid"), meta.get("resourceVersion")
 
 
 def _now() -> dt.datetime:
@@ -126,20 +188,33 @@ def cleanup(**_: Any) -> None:
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_JOB_NAME: kopf.PRESENT})
 def training_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> IndexEntry:
-    """Training Jobs by (namespace, TransferJob name)."""
-    return {(namespace, labels[LABEL_JOB_NAME]): _plain(body)}
+    """Training Jobs by (namespace, TransferJob name), slimmed to what the status logic reads."""
+    return {(namespace, labels[LABEL_JOB_NAME]): slim_job(body)}
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT})
 def training_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> IndexEntry:
-    """Training pods by (namespace, TransferJob name)."""
-    return {(namespace, labels[LABEL_JOB_NAME]): _plain(body)}
+    """Training pods by (namespace, TransferJob name), slimmed to what the status logic reads."""
+    return {(namespace, labels[LABEL_JOB_NAME]): slim_pod(body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def transferjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> IndexEntry:
-    """TransferJobs by (namespace, name): what a `fromJob` waits for."""
-    return {(namespace, name): {"spec": _plain(body.spec), "status": _plain(body.status)}}
+    """TransferJobs by (namespace, name): what a `fromJob` waits for (what `upstream_gate` reads)."""
+    output = body.spec.get("output") or {}
+    status = {k: body.status[k] for k in ("phase", "conditions", "model") if k in body.status}
+    return {(namespace, name): {"spec": {"output": _plain(output)}, "status": _plain(status)}}
+
+
+#: The live supervisors by (namespace, TransferJob name), for `wake`.
+SUPERVISORS: dict[Key, Supervisor] = {}
+
+
+def wake(key: Key) -> None:
+    """Something a supervisor reads changed: let it take a step (at most one per `--interval`)."""
+    supervisor = SUPERVISORS.get(key)
+    if supervisor is not None:
+        supervisor.wake.set()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -151,6 +226,19 @@ def count_phases(
         metrics.PHASES.forget(namespace, name)
     else:
         metrics.PHASES.set(namespace, name, status.get("phase"))
+    wake((namespace, name))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB_NAME: kopf.PRESENT})
+def job_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """A training Job changed (its index entry is already updated): its TransferJob has a look."""
+    wake((namespace, labels[LABEL_JOB_NAME]))
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB_NAME: kopf.PRESENT})
+def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """A training pod changed: its TransferJob has a look."""
+    wake((namespace, labels[LABEL_JOB_NAME]))
 
 
 # -------------------------------------------------------------------------------------------- daemon
@@ -176,18 +264,33 @@ async def supervise(
     transferjobs: kopf.Index[Key, Json],
     **_: Any,
 ) -> None:
-    """Drive one TransferJob until it is finished (and, with a TTL, deleted)."""
+    """Drive one TransferJob until it is finished (and, with a TTL, deleted).
+
+    A step runs when something it reads changed (a watch event on the TransferJob, its Job or pods, or
+    a progress line from the log follower), at most once per `--interval`; a step whose inputs did not
+    change since the last one does nothing. A supervisor with nothing to do costs no CPU.
+    """
+    key: Key = (namespace, name)
     supervisor = Supervisor(_kube(), namespace or "", name, uid, body, logger)
+    SUPERVISORS[key] = supervisor
     try:
         while not stopped:
             started = time.monotonic()
+            supervisor.wake.clear()
             try:
-                await supervisor.step(training_jobs, training_pods, transferjobs)
+                stepped = await supervisor.step(training_jobs, training_pods, transferjobs)
             except ApiException as error:
                 logger.warning("API error, retrying: %s %s", error.status, error.reason)
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-            await stopped.wait(CONFIG.interval)
+                supervisor.retry = True
+                stepped = True
+            if stepped:
+                metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            await stopped.wait(CONFIG.interval)  # coalesces: at most one step (and patch) per interval
+            if not stopped:
+                await supervisor.idle(stopped)
     finally:
+        if SUPERVISORS.get(key) is supervisor:
+            del SUPERVISORS[key]
         supervisor.close()
 
 
@@ -203,15 +306,45 @@ class Supervisor:
         self.uid = uid
         self.body = body
         self.logger = logger
-        self.progress = SharedProgress()
+        self.wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.progress = SharedProgress(on_change=self._wake_threadsafe)
         self.followers: dict[str, LogFollower] = {}
         self.replayed: set[str] = set()
         self.created_job: Json | None = None
         self.written: Json = _plain(body.get("status", {}))
+        #: What the last completed step read; the same inputs again make a step a no-op.
+        self.inputs: tuple[Any, ...] | None = None
+        #: When the last step's outcome expires by itself (fromJob waiting, TTL), whatever changes.
+        self.due: float | None = None
+        #: The last step failed (API error): try again after an interval.
+        self.retry = False
 
     def close(self) -> None:
         for follower in self.followers.values():
             follower.stop()
+
+    def _wake_threadsafe(self) -> None:
+        """A log follower read progress or its stream ended: wake the loop from the follower's thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
+            self._loop.call_soon_threadsafe(self.wake.set)
+
+    async def idle(self, stopped: kopf.DaemonStopped) -> None:
+        """Wait until woken, stopped, or the last step's outcome is due for a recheck."""
+        if self.retry or self.wake.is_set():
+            return
+        timeout = RESYNC_SECONDS
+        if self.due is not None:
+            timeout = min(timeout, max(0.0, self.due - time.time()))
+        if timeout <= 0:
+            return
+        waker = asyncio.create_task(self.wake.wait())
+        stopper = asyncio.ensure_future(stopped.wait(timeout))
+        try:
+            await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            stopper.cancel()
 
     def _event(self, kind: str, reason: str, message: str) -> None:
         kopf.event(self.body, type=kind, reason=reason, message=message)
@@ -224,12 +357,45 @@ class Supervisor:
         except ValueError:
             return None
 
+    def _followed(self, pods: list[Json]) -> bool:
+        """Whether every running pod's log has a live follower."""
+        return all(
+            pod["metadata"]["name"] in self.followers and self.followers[pod["metadata"]["name"]].alive
+            for pod in pods
+            if pod.get("status", {}).get("phase") == "Running"
+        )
+
     async def step(
         self,
         job_index: kopf.Index[Key, Json],
         pod_index: kopf.Index[Key, Json],
         tj_index: kopf.Index[Key, Json],
-    ) -> None:
+    ) -> bool:
+        """One reconcile; False when nothing it reads changed since the last one (nothing done)."""
+        key: Key = (self.namespace, self.name)
+        job = next((j for j in job_index.get(key, []) if owned_by(j, self.uid)), self.created_job)
+        job_uid = (job or {}).get("metadata", {}).get("uid")
+        pods = [p for p in pod_index.get(key, []) if job_uid and owned_by(p, job_uid)]
+        inputs = (
+            self.body.get("metadata", {}).get("resourceVersion"),
+            _fingerprint(job),
+            frozenset(_fingerprint(p) for p in pods),
+            self.progress.version,
+        )
+        if (
+            inputs == self.inputs
+            and not self.retry
+            and (self.due is None or time.time() < self.due)
+            and self._followed(pods)
+        ):
+            return False
+        self.retry = False
+        self.due = None
+        await self._reconcile(job, pods, tj_index)
+        self.inputs = inputs
+        return True
+
+    async def _reconcile(self, job: Json | None, pods: list[Json], tj_index: kopf.Index[Key, Json]) -> None:
         raw = _plain(self.body)
         now = _now()
         previous = self._previous()
@@ -241,32 +407,32 @@ class Supervisor:
             await self._write(status.invalid_spec_status(previous, error.problems, generation, now), previous)
             return
 
-        key: Key = (self.namespace, self.name)
-        job = next((j for j in job_index.get(key, []) if owned_by(j, self.uid)), self.created_job)
         finished = previous is not None and previous.phase in status.TERMINAL
         if finished:
             await self._expire(tj, previous, now)
             return
 
         gate: status.Gate | None = None
+        created = False
         if job is None:
             gate, job = await self._create(tj, tj_index, now)
+            created = job is not None
+            if gate is not None:
+                self.due = time.time()  # waiting for fromJob: look again every interval
         else:
             patch = jobs.job_spec_patch(tj, job)
             if patch is not None:
-                await asyncio.to_thread(self.kube.patch_job, self.namespace, job["metadata"]["name"], patch)
+                await _call(_WRITE_POOL, self.kube.patch_job, self.namespace, job["metadata"]["name"], patch)
                 self._event("Normal", "JobUpdated", f"Job {job['metadata']['name']}: {patch['spec']}")
 
-        job_uid = (job or {}).get("metadata", {}).get("uid")
-        pods = [p for p in pod_index.get(key, []) if job_uid and owned_by(p, job_uid)]
         await self._follow(pods)
         new = status.status_from_job_and_pods(tj, job, pods, self.progress.snapshot(), now, gate)
-        await self._write(new, previous)
+        await self._write(new, previous, created)
 
     async def _create(
         self, tj: TransferJob, tj_index: kopf.Index[Key, Json], now: dt.datetime
     ) -> tuple[status.Gate | None, Json | None]:
-        """Create the ConfigMap and the Job, unless `fromJob` holds the job back."""
+        """Create the Job, unless `fromJob` holds the job back."""
         upstream = None
         source = tj.spec.model.from_job
         if source is not None:
@@ -275,8 +441,7 @@ class Supervisor:
         if isinstance(decision, status.Gate):
             return decision, None
         try:
-            await asyncio.to_thread(self.kube.ensure, jobs.build_config_map(tj), self.uid)
-            job, created = await asyncio.to_thread(self.kube.ensure, jobs.build_job(tj, decision), self.uid)
+            job, created = await _call(_CREATE_POOL, self.kube.ensure, jobs.build_job(tj, decision), self.uid)
         except ConflictError as error:
             return status.Gate(Phase.FAILED, "Failed", "JobConflict", str(error)), None
         except ApiException as error:
@@ -284,11 +449,13 @@ class Supervisor:
                 message = f"the API server rejected the training Job: {error.reason}: {error.body}"
                 return status.Gate(Phase.FAILED, "Failed", "JobRejected", message[:1000]), None
             raise
+        job = slim_job(job)
         self.created_job = job
         if created:
             metrics.JOBS_CREATED.inc()
             init = f" from the model of {source}" if source else ""
-            self._event("Normal", "JobCreated", f"created Job {job['metadata']['name']}{init}")
+            suspended = " (suspended)" if job.get("spec", {}).get("suspend") else ""
+            self._event("Normal", "JobCreated", f"created Job {job['metadata']['name']}{init}{suspended}")
         return None, job
 
     async def _follow(self, pods: list[Json]) -> None:
@@ -313,18 +480,25 @@ class Supervisor:
             return
         self.replayed.add(pod_name)
         try:
-            text = await asyncio.to_thread(self.kube.read_log, self.namespace, pod_name)
+            text = await _call(_WRITE_POOL, self.kube.read_log, self.namespace, pod_name)
         except ApiException:
             return
         for line in text.splitlines():
             self.progress.apply_line(line)
 
-    async def _write(self, new: TransferJobStatus, previous: TransferJobStatus | None) -> None:
+    async def _write(
+        self, new: TransferJobStatus, previous: TransferJobStatus | None, created: bool = False
+    ) -> None:
+        """Patch `.status` if it changed, and post an Event per transition.
+
+        In the step that created the Job, a Job that starts suspended is said by `JobCreated` itself;
+        no separate `Suspended` Event (one API write less per TransferJob in a burst).
+        """
         patch = status.status_patch(self.written, new)
         if patch is None:
             return
         try:
-            await asyncio.to_thread(self.kube.patch_status, self.namespace, self.name, patch)
+            await _call(_WRITE_POOL, self.kube.patch_status, self.namespace, self.name, patch)
         except Exception as error:  # refused or lost in transit: counted, retried on the next step
             if isinstance(error, ApiException) and error.status == 404:
                 return  # deleted meanwhile; kopf stops this daemon
@@ -333,6 +507,8 @@ class Supervisor:
         metrics.STATUS_PATCHES.inc()
         self.written = new.to_dict()
         for event in status.transitions(previous, new):
+            if created and event.type == "Normal" and event.reason in ("Suspended", "Queued"):
+                continue
             self._event(event.type, event.reason, event.message)
 
     async def _expire(self, tj: TransferJob, previous: TransferJobStatus, now: dt.datetime) -> None:
@@ -340,6 +516,10 @@ class Supervisor:
         ttl = tj.spec.run_policy.ttl_seconds_after_finished
         if ttl is None or previous.completion_time is None:
             return
-        if now >= previous.completion_time + dt.timedelta(seconds=ttl):
+        expiry = previous.completion_time + dt.timedelta(seconds=ttl)
+        if now >= expiry:
             self._event("Normal", "Expired", f"deleting: finished more than {ttl}s ago")
-            await asyncio.to_thread(self.kube.delete_transferjob, self.namespace, self.name, self.uid)
+            await _call(_WRITE_POOL, self.kube.delete_transferjob, self.namespace, self.name, self.uid)
+            self.due = time.time() + CONFIG.interval  # deleted: kopf stops the daemon; else retried
+        else:
+            self.due = expiry.timestamp()

@@ -20,6 +20,7 @@ from typing import Any
 from transferjob.constants import (
     API_VERSION,
     EXIT_PERMANENT,
+    GROUP,
     KIND,
     LABEL_JOB_NAME,
     LABEL_KUEUE_QUEUE,
@@ -35,6 +36,8 @@ TRAINER_COMMAND = ["python", "-m", "transferjob_trainer"]
 
 SPEC_MOUNT = "/etc/transferjob"
 SPEC_FILE = "spec.json"
+#: The pod-template annotation that carries the resolved spec (mounted as SPEC_MOUNT/SPEC_FILE).
+SPEC_ANNOTATION = f"{GROUP}/spec"
 DATA_MOUNT = "/data"
 OUTPUT_MOUNT = "/output"
 INIT_MOUNT = "/init"
@@ -63,13 +66,8 @@ def job_name(tj_name: str) -> str:
     return tj_name
 
 
-def config_map_name(tj_name: str) -> str:
-    """The ConfigMap that hands the resolved spec to the trainer."""
-    return f"{tj_name}-spec"
-
-
 def labels_for(tj: TransferJob) -> dict[str, str]:
-    """Labels on the Job, its pods and the ConfigMap: how the operator finds what belongs to a job."""
+    """Labels on the Job and its pods: how the operator finds what belongs to a job."""
     name = tj.metadata.name or ""
     labels = {
         LABEL_JOB_NAME: name,
@@ -85,7 +83,7 @@ def labels_for(tj: TransferJob) -> dict[str, str]:
 
 
 def owner_reference(tj: TransferJob) -> dict[str, Any]:
-    """Makes the garbage collector delete the Job, its pods and the ConfigMap with the TransferJob."""
+    """Makes the garbage collector delete the Job and its pods with the TransferJob."""
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -97,24 +95,18 @@ def owner_reference(tj: TransferJob) -> dict[str, Any]:
 
 
 def spec_document(tj: TransferJob) -> str:
-    """The spec with every default resolved, so the trainer and `kubectl get cm` see the same values."""
+    """The spec with every default resolved, as the trainer reads it (and `kubectl get job -o yaml` shows)."""
     return json.dumps(tj.spec.to_dict(), indent=2, sort_keys=True)
 
 
-def build_config_map(tj: TransferJob) -> dict[str, Any]:
-    """The read-only spec for the trainer. Immutable: the spec it copies is immutable too."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": config_map_name(tj.metadata.name or ""),
-            "namespace": tj.metadata.namespace,
-            "labels": labels_for(tj),
-            "ownerReferences": [owner_reference(tj)],
-        },
-        "immutable": True,
-        "data": {SPEC_FILE: spec_document(tj)},
-    }
+def spec_volume_source() -> dict[str, Any]:
+    """The spec file in the pod: the pod template's spec annotation, exposed by the downward API.
+
+    No ConfigMap: one API write less per TransferJob, and nothing that can be missing when the pod
+    starts. The annotation is part of the Job's (immutable) pod template, like the spec it copies.
+    """
+    ref = {"fieldPath": f"metadata.annotations['{SPEC_ANNOTATION}']"}
+    return {"downwardAPI": {"items": [{"path": SPEC_FILE, "fieldRef": ref}]}}
 
 
 class _Volumes:
@@ -202,7 +194,7 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
     name = tj.metadata.name or ""
     spec = tj.spec
     volumes = _Volumes()
-    volumes.add("spec", {"configMap": {"name": config_map_name(name)}}, SPEC_MOUNT, read_only=True)
+    volumes.add("spec", spec_volume_source(), SPEC_MOUNT, read_only=True)
     volumes.add("scratch", {"emptyDir": {}}, SCRATCH_MOUNT, read_only=False)
     data_dir = _mount_location(volumes, "data", spec.data.source, DATA_MOUNT, read_only=True)
     out_dir = _mount_location(volumes, "output", spec.output.location, OUTPUT_MOUNT, read_only=False)
@@ -281,7 +273,10 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
         "podFailurePolicy": pod_failure_policy(),
         # Kueue admits a queued Job by unsuspending it, so such Jobs start suspended.
         "suspend": run.suspend or LABEL_KUEUE_QUEUE in labels,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": {SPEC_ANNOTATION: spec_document(tj)}},
+            "spec": pod_spec,
+        },
     }
     if run.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds

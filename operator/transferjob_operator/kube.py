@@ -83,7 +83,7 @@ class Kube:
 
     @_api_errors
     def ensure(self, body: Json, owner_uid: str) -> tuple[Json, bool]:
-        """Create a Job or ConfigMap unless it exists; return it and whether this call created it.
+        """Create a Job (or a ConfigMap) unless it exists; return it and whether this call created it.
 
         A 409 means a previous reconcile (or a previous operator process) already created it: that one
         is adopted if it belongs to this TransferJob, never replaced, and reported as a Conflict if not.
@@ -135,7 +135,7 @@ class Kube:
 
     @_api_errors
     def delete_transferjob(self, namespace: str, name: str, uid: str) -> None:
-        """Delete the TransferJob (its Job, pods and ConfigMap follow by garbage collection).
+        """Delete the TransferJob (its Job and pods follow by garbage collection).
 
         The uid precondition makes sure a TransferJob re-created under the same name is left alone.
         """
@@ -206,6 +206,7 @@ class LogFollower:
             )
         except Exception as error:  # the pod went away or is not started yet: the loop retries
             log.debug("cannot follow %s/%s: %s", self.namespace, self.pod, error)
+            self.progress.poke()
             return
         self._response = response
         pending = b""
@@ -225,3 +226,5 @@ class LogFollower:
         finally:
             with contextlib.suppress(Exception):
                 response.release_conn()
+            if not self._stopping.is_set():
+                self.progress.poke()  # the loop follows the log again if the pod is still running

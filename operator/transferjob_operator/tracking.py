@@ -8,6 +8,7 @@ the termination message): applying them is idempotent, epochs are keyed by numbe
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -92,25 +93,34 @@ def best_epoch(history: list[EpochMetrics], monitor: str, min_delta: float = 0.0
 
 
 class SharedProgress:
-    """A `Progress` written by a log-following thread and read by the reconcile loop."""
+    """A `Progress` written by a log-following thread and read by the reconcile loop.
 
-    def __init__(self) -> None:
+    `version` counts the events applied; `on_change` (called in the writer's thread) tells the reader
+    that there is something new, or that the writer stopped (`poke`).
+    """
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._progress = Progress()
         self.version = 0
+        self._on_change = on_change
+
+    def poke(self) -> None:
+        """Tell the reader to look, without a new event (a log stream ended)."""
+        if self._on_change is not None:
+            self._on_change()
 
     def apply_line(self, line: str | bytes) -> None:
         event = decode(line)
         if event is None:
             return
-        with self._lock:
-            self._progress.apply(event)
-            self.version += 1
+        self.apply(event)
 
     def apply(self, event: Event) -> None:
         with self._lock:
             self._progress.apply(event)
             self.version += 1
+        self.poke()
 
     def snapshot(self) -> Progress:
         """A copy that the caller may read without holding the lock."""

@@ -206,7 +206,8 @@ def test_feature_extraction_then_fine_tuning_from_job(
     assert {"JobCreated", "Succeeded"} <= cluster.event_reasons("features")
     assert {"WaitingForJob", "JobCreated", "Succeeded"} <= cluster.event_reasons("finetune")
 
-    # Deleting a TransferJob deletes its Job, pods and ConfigMap (ownerReferences + garbage collector).
+    # Deleting a TransferJob deletes its Job and pods (ownerReferences + garbage collector); the spec
+    # travels in the pod template, so no ConfigMap is left behind either.
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "features")
     wait_for(lambda: not cluster.jobs("features") and not cluster.pods("features"), timeout=60, what="GC")
     with pytest.raises(client.ApiException) as gone:

@@ -9,7 +9,6 @@ from transferjob.constants import EXIT_PERMANENT, LABEL_JOB_NAME, LABEL_KUEUE_QU
 from transferjob.models import Location, TransferJob
 from transferjob_operator.jobs import (
     UpstreamModel,
-    build_config_map,
     build_job,
     job_spec_patch,
     output_dir,
@@ -44,7 +43,6 @@ def test_job_is_named_and_owned_by_the_transferjob(tj: TransferJob) -> None:
 
 def test_same_input_same_manifest(tj: TransferJob) -> None:
     assert build_job(tj) == build_job(make_tj())
-    assert build_config_map(tj) == build_config_map(make_tj())
 
 
 def test_paths_are_arguments_under_the_mounts(tj: TransferJob) -> None:
@@ -62,7 +60,7 @@ def test_paths_are_arguments_under_the_mounts(tj: TransferJob) -> None:
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets"}
     assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "models"}
-    assert volumes["spec"]["configMap"]["name"] == "digits-spec"
+    assert "downwardAPI" in volumes["spec"]  # the spec file comes from the pod template
 
 
 def test_same_claim_for_data_and_output_is_one_volume() -> None:
@@ -196,12 +194,15 @@ def test_suspend_and_deadline_follow_the_transferjob() -> None:
     assert job_spec_patch(tj, build_job(tj)) is None
 
 
-def test_config_map_holds_the_resolved_spec(tj: TransferJob) -> None:
-    cm = build_config_map(tj)
-    assert cm["metadata"]["name"] == "digits-spec"
-    assert cm["immutable"] is True
-    assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    spec = json.loads(cm["data"]["spec.json"])
+def test_pod_template_holds_the_resolved_spec_as_a_file(tj: TransferJob) -> None:
+    template = build_job(tj)["spec"]["template"]
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "spec"]
+    (item,) = volume["downwardAPI"]["items"]
+    assert item["path"] == "spec.json"
+    assert item["fieldRef"]["fieldPath"] == "metadata.annotations['transferjob.io/spec']"
+    mounts = {m["mountPath"]: m for m in _container(build_job(tj))["volumeMounts"]}
+    assert mounts["/etc/transferjob"] == {"name": "spec", "mountPath": "/etc/transferjob", "readOnly": True}
+    spec = json.loads(template["metadata"]["annotations"]["transferjob.io/spec"])
     assert spec["training"]["epochs"] == 5  # the mode's default, resolved
     assert spec["training"]["learningRate"] == 1e-4
 
