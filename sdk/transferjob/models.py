@@ -15,11 +15,20 @@ and resolved by `TransferJobSpec` itself, which every reader of a spec goes thro
 from __future__ import annotations
 
 import datetime as dt
+import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, is_model_path
@@ -579,24 +588,39 @@ class Condition(ApiModel):
     )
 
 
+def _significant(value: float) -> float:
+    """Four significant digits, as Keras prints them: `kubectl get tj` shows 0.9478, not 0.947761178."""
+    return float(f"{value:.4g}") if math.isfinite(value) else value
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A NaN or infinite metric (a diverged epoch) is reported as missing: JSON cannot carry it."""
+    return None if value is None or not math.isfinite(value) else _significant(value)
+
+
+#: A metric as stored on `.status` and sent in progress lines.
+Metric = Annotated[float, AfterValidator(_significant)]
+OptionalMetric = Annotated[float | None, AfterValidator(_finite_or_none)]
+
+
 class EpochMetrics(ApiModel):
     """Metrics of one finished epoch, as Keras reported them."""
 
     epoch: int = Field(ge=1, description="Epoch number, from 1.")
-    loss: float | None = Field(default=None, description="Training loss.")
-    accuracy: float | None = Field(default=None, description="Training accuracy.")
-    val_loss: float | None = Field(default=None, description="Validation loss.")
-    val_accuracy: float | None = Field(default=None, description="Validation accuracy.")
-    learning_rate: float | None = Field(default=None, description="Learning rate in effect.")
-    seconds: float | None = Field(default=None, description="Wall time of the epoch.")
+    loss: OptionalMetric = Field(default=None, description="Training loss.")
+    accuracy: OptionalMetric = Field(default=None, description="Training accuracy.")
+    val_loss: OptionalMetric = Field(default=None, description="Validation loss.")
+    val_accuracy: OptionalMetric = Field(default=None, description="Validation accuracy.")
+    learning_rate: OptionalMetric = Field(default=None, description="Learning rate in effect.")
+    seconds: OptionalMetric = Field(default=None, description="Wall time of the epoch.")
 
 
 class ClassMetrics(ApiModel):
     """Test-set precision and recall of one class."""
 
     name: str = Field(description="Class (sub-folder) name.")
-    precision: float = Field(description="Of images predicted as this class, the fraction that are.")
-    recall: float = Field(description="Of images of this class, the fraction found.")
+    precision: Metric = Field(description="Of images predicted as this class, the fraction that are.")
+    recall: Metric = Field(description="Of images of this class, the fraction found.")
     support: int = Field(description="Test images of this class.")
 
 
@@ -605,8 +629,8 @@ class TestMetrics(ApiModel):
 
     __test__ = False  # not a pytest test class
 
-    loss: float = Field(description="Test loss.")
-    accuracy: float = Field(description="Test accuracy.")
+    loss: Metric = Field(description="Test loss.")
+    accuracy: Metric = Field(description="Test accuracy.")
     per_class: list[ClassMetrics] = Field(default_factory=list, description="Per-class precision/recall.")
     confusion_matrix: list[list[int]] = Field(
         default_factory=list, description="Rows: true class; columns: predicted class."

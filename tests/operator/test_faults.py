@@ -207,7 +207,8 @@ def assert_history_complete(status: Json, epochs: int, out: Path) -> None:
     written = json.loads((out / "metrics.json").read_text())
     by_epoch = {m["epoch"]: m for m in written["history"]}
     for metrics in status["history"]:
-        assert metrics["loss"] == pytest.approx(by_epoch[metrics["epoch"]]["loss"])
+        # .status carries 4 significant digits (as Keras prints them); metrics.json full precision.
+        assert metrics["loss"] == pytest.approx(by_epoch[metrics["epoch"]]["loss"], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------------- tests

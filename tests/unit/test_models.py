@@ -212,3 +212,12 @@ def test_saved_model_base_and_weights_file_accepted() -> None:
     assert spec.model.base == "/models/source.keras"
     spec = parse_spec(minimal_spec(model={"base": "ResNet50", "weights": "/w/resnet50.h5", "imageSize": 100}))
     assert spec.model.weights == "/w/resnet50.h5"
+
+
+def test_metrics_keep_four_significant_digits_and_drop_non_finite() -> None:
+    from transferjob import EpochMetrics, TestMetrics
+
+    epoch = EpochMetrics(epoch=3, loss=float("nan"), val_accuracy=0.9477611780166626, learning_rate=1e-5)
+    assert epoch.to_dict() == {"epoch": 3, "valAccuracy": 0.9478, "learningRate": 1e-5}
+    assert TestMetrics(loss=0.000123456, accuracy=0.9925925).accuracy == 0.9926
+    assert TestMetrics(loss=0.000123456, accuracy=1.0).loss == 0.0001235
