@@ -18,9 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -37,6 +35,8 @@ from tests.operator.harness import (  # noqa: E402
 )
 from tests.testcluster.agent_process import start_agent  # noqa: E402
 from tests.testcluster.controlplane import ControlPlane  # noqa: E402
+from transferjob import Phase, TransferJobClient, TransferJobStatus  # noqa: E402
+from transferjob.client import EpochCompleted  # noqa: E402
 
 GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 NAMESPACE = "demo"
@@ -46,60 +46,42 @@ def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def follow(custom: client.CustomObjectsApi, name: str, timeout: float = 900.0) -> dict[str, Any]:
-    """Print phase changes, conditions and each new epoch until the TransferJob finishes."""
-    shown_epochs: set[int] = set()
-    shown: tuple[str, ...] = ()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = (
-            custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name).get("status") or {}
-        )
-        true = tuple(
-            f"{c['type']}({c['reason']})" for c in status.get("conditions", []) if c["status"] == "True"
-        )
-        state = (status.get("phase", "-"), *true)
-        if status and state != shown:
-            shown = state
-            messages = [c["message"] for c in status.get("conditions", []) if c["status"] == "True"]
-            print(f"   {name}: {' '.join(state)}  {'; '.join(m for m in messages if m)}", flush=True)
-        for metrics in status.get("history", []):
-            if metrics["epoch"] not in shown_epochs:
-                shown_epochs.add(metrics["epoch"])
-                values = "  ".join(
-                    f"{label} {metrics.get(key, float('nan')):.4f}"
-                    for label, key in (("loss", "loss"), ("acc", "accuracy"), ("val_loss", "valLoss"))
-                )
-                val_acc = metrics.get("valAccuracy", float("nan"))
-                print(
-                    f"   {name}: epoch {metrics['epoch']}/{status.get('epochs')}  {values}  "
-                    f"val_acc {val_acc:.4f}"
-                )
-        if status.get("phase") in ("Succeeded", "Failed"):
-            if status.get("test"):
-                print(
-                    f"   {name}: best epoch {status.get('bestEpoch')}, test accuracy "
-                    f"{status['test']['accuracy']:.4f}, model {status['model']['uri']}",
-                    flush=True,
-                )
-            return dict(status)
-        time.sleep(0.5)
-    raise TimeoutError(f"{name} did not finish in {timeout}s")
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def follow(tj: TransferJobClient, name: str, timeout: float = 900.0) -> TransferJobStatus:
+    """Print phase changes and each epoch as the operator writes them into `.status` (a watch, not polls)."""
+    final = TransferJobStatus()
+    for event in tj.watch(name, timeout=timeout):
+        if isinstance(event, EpochCompleted):
+            m = event.metrics
+            print(
+                f"   {name}: epoch {event.epoch}/{event.epochs}  loss {_fmt(m.loss)}  "
+                f"acc {_fmt(m.accuracy)}  "
+                f"val_loss {_fmt(m.val_loss)}  val_acc {_fmt(m.val_accuracy)}",
+                flush=True,
+            )
+            continue
+        why = f"  ({event.reason}: {event.message})" if event.message else ""
+        print(f"   {name}: {event.phase.value}{why}", flush=True)
+        final = event.status
+    return final
 
 
 def print_table(custom: client.CustomObjectsApi, kubeconfig: Path) -> None:
-    """`kubectl get tj`, or the same columns from the API when kubectl is not installed."""
-    if shutil.which("kubectl"):
-        subprocess.run(
-            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "tj", "-n", NAMESPACE], check=False
-        )
+    """`kubectl get tj`, or the same columns from the API where kubectl is not installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "tj", "-n", NAMESPACE], check=False)
         return
+    items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
     print(f"{'NAME':<10} {'PHASE':<10} {'MODE':<18} {'EPOCH':<6} {'VAL-ACC':<8} TEST-ACC")
-    for item in custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]:
+    for item in items:
         status = item.get("status", {})
         print(
             f"{item['metadata']['name']:<10} {status.get('phase', ''):<10} {item['spec']['mode']:<18} "
-            f"{status.get('epoch', ''):<6} {status.get('metrics', {}).get('valAccuracy', ''):<8.4} "
+            f"{status.get('epoch', ''):<6} {status.get('metrics', {}).get('valAccuracy', ''):<8} "
             f"{status.get('test', {}).get('accuracy', '')}"
         )
 
@@ -153,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             training={"learningRate": 0.0001},
         )
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("finetune", ft))
-        results = [follow(custom, "features"), follow(custom, "finetune")]
+        tj = TransferJobClient(namespace=NAMESPACE, kubeconfig=cp.kubeconfig)
+        results = [follow(tj, "features"), follow(tj, "finetune")]
 
         say("kubectl get tj")
         print_table(custom, cp.kubeconfig)
-        ok = all(r.get("phase") == "Succeeded" for r in results)
+        ok = all(r.phase is Phase.SUCCEEDED for r in results)
         say("done" if ok else "a TransferJob failed: see the conditions above and the operator log")
         return 0 if ok else 1
     except KeyboardInterrupt:
