@@ -8,10 +8,12 @@ credentials, so what works from a laptop works in the Deployment under manifests
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import random
 import sys
+import threading
 import time
 
 import kopf
@@ -112,8 +114,35 @@ def seniority_priority(started: float, jitter: int) -> int:
     return (2**31 - seconds) * 1_000_000 + jitter % 1_000_000
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+TRIM_SECONDS = 30.0
+
+
+def tame_malloc() -> None:
+    """Keep glibc's heap small: 2 malloc arenas, and free heap pages handed back to the OS regularly.
+
+    By default glibc gives each thread that allocates (the API client threads, the log followers)
+    its own arena, up to 8 per core, and keeps freed memory in them: after a burst of TransferJobs the
+    operator's RSS stays at its peak. No-op where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+
+    def trimmer() -> None:
+        while True:
+            time.sleep(TRIM_SECONDS)
+            trim(0)
+
+    threading.Thread(target=trimmer, name="malloc-trim", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tame_malloc()
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
     if not (args.verbose or args.debug):
         logging.getLogger("kubernetes").setLevel(logging.WARNING)

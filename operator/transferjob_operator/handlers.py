@@ -18,6 +18,7 @@ import contextlib
 import copy
 import datetime as dt
 import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +136,18 @@ def _now() -> dt.datetime:
 # ------------------------------------------------------------------------------------------ kopf setup
 
 
+class _QuietWakeUps(logging.Filter):
+    """Drops kopf's "Handler 'job_changed' succeeded." lines: one per watch event, they say nothing."""
+
+    HANDLERS = ("count_phases", "job_changed", "pod_changed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (
+            message.endswith("' succeeded.") and any(f"'{name}'" in message for name in self.HANDLERS)
+        )
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Own names for kopf's marks on our objects, and no events from plain log lines."""
@@ -144,6 +157,9 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.loggers = False
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _QuietWakeUps) for f in objects.filters):
+        objects.addFilter(_QuietWakeUps())
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # A replica that dies without saying goodbye (SIGKILL, node loss) counts as gone this long after
