@@ -4,6 +4,8 @@ Not a test; a script. One run, on a private local control plane (etcd, kube-apis
 controller-manager, scheduler; `tests/testcluster`) with the test node agent, the operator as a
 subprocess authenticated as its ServiceAccount (manifests/rbac/), exactly as in the e2e tests:
 
+0. **ceiling**: the same 500 TransferJob creates before the operator starts (then deleted): how fast
+   the API server takes custom objects at all; no operator can get Jobs faster than this.
 1. **direct** (the limit): 500 suspended Jobs created straight through the API (the operator's own
    Job manifest, `jobs.build_job`), 8 client threads; jobs/s.
 2. **status lag**: small real training jobs (digits, feature extraction, no early stopping). For each
@@ -201,6 +203,31 @@ def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, co
     return {"count": count, "seconds": elapsed, "jobs_per_s": count / elapsed}
 
 
+def bench_ceiling(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
+    """The same burst of TransferJob creates with no operator running: the API server's own limit for
+    custom objects (CRD schema and CEL validation, JSON only), which the burst rate cannot beat."""
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    ns = new_namespace(core, "bench-ceiling")
+
+    def make(i: int) -> str:
+        name = f"ceiling-{i}"
+        body = transferjob(name, suspended_spec(data, source, root / name))
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _preload_content=False)
+        return name
+
+    start = time.monotonic()
+    done = create_many(make, count)
+    elapsed = max(done.values()) - start
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+    wait_for(
+        lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
+        timeout=120,
+        what="the ceiling TransferJobs deleted",
+    )
+    return {"count": count, "seconds": elapsed, "transferjobs_per_s": count / elapsed}
+
+
 def bench_burst(
     api: client.ApiClient, ns: str, data: Path, source: Path, root: Path, count: int, offset: int
 ) -> Json:
@@ -337,6 +364,8 @@ def main() -> int:
         api = cluster.api
         install(api)
         kubeconfig = service_account_kubeconfig(api, cluster.kubeconfig, root / "operator.kubeconfig")
+        results["ceiling"] = bench_ceiling(api, data, source, root, args.count)
+        print(f"ceiling (TransferJob creates, no operator): {results['ceiling']}", flush=True)
         operator = Operator(kubeconfig, root / "operator.log")
         time.sleep(8)  # imports and the first watches; no TransferJob exists yet
         results["rss_idle_mib"] = rss_mib(operator.proc.pid)
@@ -371,6 +400,7 @@ def main() -> int:
     results["burst_vs_direct"] = ratio
     rows = [
         ("direct Jobs/s (the limit)", f"{direct['jobs_per_s']:.1f}", ""),
+        ("TransferJob creates/s, no operator", f"{results['ceiling']['transferjobs_per_s']:.1f}", ""),
         ("TransferJob burst -> Jobs/s", f"{burst['jobs_per_s']:.1f}", f">= {0.5 * direct['jobs_per_s']:.1f}"),
         ("  ratio to direct", f"{100 * ratio:.0f} %", ">= 50 %"),
         ("  time until all have Jobs", f"{burst['seconds_until_all_jobs']:.1f} s", ""),
