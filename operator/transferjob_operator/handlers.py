@@ -20,7 +20,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,6 +50,39 @@ _WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tj-write")
 #: A settled supervisor still takes a step this often, whatever it was told (a cheap check when
 #: nothing changed): the level-triggered safety net under the event-driven wake-ups.
 RESYNC_SECONDS = 60.0
+
+
+#: Status patches of jobs that are only Pending or Suspended (nobody waits for their metrics) wait up to
+#: this long while Job creations are in flight: in a burst the API server's capacity goes to Jobs first.
+YIELD_SECONDS = 5.0
+
+
+class _Creations:
+    """Counts the Job creations in flight; `quiet` is set when there are none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.quiet = asyncio.Event()
+        self.quiet.set()
+
+    @contextlib.asynccontextmanager
+    async def creating(self) -> AsyncIterator[None]:
+        self.count += 1
+        self.quiet.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self.quiet.set()
+
+    async def wait_quiet(self, timeout: float) -> None:
+        if not self.quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.quiet.wait(), timeout)
+
+
+CREATIONS = _Creations()
 
 
 async def _call(pool: ThreadPoolExecutor, fn: Callable[..., R], *args: Any) -> R:
@@ -329,6 +362,8 @@ class Supervisor:
         self.replayed: set[str] = set()
         self.created_job: Json | None = None
         self.written: Json = _plain(body.get("status", {}))
+        self._previous_model: tuple[TransferJobStatus | None] | None = None
+        self._parsed: tuple[Any, TransferJob | SpecError] | None = None
         #: What the last completed step read; the same inputs again make a step a no-op.
         self.inputs: tuple[Any, ...] | None = None
         #: When the last step's outcome expires by itself (fromJob waiting, TTL), whatever changes.
@@ -368,10 +403,14 @@ class Supervisor:
         log("%s: %s", reason, message)
 
     def _previous(self) -> TransferJobStatus | None:
-        try:
-            return TransferJobStatus.model_validate(self.written) if self.written else None
-        except ValueError:
-            return None
+        """The status last written (or found at start), as a model; parsed once per write."""
+        if self._previous_model is None:
+            try:
+                model = TransferJobStatus.model_validate(self.written) if self.written else None
+            except ValueError:
+                model = None
+            self._previous_model = (model,)
+        return self._previous_model[0]
 
     def _followed(self, pods: list[Json]) -> bool:
         """Whether every running pod's log has a live follower."""
@@ -411,17 +450,33 @@ class Supervisor:
         self.inputs = inputs
         return True
 
+    def _parse(self) -> TransferJob | SpecError:
+        """The stored TransferJob as models, parsed again only when its spec or labels changed.
+
+        Its own status patches (most of its resourceVersions) change neither, so most steps reuse it.
+        """
+        meta = self.body.get("metadata", {})
+        key = (meta.get("generation"), tuple(sorted((meta.get("labels") or {}).items())))
+        if self._parsed is None or self._parsed[0] != key:
+            raw = _plain({k: v for k, v in self.body.items() if k != "status"})
+            try:
+                parse_spec(raw.get("spec") or {})
+                parsed: TransferJob | SpecError = TransferJob.from_dict({**raw, "status": None})
+            except SpecError as error:
+                parsed = error
+            self._parsed = (key, parsed)
+        return self._parsed[1]
+
     async def _reconcile(self, job: Json | None, pods: list[Json], tj_index: kopf.Index[Key, Json]) -> None:
-        raw = _plain(self.body)
         now = _now()
         previous = self._previous()
-        try:
-            parse_spec(raw.get("spec") or {})
-            tj = TransferJob.from_dict({**raw, "status": None}).model_copy(update={"status": previous})
-        except SpecError as error:
-            generation = raw.get("metadata", {}).get("generation")
-            await self._write(status.invalid_spec_status(previous, error.problems, generation, now), previous)
+        parsed = self._parse()
+        if isinstance(parsed, SpecError):
+            generation = self.body.get("metadata", {}).get("generation")
+            invalid = status.invalid_spec_status(previous, parsed.problems, generation, now)
+            await self._write(invalid, previous)
             return
+        tj = parsed.model_copy(update={"status": previous})
 
         finished = previous is not None and previous.phase in status.TERMINAL
         if finished:
@@ -457,7 +512,9 @@ class Supervisor:
         if isinstance(decision, status.Gate):
             return decision, None
         try:
-            job, created = await _call(_CREATE_POOL, self.kube.ensure, jobs.build_job(tj, decision), self.uid)
+            async with CREATIONS.creating():
+                manifest = jobs.build_job(tj, decision)
+                job, created = await _call(_CREATE_POOL, self.kube.ensure, manifest, self.uid)
         except ConflictError as error:
             return status.Gate(Phase.FAILED, "Failed", "JobConflict", str(error)), None
         except ApiException as error:
@@ -513,6 +570,8 @@ class Supervisor:
         patch = status.status_patch(self.written, new)
         if patch is None:
             return
+        if new.phase in (Phase.PENDING, Phase.SUSPENDED):
+            await CREATIONS.wait_quiet(YIELD_SECONDS)
         try:
             await _call(_WRITE_POOL, self.kube.patch_status, self.namespace, self.name, patch)
         except Exception as error:  # refused or lost in transit: counted, retried on the next step
@@ -522,6 +581,7 @@ class Supervisor:
             raise
         metrics.STATUS_PATCHES.inc()
         self.written = new.to_dict()
+        self._previous_model = None
         for event in status.transitions(previous, new):
             if created and event.type == "Normal" and event.reason in ("Suspended", "Queued"):
                 continue
