@@ -76,7 +76,8 @@ def test_feature_extraction_then_fine_tuning(
     model = keras.models.load_model(fe_out / "model.keras")
     images = eval_batches(image_dataset(layout.test, IMAGE_SIZE, binary=False, cache=False), 64)
     predicted = np.argmax(model.predict(images.map(lambda x, y: x), verbose=0), axis=-1)
-    assert np.mean(predicted == np.array(layout.test.labels)) == pytest.approx(result.test.accuracy)
+    # Reported metrics keep 4 significant digits (transferjob.models.Metric).
+    assert np.mean(predicted == np.array(layout.test.labels)) == pytest.approx(result.test.accuracy, abs=1e-4)
 
     ft = run_trainer(
         make_spec(

@@ -124,6 +124,27 @@ def _scalar_metadata() -> summary_pb2.SummaryMetadata:
 _SCALAR = _scalar_metadata()
 
 
+def feature_cache(
+    extractor: keras.Model,
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
+    test: tf.data.Dataset,
+    views: int,
+    augment: Augmenter | None,
+) -> dict[str, np.ndarray]:
+    """Training views, validation and test features; unaugmented splits go through the base in one pass."""
+    n_train = int(train.cardinality())
+    n_val = int(val.cardinality())
+    if augment is None:
+        both = compute_features(extractor, train.concatenate(val).concatenate(test), 1, None)[0]
+        train_views = both[None, :n_train]
+        rest = both[n_train:]
+    else:
+        train_views = compute_features(extractor, train, views, augment)
+        rest = compute_features(extractor, val.concatenate(test), 1, None)[0]
+    return {"train": train_views, "val": rest[:n_val], "test": rest[n_val:]}
+
+
 class TensorBoardLog:
     """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback.
 
@@ -247,10 +268,9 @@ def train_epochs(
         started = time.perf_counter()
         logs = fit_one_epoch(state.epochs_done)
         metrics = epoch_metrics(epoch, logs, learning_rate(train_model), time.perf_counter() - started)
-        monitored = logs.get(stopping.monitor)
-        state.stop, improved = step(
-            state.stop, epoch, None if monitored is None else float(monitored), stopping
-        )
+        # Judged on the reported (rounded) value, so anyone can re-derive bestEpoch from the history.
+        monitored = metrics.val_loss if stopping.monitor == "val_loss" else metrics.val_accuracy
+        state.stop, improved = step(state.stop, epoch, monitored, stopping)
         state.epochs_done = epoch
         state.history.append(metrics.to_dict())
         board.write(metrics)
@@ -341,11 +361,9 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             if not features:
                 views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
                 reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
-                features = {
-                    "train": compute_features(parts.extractor, train_images, views, augment),
-                    "val": compute_features(parts.extractor, val_images, 1, None)[0],
-                    "test": compute_features(parts.extractor, test_images, 1, None)[0],
-                }
+                features = feature_cache(
+                    parts.extractor, train_images, val_images, test_images, views, augment
+                )
                 store.save_features(fp, features)
         if remaining:
             if feature_extraction:
