@@ -364,6 +364,8 @@ class Supervisor:
         self.written: Json = _plain(body.get("status", {}))
         self._previous_model: tuple[TransferJobStatus | None] | None = None
         self._parsed: tuple[Any, TransferJob | SpecError] | None = None
+        #: The status whose transitions were last announced as Events (None: the one last written).
+        self._announced: TransferJobStatus | None = None
         #: What the last completed step read; the same inputs again make a step a no-op.
         self.inputs: tuple[Any, ...] | None = None
         #: When the last step's outcome expires by itself (fromJob waiting, TTL), whatever changes.
@@ -562,7 +564,7 @@ class Supervisor:
     async def _write(
         self, new: TransferJobStatus, previous: TransferJobStatus | None, created: bool = False
     ) -> None:
-        """Patch `.status` if it changed, and post an Event per transition.
+        """Patch `.status` if it changed, and post an Event per transition (just before the patch).
 
         In the step that created the Job, a Job that starts suspended is said by `JobCreated` itself;
         no separate `Suspended` Event (one API write less per TransferJob in a burst).
@@ -572,6 +574,14 @@ class Supervisor:
             return
         if new.phase in (Phase.PENDING, Phase.SUSPENDED):
             await CREATIONS.wait_quiet(YIELD_SECONDS)
+        # Events first (kopf posts them from its queue as the patch goes out), so that whoever sees the
+        # new status also finds its Events; `announced` keeps a retried patch from repeating them.
+        announced = self._announced if self._announced is not None else previous
+        for event in status.transitions(announced, new):
+            if created and event.type == "Normal" and event.reason in ("Suspended", "Queued"):
+                continue
+            self._event(event.type, event.reason, event.message)
+        self._announced = new
         try:
             await _call(_WRITE_POOL, self.kube.patch_status, self.namespace, self.name, patch)
         except Exception as error:  # refused or lost in transit: counted, retried on the next step
@@ -582,10 +592,6 @@ class Supervisor:
         metrics.STATUS_PATCHES.inc()
         self.written = new.to_dict()
         self._previous_model = None
-        for event in status.transitions(previous, new):
-            if created and event.type == "Normal" and event.reason in ("Suspended", "Queued"):
-                continue
-            self._event(event.type, event.reason, event.message)
 
     async def _expire(self, tj: TransferJob, previous: TransferJobStatus, now: dt.datetime) -> None:
         """Delete a finished TransferJob once its TTL has passed (the Job and pods go with it)."""

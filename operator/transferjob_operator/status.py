@@ -321,7 +321,10 @@ def status_from_job_and_pods(
     if result.phase in TERMINAL and completion is None:
         completion = result.completion_time or now
     # Failed pods that a new pod replaced: the last failure of a failed job was not retried.
-    failed_pods = int(job_status.get("failed", 0) or 0)
+    # The Job controller counts a failed pod in `failed` only after it has dropped the pod's tracking
+    # finalizer; until then (FailureTarget may already be set) the pod is in uncountedTerminatedPods.
+    uncounted = (job_status.get("uncountedTerminatedPods") or {}).get("failed") or []
+    failed_pods = int(job_status.get("failed", 0) or 0) + len(uncounted)
     restarts = failed_pods - 1 if result.phase is Phase.FAILED and failed_pods else failed_pods
     return TransferJobStatus(
         phase=result.phase,

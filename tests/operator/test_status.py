@@ -258,3 +258,16 @@ def test_failure_target_is_already_failed(tj: TransferJob) -> None:
     status = status_from_job_and_pods(tj, job, [pod], Progress(), NOW)
     assert status.phase is Phase.FAILED
     assert _conds(status)["Failed"][:2] == ("True", "InvalidData")
+
+
+def test_restarts_count_failed_pods_the_job_controller_has_not_counted_yet(tj: TransferJob) -> None:
+    """FailureTarget can come before the last failed pod moves from uncountedTerminatedPods to failed."""
+    pods = [make_pod(f"p{i}", "Failed", f"2025-01-01T00:0{i}:00Z", terminated(1, "Boom")) for i in range(2)]
+    job = make_job(
+        [cond("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
+        failed=1,
+        uncountedTerminatedPods={"failed": ["uid-p1"]},
+    )
+    status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
+    assert status.phase is Phase.FAILED
+    assert status.restarts == 1
