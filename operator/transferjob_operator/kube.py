@@ -83,33 +83,24 @@ class Kube:
 
     @_api_errors
     def ensure(self, body: Json, owner_uid: str) -> tuple[Json, bool]:
-        """Create a Job (or a ConfigMap) unless it exists; return it and whether this call created it.
+        """Create the training Job unless it exists; return it and whether this call created it.
 
         A 409 means a previous reconcile (or a previous operator process) already created it: that one
         is adopted if it belongs to this TransferJob, never replaced, and reported as a Conflict if not.
         """
         ns = body["metadata"]["namespace"]
         name = body["metadata"]["name"]
-        is_job = body["kind"] == "Job"
         try:
-            if is_job:
-                created = self.batch.create_namespaced_job(
-                    ns, body, field_manager=FIELD_MANAGER, _preload_content=False
-                )
-            else:
-                created = self.core.create_namespaced_config_map(
-                    ns, body, field_manager=FIELD_MANAGER, _preload_content=False
-                )
+            created = self.batch.create_namespaced_job(
+                ns, body, field_manager=FIELD_MANAGER, _preload_content=False
+            )
             return _json(created), True
         except ApiException as error:
             if error.status != 409:
                 raise
-        if is_job:
-            existing = _json(self.batch.read_namespaced_job(name, ns, _preload_content=False))
-        else:
-            existing = _json(self.core.read_namespaced_config_map(name, ns, _preload_content=False))
+        existing = _json(self.batch.read_namespaced_job(name, ns, _preload_content=False))
         if not owned_by(existing, owner_uid):
-            raise ConflictError(f"{body['kind']} {name} already exists and is not owned by this TransferJob")
+            raise ConflictError(f"Job {name} already exists and is not owned by this TransferJob")
         return existing, False
 
     @_api_errors

@@ -218,9 +218,12 @@ def test_operator_sigkilled_three_times_mid_run(
     ops: Ops, shared_digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """SIGKILL gives the operator no chance to clean up; each new process must adopt, not duplicate."""
-    epochs = 60
+    epochs = 40
     out = tmp_path / "out"
-    ops.create(transferjob("killed", long_spec(shared_digits, out, epochs)))
+    # Batches of 2 make each epoch ~0.5-1.5 s whatever the machine's load: long enough that three
+    # operator restarts (a few seconds each) land mid-run, not after the trainer has finished.
+    spec = long_spec(shared_digits, out, epochs, training={"batchSize": 2})
+    ops.create(transferjob("killed", spec))
     last = ops.wait_status("killed", "first epoch", lambda s: s.get("epoch"), timeout=120)["epoch"]
     (job,) = ops.jobs("killed")
     uid = job["metadata"]["uid"]
