@@ -98,8 +98,12 @@ def test_submit_get_list_delete(client: TransferJobClient, tmp_path: Path) -> No
         client.delete(named)
 
 
-def test_wait_times_out_on_a_job_nobody_runs(client: TransferJobClient, tmp_path: Path) -> None:
-    name = client.submit(job(tmp_path, tmp_path / "o"))
+def test_wait_times_out_on_a_job_that_does_not_finish(client: TransferJobClient, tmp_path: Path) -> None:
+    # Suspended, so it cannot finish even where an operator from another test module serves this
+    # namespace (the per-test namespaces all match the e2e operator's tj-test-* pattern).
+    unfinished = job(tmp_path, tmp_path / "o")
+    unfinished.spec.run_policy.suspend = True
+    name = client.submit(unfinished)
     started = time.monotonic()
     with pytest.raises(JobTimeoutError) as caught:
         client.wait(name, timeout=2)
@@ -107,7 +111,9 @@ def test_wait_times_out_on_a_job_nobody_runs(client: TransferJobClient, tmp_path
 
 
 def test_watch_ends_with_not_found_when_the_job_is_deleted(client: TransferJobClient, tmp_path: Path) -> None:
-    name = client.submit(job(tmp_path, tmp_path / "o"))
+    unfinished = job(tmp_path, tmp_path / "o")
+    unfinished.spec.run_policy.suspend = True  # still there when the delete comes, whoever serves it
+    name = client.submit(unfinished)
     threading.Timer(1.0, client.delete, args=(name,)).start()
     with pytest.raises(JobNotFoundError):
         list(client.watch(name, timeout=30))
