@@ -86,7 +86,8 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
         {"hostPath": str(tmp_path / "out")},
         str(digits[1]),
         epochs=epochs,
-        training={"earlyStopping": {"enabled": False}},
+        # Batches of 2: epochs of about a second, so the suspension lands mid-run on an idle machine too.
+        training={"earlyStopping": {"enabled": False}, "batchSize": 2},
     )
     lc.create(transferjob("pausing", spec))
     wait_for(
