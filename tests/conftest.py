@@ -23,10 +23,8 @@ with instructions. Tests under ``tests/cluster/`` get the ``cluster`` marker aut
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from tests.testcluster.binaries import BinariesMissingError, find_binaries  # no
 from tests.testcluster.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 from tests.testcluster.kube import apply_yaml as _apply_yaml  # noqa: E402
 from tests.testcluster.kube import kubectl as _kubectl  # noqa: E402
-from tests.testcluster.kube import wait_for  # noqa: E402
+from tests.testcluster.kube import temporary_namespace  # noqa: E402
 
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 
@@ -149,23 +147,8 @@ def node_agent(test_cluster: TestCluster) -> Iterator[AgentProcess]:
 
 @pytest.fixture()
 def namespace(api_client: Any) -> Iterator[str]:
-    from kubernetes import client
-
-    core: Any = client.CoreV1Api(api_client)  # dict bodies; the generated signatures want models
-    name = f"tj-test-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"transferjob.io/test": "true"}}})
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
-    yield name
-    with contextlib.suppress(client.ApiException):
-        core.delete_namespace(name)
+    with temporary_namespace(api_client, "tj-test", {"transferjob.io/test": "true"}) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
 from tests.operator.harness import OperatorProcess, make_digits
-from tests.testcluster.kube import wait_for
+from tests.testcluster.kube import temporary_namespace, wait_for
 
 GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 
@@ -29,26 +27,9 @@ def shared_digits(base: Path) -> tuple[Path, Path]:
     return make_digits(root)
 
 
-@contextlib.contextmanager
-def own_namespace(api: client.ApiClient, prefix: str) -> Iterator[str]:
+def own_namespace(api: client.ApiClient, prefix: str) -> contextlib.AbstractContextManager[str]:
     """A fresh namespace `<prefix>-<hex>` (its default ServiceAccount exists), deleted afterwards."""
-    core: Any = client.CoreV1Api(api)
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"transferjob.io/test": "true"}}})
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
-    try:
-        yield name
-    finally:
-        with contextlib.suppress(client.ApiException):
-            core.delete_namespace(name)
+    return temporary_namespace(api, prefix, {"transferjob.io/test": "true"})
 
 
 def operator(

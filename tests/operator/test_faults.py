@@ -12,7 +12,6 @@ their own (authenticated as its ServiceAccount, bound to manifests/rbac/, like t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,7 +33,7 @@ from tests.operator.harness import (
 )
 from tests.testcluster.binaries import BinariesMissingError
 from tests.testcluster.controlplane import ControlPlaneError
-from tests.testcluster.kube import wait_for
+from tests.testcluster.kube import temporary_namespace, wait_for
 from tests.testcluster.private import PrivateCluster, release_private_cluster, shared_private_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -153,21 +152,8 @@ class Ops:
 
 @pytest.fixture()
 def private_namespace(private_cluster: PrivateCluster) -> Iterator[str]:
-    core: Any = client.CoreV1Api(private_cluster.api)
-    name = f"tj-fault-{os.urandom(4).hex()}"
-    core.create_namespace({"metadata": {"name": name}})
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
-    yield name
-    with contextlib.suppress(client.ApiException):
-        core.delete_namespace(name)
+    with temporary_namespace(private_cluster.api, "tj-fault") as name:
+        yield name
 
 
 @pytest.fixture()

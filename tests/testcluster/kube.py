@@ -6,9 +6,11 @@ CRD applied in one document can be followed by its custom resources in the next.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,3 +93,28 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
+
+
+@contextlib.contextmanager
+def temporary_namespace(
+    api: client.ApiClient, prefix: str, labels: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A fresh namespace `<prefix>-<hex>`, yielded once its default ServiceAccount exists (pods need
+    it), and deleted afterwards."""
+    core: Any = client.CoreV1Api(api)  # dict bodies; the generated signatures want models
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return True
+        except client.ApiException:
+            return False
+
+    wait_for(default_sa, timeout=30, what=f"ServiceAccount default in {name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)
