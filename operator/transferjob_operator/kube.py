@@ -8,9 +8,11 @@ one kind of object whatever its source.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
@@ -26,6 +28,10 @@ from transferjob_operator.tracking import SharedProgress
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 FIELD_MANAGER = "transferjob-operator"
+
+#: Events longer than this are cut (the API server refuses messages over 1 KiB in events.k8s.io/v1).
+MAX_EVENT_MESSAGE = 1024
+INSTANCE = socket.gethostname()
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -140,6 +146,35 @@ class Kube:
                 body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
                 _preload_content=False,
             )
+
+    @_api_errors
+    def post_event(self, obj: Json, kind: str, reason: str, message: str, component: str) -> None:
+        """Post a core/v1 Event about a TransferJob (what `kubectl describe` and `tj events` show)."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        if len(message) > MAX_EVENT_MESSAGE:
+            message = message[: MAX_EVENT_MESSAGE - 3] + "..."
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "action": reason,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": INSTANCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
 
     @_api_errors
     def read_log(self, namespace: str, pod: str) -> str:

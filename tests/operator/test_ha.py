@@ -101,6 +101,8 @@ def test_standby_takes_over_a_running_job_after_sigkill(
         assert "JobCreated" not in ops.log_text(second)
         assert "Running: pod" not in ops.log_text(second)
         assert "Resuming operations" not in ops.log_text(second)
+        assert "paused by peering" in ops.log_text(second)
+        assert "acting: resuming the reconciler" not in ops.log_text(second)
 
         killed = ops.kill(first)
         ops.wait_log(second, "Resuming operations", timeout=LIFETIME + 20)
@@ -114,6 +116,7 @@ def test_standby_takes_over_a_running_job_after_sigkill(
         ops.assert_full_history(status, EPOCHS)
         assert len(cluster.jobs("ha")) == 1  # adopted, not created again
         assert "JobCreated" not in ops.log_text(second)
+        assert "acting: resuming the reconciler" in ops.log_text(second)
         assert "Succeeded" in ops.log_text(second)
     finally:
         first.stop()

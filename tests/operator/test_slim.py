@@ -9,8 +9,8 @@ import pytest
 
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
 from transferjob.progress import Failed, termination_message
-from transferjob_operator.handlers import slim_job, slim_pod
 from transferjob_operator.jobs import build_job
+from transferjob_operator.reconciler import slim_job, slim_pod
 from transferjob_operator.status import status_from_job_and_pods
 from transferjob_operator.tracking import Progress
 
