@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,9 +76,11 @@ def test_feature_extraction_then_fine_tuning(
     layout = scan_layout(str(digits.target), load_spec(str(spec_file)).data)
     model = keras.models.load_model(fe_out / "model.keras")
     images = eval_batches(image_dataset(layout.test, IMAGE_SIZE, binary=False, cache=False), 64)
-    predicted = np.argmax(model.predict(images.map(lambda x, y: x), verbose=0), axis=-1)
+    probabilities = model.predict(images.map(lambda x, y: x), verbose=0)
+    predicted = np.argmax(probabilities, axis=-1)
     # Reported metrics keep 4 significant digits (transferjob.models.Metric).
     assert np.mean(predicted == np.array(layout.test.labels)) == pytest.approx(result.test.accuracy, abs=1e-4)
+    assert_saved_model_matches(fe_out / "saved_model", images, probabilities)
 
     ft = run_trainer(
         make_spec(
@@ -86,6 +89,7 @@ def test_feature_extraction_then_fine_tuning(
             mode="FineTuning",
             model={"base": str(source_models.pretrained), "fineTuneAt": "conv3", "head": {"dropout": 0.0}},
             training={"epochs": 5, "learningRate": 1e-4, "batchSize": 32},
+            output={"savedModel": True},
         ),
         "--init-model",
         str(fe_out / "model.keras"),
@@ -93,6 +97,18 @@ def test_feature_extraction_then_fine_tuning(
     assert ft.rc == 0, ft.stderr[-3000:]
     assert [e.phase for e in ft.of(PhaseChanged)] == ["loading", "training", "evaluating", "exporting"]
     assert ft.finished.test.accuracy >= result.test.accuracy, (ft.finished.test, result.test)
+    ft_model = keras.models.load_model(tmp_path / "ft" / "model.keras")
+    ft_probabilities = ft_model.predict(images.map(lambda x, y: x), verbose=0)
+    assert_saved_model_matches(tmp_path / "ft" / "saved_model", images, ft_probabilities)
+
+
+def assert_saved_model_matches(folder: Path, images: Any, probabilities: np.ndarray) -> None:
+    """The SavedModel's serving signature computes what the exported .keras model computes."""
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    served = np.concatenate([serving(transferjob_image=x)["output_0"].numpy() for x, _ in images])
+    np.testing.assert_allclose(served, probabilities, atol=1e-5)
 
 
 def test_transfer_beats_training_from_scratch(
