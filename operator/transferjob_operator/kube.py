@@ -67,8 +67,20 @@ def _api_errors(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _drain(response: Any) -> bytes:
+    """Read a raw (`_preload_content=False`) response whole and give its connection back to the pool.
+
+    Without this, a response nobody reads keeps its connection, and the next call opens a new one:
+    in a burst most of the operator's time went into TLS handshakes.
+    """
+    try:
+        return bytes(response.data)
+    finally:
+        response.release_conn()
+
+
 def _json(response: Any) -> Json:
-    return dict(json.loads(response.data))
+    return dict(json.loads(_drain(response)))
 
 
 def owned_by(obj: Json, uid: str) -> bool:
@@ -118,7 +130,7 @@ class Kube:
     @_api_errors
     def patch_status(self, namespace: str, name: str, patch: Json) -> None:
         """Write `.status` through the status subresource (a merge patch: lists are replaced whole)."""
-        self.custom.patch_namespaced_custom_object_status(
+        response = self.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
@@ -129,6 +141,7 @@ class Kube:
             _content_type=MERGE_PATCH,
             _preload_content=False,
         )
+        _drain(response)
 
     @_api_errors
     def delete_transferjob(self, namespace: str, name: str, uid: str) -> None:
@@ -137,14 +150,16 @@ class Kube:
         The uid precondition makes sure a TransferJob re-created under the same name is left alone.
         """
         with contextlib.suppress(ApiException):
-            self.custom.delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
-                _preload_content=False,
+            _drain(
+                self.custom.delete_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+                    _preload_content=False,
+                )
             )
 
     @_api_errors
@@ -174,7 +189,7 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        _drain(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
 
     @_api_errors
     def read_log(self, namespace: str, pod: str) -> str:
@@ -182,7 +197,7 @@ class Kube:
         response = self.core.read_namespaced_pod_log(
             pod, namespace, container=CONTAINER, _preload_content=False, _request_timeout=(10, 60)
         )
-        return bytes(response.data).decode("utf-8", "replace")
+        return _drain(response).decode("utf-8", "replace")
 
 
 class LogFollower:

@@ -30,6 +30,7 @@ import copy
 import datetime as dt
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -223,7 +224,7 @@ class Reconciler:
         kube: Kube,
         interval: float = 1.0,
         upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
-        workers: int = 16,
+        workers: int = 32,
         reporter: str = "transferjob-operator",
     ) -> None:
         self.kube = kube
@@ -247,11 +248,14 @@ class Reconciler:
         self._again: set[Key] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
         self._creating = 0
         self._last_creation = float("-inf")
         # Job creation has its own threads, so that in a burst a new TransferJob's Job does not queue
         # behind status patches; status and Job patches, Events, log reads and deletions share others.
-        self._create_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tj-create")
+        # Under load one POST takes ~0.1-0.4 s, so keeping up with ~50 TransferJobs/s takes ~20 calls
+        # in flight.
+        self._create_pool = ThreadPoolExecutor(max_workers=24, thread_name_prefix="tj-create")
         self._write_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tj-write")
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -259,6 +263,7 @@ class Reconciler:
     def start(self) -> None:
         """Start the workers on the running loop (kopf's, from its startup handler)."""
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._queue = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"tj-reconciler-{i}") for i in range(self._n_workers)
@@ -297,9 +302,21 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------ the store
 
+    def _elsewhere(self, method: Callable[..., None], *args: Any) -> bool:
+        """Called from another thread than the loop's: hand the call over to the loop and say so.
+
+        The store, the queue and the timers belong to the event loop's thread (asyncio's queue and
+        timer heap are not thread-safe); log followers and sync callers come in through here.
+        """
+        if self._loop is None or threading.get_ident() == self._thread:
+            return False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
+            self._loop.call_soon_threadsafe(method, *args)
+        return True
+
     def observe(self, body: Mapping[str, Any]) -> None:
         """A TransferJob was listed, added or modified: keep its slim copy; step it if supervised."""
-        if not self.active:
+        if self._elsewhere(self.observe, body) or not self.active:
             return
         meta = body.get("metadata", {})
         key: Key = (meta.get("namespace"), meta.get("name"))
@@ -316,6 +333,8 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """A TransferJob was deleted: its children go by garbage collection; stop following them."""
+        if self._elsewhere(self.forget, key):
+            return
         stored = self.store.pop(key, None)
         if stored is not None:
             self.finished.discard(stored["metadata"].get("uid"))
@@ -330,7 +349,7 @@ class Reconciler:
 
     def wake(self, key: Key) -> None:
         """Something a supervised job reads changed: step it now, or when its interval has passed."""
-        if not self.active or self._queue is None:
+        if self._elsewhere(self.wake, key) or not self.active or self._queue is None:
             return
         state = self.states.get(key)
         if state is None:
@@ -346,12 +365,6 @@ class Reconciler:
             return
         self._queued.add(key)
         self._queue.put_nowait(key)
-
-    def wake_threadsafe(self, key: Key) -> None:
-        """`wake` from another thread (a log follower read progress or its stream ended)."""
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
-                self._loop.call_soon_threadsafe(self.wake, key)
 
     def _wake_at(self, key: Key, state: JobState, when: float) -> None:
         """Wake the key at monotonic time `when`, unless an earlier wake-up is already set."""
@@ -408,6 +421,11 @@ class Reconciler:
                 metrics.RECONCILE_SECONDS.observe(state.last_step - started)
             if self.states.get(key) is not state:
                 continue  # deleted, finished for good, or paused meanwhile
+            if state.due is None and not state.followers:
+                # Settled (e.g. Suspended, waiting for pods): only the resync will look again; the
+                # parsed models (~10 KiB a job) are cheaper to rebuild then than to keep.
+                state.parsed = None
+                state.previous = None
             self._schedule(key, state)
             if key in self._again:
                 self._again.discard(key)
@@ -545,7 +563,7 @@ class Reconciler:
             if phase not in ("Running", "Succeeded", "Failed"):
                 continue
             if state.progress is None:
-                state.progress = SharedProgress(on_change=functools.partial(self.wake_threadsafe, key))
+                state.progress = SharedProgress(on_change=functools.partial(self.wake, key))
             follower = state.followers.get(pod_name)
             if phase == "Running" and (follower is None or not follower.alive):
                 if follower is not None:

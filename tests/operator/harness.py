@@ -228,6 +228,27 @@ def digits_spec(
     return spec
 
 
+def paced_spec(
+    data: dict[str, Any], output: dict[str, Any], base: str, epochs: int, **extra: Any
+) -> dict[str, Any]:
+    """Exactly `epochs` epochs of about 1-2 s each on 2 cores: long enough for a fault to land mid-run.
+
+    Fine-tuning (gradient steps through the CNN in batches of 4), not feature extraction: the trainer
+    trains a feature-extraction head on cached features in a fraction of a second per epoch, too fast
+    to kill or suspend reliably between two epochs.
+    """
+    spec = digits_spec(data, output, base, epochs=epochs, **extra)
+    spec["mode"] = "FineTuning"
+    spec["model"] = {**spec["model"], "fineTuneAt": "conv2"}
+    spec["training"] = {
+        **spec["training"],
+        "batchSize": 4,
+        "learningRate": 0.0005,
+        "earlyStopping": {"enabled": False},
+    }
+    return spec
+
+
 def transferjob(name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "transferjob.io/v1alpha1",

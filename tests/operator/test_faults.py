@@ -28,6 +28,7 @@ from tests.operator.harness import (
     digits_spec,
     install,
     make_digits,
+    paced_spec,
     service_account_kubeconfig,
     transferjob,
 )
@@ -162,11 +163,9 @@ def ops(private_cluster: PrivateCluster, private_namespace: str, private_operato
 
 
 def long_spec(digits: tuple[Path, Path], out: Path, epochs: int, **extra: Any) -> Json:
-    """Feature extraction on the digits for exactly `epochs` epochs (~0.5 s each): no early stop."""
+    """Exactly `epochs` epochs of about 1-2 s each (`harness.paced_spec`): faults land mid-run."""
     data, source = digits
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, str(source), epochs=epochs, **extra)
-    spec["training"]["earlyStopping"] = {"enabled": False}
-    return spec
+    return paced_spec({"hostPath": str(data)}, {"hostPath": str(out)}, str(source), epochs, **extra)
 
 
 def epochs_of(status: Json) -> list[int]:
@@ -206,9 +205,9 @@ def test_operator_sigkilled_three_times_mid_run(
     """SIGKILL gives the operator no chance to clean up; each new process must adopt, not duplicate."""
     epochs = 40
     out = tmp_path / "out"
-    # Batches of 2 make each epoch ~0.5-1.5 s whatever the machine's load: long enough that three
-    # operator restarts (a few seconds each) land mid-run, not after the trainer has finished.
-    spec = long_spec(shared_digits, out, epochs, training={"batchSize": 2})
+    # Epochs of 1-2 s: long enough that three operator restarts (a few seconds each) land mid-run,
+    # not after the trainer has finished.
+    spec = long_spec(shared_digits, out, epochs)
     ops.create(transferjob("killed", spec))
     last = ops.wait_status("killed", "first epoch", lambda s: s.get("epoch"), timeout=120)["epoch"]
     (job,) = ops.jobs("killed")
@@ -298,7 +297,7 @@ def test_api_server_restart_under_running_jobs(
     ops: Ops, private_cluster: PrivateCluster, shared_digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """The API server goes away for a few seconds; the same operator process reconnects on its own."""
-    epochs = 30
+    epochs = 15
     outs = {name: tmp_path / name for name in ("restart-a", "restart-b")}
     for name, out in outs.items():
         ops.create(transferjob(name, long_spec(shared_digits, out, epochs, resources={"cpu": "500m"})))

@@ -17,14 +17,14 @@ import pytest
 from kubernetes import client
 
 from tests.operator import ops
-from tests.operator.harness import REPO_ROOT, digits_spec, install, service_account_kubeconfig, transferjob
+from tests.operator.harness import REPO_ROOT, install, paced_spec, service_account_kubeconfig, transferjob
 from tests.testcluster.kube import apply_yaml, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 PEERING = "transferjob-operator"
 LIFETIME = 5  # seconds; the Deployment uses 15
-EPOCHS = 6
+EPOCHS = 15
 
 
 @pytest.fixture()
@@ -82,13 +82,8 @@ def test_standby_takes_over_a_running_job_after_sigkill(
         )
 
         cluster = ops.Namespace(api_client, ns)
-        spec = digits_spec(
-            {"hostPath": str(data)},
-            {"hostPath": str(root / "out")},
-            str(source),
-            epochs=EPOCHS,
-            training={"earlyStopping": {"enabled": False}},
-        )
+        # Epochs of 1-2 s: the job is still training when the stand-by takes over.
+        spec = paced_spec({"hostPath": str(data)}, {"hostPath": str(root / "out")}, str(source), EPOCHS)
         cluster.create(transferjob("ha", spec))
         wait_for(
             lambda: (cluster.status("ha").get("epoch") or 0) >= 1,

@@ -20,6 +20,7 @@ from tests.operator.harness import (
     OperatorProcess,
     digits_spec,
     install,
+    paced_spec,
     service_account_kubeconfig,
     transferjob,
 )
@@ -81,13 +82,9 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
     lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
     epochs = 8
-    spec = digits_spec(
-        {"hostPath": str(digits[0])},
-        {"hostPath": str(tmp_path / "out")},
-        str(digits[1]),
-        epochs=epochs,
-        # Batches of 2: epochs of about a second, so the suspension lands mid-run on an idle machine too.
-        training={"earlyStopping": {"enabled": False}, "batchSize": 2},
+    # Epochs of 1-2 s, so the suspension lands mid-run on an idle machine too.
+    spec = paced_spec(
+        {"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]), epochs
     )
     lc.create(transferjob("pausing", spec))
     wait_for(

@@ -247,3 +247,24 @@ def test_the_pause_hook_sees_the_toggle_set_kopf_pauses_with() -> None:
     assert "operator_paused" in inspect.signature(handlers.PAUSE.original).parameters
     source = inspect.getsource(running.spawn_tasks)
     assert "orchestration.orchestrator(" in source and "operator_paused=operator_paused" in source
+
+
+def test_calls_from_other_threads_are_handed_to_the_loop() -> None:
+    """Log followers (and any sync caller) run in threads; asyncio's queue and timers must not see them."""
+
+    async def scenario(r: Reconciler, kube: RecordingKube) -> None:
+        def from_threads(i: int) -> None:
+            r.observe(body(f"t-{i}"))
+            for _ in range(20):
+                r.wake(("ml", f"t-{i}"))
+
+        threads = [threading.Thread(target=from_threads, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        await until(lambda: len(kube.of("create")) == 8)
+        await until(lambda: len(kube.of("status")) == 8)
+        assert sorted(kube.of("create")) == [f"t-{i}" for i in range(8)]
+
+    run(scenario)
