@@ -8,11 +8,14 @@ its own namespaces, authenticated as the operator's ServiceAccount like every e2
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.harness import OperatorProcess, make_digits
 from tests.testcluster.kube import temporary_namespace, wait_for
@@ -121,3 +124,36 @@ def assert_full_history(status: dict[str, Any], epochs: int) -> None:
     assert 0.0 <= status["test"]["accuracy"] <= 1.0
     assert status["model"]["uri"].endswith("model.keras")
     assert status["completionTime"]
+
+
+PREFIX = "transferjob_operator_"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Scraper:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def samples(self) -> dict[str, float]:
+        """`name{label="value"}` -> value, for the operator's own metrics."""
+        with urllib.request.urlopen(self.url, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith(PREFIX):
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k != "le")
+                    key = f"{sample.name}{{{labels}}}" if labels else sample.name
+                    if "le" not in sample.labels:
+                        found[key] = sample.value
+        return found
+
+    def when(self, key: str, value: float) -> dict[str, float] | None:
+        """The samples, once `key` has `value` (for `wait_for`)."""
+        samples = self.samples()
+        return samples if samples[key] == value else None

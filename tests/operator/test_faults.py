@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.operator import ops as ops_helpers
 from tests.operator.harness import (
     OperatorProcess,
     digits_spec,
@@ -76,7 +77,9 @@ def private_operator(
     kubeconfig = service_account_kubeconfig(
         private_cluster.api, private_cluster.kubeconfig, root / "kubeconfig"
     )
-    process = OperatorProcess(kubeconfig, root / "operator.log").start()
+    port = ops_helpers.free_port()
+    process = OperatorProcess(kubeconfig, root / "operator.log", ("--metrics-port", str(port))).start()
+    process.metrics = ops_helpers.Scraper(port)  # type: ignore[attr-defined]
     yield process
     process.stop()
     print(f"operator log: {process.log_path}")
@@ -315,6 +318,9 @@ def test_api_server_restart_under_running_jobs(
         assert [j["metadata"]["uid"] for j in ops.jobs(name)] == uids[name]
     assert ops.operator.proc is not None and ops.operator.proc.pid == pid
     assert ops.operator.proc.poll() is None, "the operator survived the outage in the same process"
+    # The outage cut both jobs' log streams (they run through the API server): each was opened again.
+    reconnects = ops.operator.metrics.samples()["transferjob_operator_log_stream_reconnects_total"]  # type: ignore[attr-defined]
+    assert reconnects >= len(outs)
 
 
 def test_deadline_and_backoff_limit_surface_as_failed(

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator import ops
 from tests.operator.harness import (
@@ -26,90 +23,58 @@ from tests.testcluster.kube import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
 
-PREFIX = "transferjob_operator_"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Scraper:
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/metrics"
-
-    def samples(self) -> dict[str, float]:
-        """`name{label="value"}` -> value, for the operator's own metrics."""
-        with urllib.request.urlopen(self.url, timeout=5) as response:
-            text = response.read().decode()
-        found: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.startswith(PREFIX):
-                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k != "le")
-                    key = f"{sample.name}{{{labels}}}" if labels else sample.name
-                    if "le" not in sample.labels:
-                        found[key] = sample.value
-        return found
-
-    def when(self, key: str, value: float) -> dict[str, float] | None:
-        """The samples, once `key` has `value` (for `wait_for`)."""
-        samples = self.samples()
-        return samples if samples[key] == value else None
-
 
 @pytest.fixture()
 def namespace_with_operator(
     api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path: Path
-) -> Iterator[tuple[ops.Namespace, OperatorProcess, Scraper]]:
+) -> Iterator[tuple[ops.Namespace, OperatorProcess, ops.Scraper]]:
     install(api_client)
-    port = _free_port()
+    port = ops.free_port()
     with ops.own_namespace(api_client, "tj-metrics") as ns:
         sa = service_account_kubeconfig(api_client, kubeconfig, tmp_path / "kubeconfig")
         process = ops.operator(sa, tmp_path / "operator.log", ns, "--metrics-port", str(port)).start()
         try:
-            yield ops.Namespace(api_client, ns), process, Scraper(port)
+            yield ops.Namespace(api_client, ns), process, ops.Scraper(port)
         finally:
             process.stop()
 
 
 def test_metrics_move_during_a_run_and_event_reasons_are_documented(
-    namespace_with_operator: tuple[ops.Namespace, OperatorProcess, Scraper],
+    namespace_with_operator: tuple[ops.Namespace, OperatorProcess, ops.Scraper],
     tmp_path_factory: pytest.TempPathFactory,
     tmp_path: Path,
 ) -> None:
     cluster, _operator, scraper = namespace_with_operator
     data, source = ops.shared_digits(tmp_path_factory.getbasetemp())
     before = scraper.samples()
-    assert before[f'{PREFIX}transferjobs{{phase="Running"}}'] == 0
-    assert before[f"{PREFIX}jobs_created_total"] == 0
-    assert before[f"{PREFIX}status_patch_errors_total"] == 0
-    assert f"{PREFIX}log_stream_reconnects_total" in before
+    assert before[f'{ops.PREFIX}transferjobs{{phase="Running"}}'] == 0
+    assert before[f"{ops.PREFIX}jobs_created_total"] == 0
+    assert before[f"{ops.PREFIX}status_patch_errors_total"] == 0
+    assert f"{ops.PREFIX}log_stream_reconnects_total" in before
 
     spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source), epochs=2)
     cluster.create(transferjob("scraped", spec))
     running = wait_for(
-        lambda: scraper.when(f'{PREFIX}transferjobs{{phase="Running"}}', 1),
+        lambda: scraper.when(f'{ops.PREFIX}transferjobs{{phase="Running"}}', 1),
         timeout=180,
         interval=0.3,
         what="the Running gauge at 1",
     )
-    assert running[f"{PREFIX}jobs_created_total"] == 1
+    assert running[f"{ops.PREFIX}jobs_created_total"] == 1
     cluster.wait_phase("scraped", "Succeeded", timeout=180)
     after = wait_for(
-        lambda: scraper.when(f'{PREFIX}transferjobs{{phase="Succeeded"}}', 1),
+        lambda: scraper.when(f'{ops.PREFIX}transferjobs{{phase="Succeeded"}}', 1),
         timeout=30,
         what="the Succeeded gauge at 1",
     )
-    assert after[f'{PREFIX}transferjobs{{phase="Running"}}'] == 0
-    assert after[f"{PREFIX}jobs_created_total"] == 1
+    assert after[f'{ops.PREFIX}transferjobs{{phase="Running"}}'] == 0
+    assert after[f"{ops.PREFIX}jobs_created_total"] == 1
     # Pending, Running, every epoch, Succeeded: several patches, none failed.
-    assert after[f"{PREFIX}status_patches_total"] >= 3
-    assert after[f"{PREFIX}status_patch_errors_total"] == 0
-    steps = after[f"{PREFIX}reconcile_duration_seconds_count"]
-    assert steps > running[f"{PREFIX}reconcile_duration_seconds_count"] > 0
-    assert 0 < after[f"{PREFIX}reconcile_duration_seconds_sum"] / steps < 1.0
+    assert after[f"{ops.PREFIX}status_patches_total"] >= 3
+    assert after[f"{ops.PREFIX}status_patch_errors_total"] == 0
+    steps = after[f"{ops.PREFIX}reconcile_duration_seconds_count"]
+    assert steps > running[f"{ops.PREFIX}reconcile_duration_seconds_count"] > 0
+    assert 0 < after[f"{ops.PREFIX}reconcile_duration_seconds_sum"] / steps < 1.0
 
     # Events can be filtered by reason, and every reason the run produced is in docs/operator.md.
     core: Any = cluster.core
