@@ -115,7 +115,7 @@ def seniority_priority(started: float, jitter: int) -> int:
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
-TRIM_SECONDS = 30.0
+TRIM_SECONDS = 10.0
 
 
 def tame_malloc() -> None:

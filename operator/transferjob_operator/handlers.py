@@ -105,6 +105,10 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     objects = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _QuietWakeUps) for f in objects.filters):
         objects.addFilter(_QuietWakeUps())
+    # kopf keeps a worker task (with its queue) per object for this long after the object's last event;
+    # after a burst that is one per TransferJob and per Job at once. Our handlers return at once, so
+    # a short idle time costs nothing and keeps the burst's peak memory down.
+    settings.queueing.idle_timeout = 1.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # A replica that dies without saying goodbye (SIGKILL, node loss) counts as gone this long after
