@@ -25,6 +25,7 @@ from kubernetes import client
 
 from tests.operator import ops as ops_helpers
 from tests.operator.harness import (
+    REPO_ROOT,
     OperatorProcess,
     digits_spec,
     install,
@@ -35,7 +36,7 @@ from tests.operator.harness import (
 )
 from tests.testcluster.binaries import BinariesMissingError
 from tests.testcluster.controlplane import ControlPlaneError
-from tests.testcluster.kube import temporary_namespace, wait_for
+from tests.testcluster.kube import apply_yaml, temporary_namespace, wait_for
 from tests.testcluster.private import PrivateCluster, release_private_cluster, shared_private_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -352,3 +353,54 @@ def test_deadline_and_backoff_limit_surface_as_failed(
     (job,) = ops.jobs("crashing")
     assert job["status"]["failed"] == 2  # the first attempt and one retry (backoffLimit 1)
     assert status.get("restarts") == 1
+
+
+def test_clusterwide_replicas_hand_over_through_clusterkopfpeering(
+    ops: Ops, private_cluster: PrivateCluster, shared_digits: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The Deployment's set-up: replicas serving every namespace, coordinating through the
+    `ClusterKopfPeering` of manifests/operator/peering.yaml, each with the operator's own RBAC."""
+    lifetime = 5
+    apply_yaml(private_cluster.api, REPO_ROOT / "manifests" / "operator" / "peering.yaml")
+    custom: Any = client.CustomObjectsApi(private_cluster.api)
+
+    def peers() -> Json:
+        peering = custom.get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", "transferjob-operator"
+        )
+        return dict(peering.get("status") or {})
+
+    data, source = shared_digits
+
+    def suspended(name: str) -> Json:
+        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / name)}, str(source))
+        spec["runPolicy"] = {"suspend": True}
+        return transferjob(name, spec)
+
+    peering = ("--peering", "transferjob-operator", "--peering-lifetime", str(lifetime), "--interval", "0.5")
+    first = OperatorProcess(ops.operator.kubeconfig, tmp_path / "first.log", peering)
+    second = OperatorProcess(ops.operator.kubeconfig, tmp_path / "second.log", peering)
+    ops.operator.stop()  # the module's standalone operator would act alongside them
+    try:
+        first.start()
+        ops_helpers.wait_log(first, "Resuming operations", timeout=30)
+        second.start()
+        wait_for(lambda: len(peers()) == 2, timeout=30, what="two replicas in the ClusterKopfPeering")
+        ops.create(suspended("cw-first"))
+        ops.wait_phase("cw-first", "Suspended", timeout=60)
+        assert "cw-first: JobCreated" in ops_helpers.log_text(first)
+        assert "paused by peering" in ops_helpers.log_text(second)
+        assert "acting: resuming the reconciler" not in ops_helpers.log_text(second)
+
+        ops_helpers.kill(first)
+        ops_helpers.wait_log(second, "acting: resuming the reconciler", timeout=lifetime + 20)
+        ops.create(suspended("cw-second"))
+        ops.wait_phase("cw-second", "Suspended", timeout=60)
+        assert "cw-second: JobCreated" in ops_helpers.log_text(second)
+        assert "cw-first: JobCreated" not in ops_helpers.log_text(second), "adopted, not created again"
+        assert len(ops.jobs("cw-first")) == 1 and len(ops.jobs("cw-second")) == 1
+    finally:
+        first.stop()
+        second.stop()
+        ops.operator.start()
+        print(f"operator logs: {first.log_path} {second.log_path}")
