@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,63 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
 def _events_section() -> str:
     text = (REPO_ROOT / "docs" / "operator.md").read_text()
     return text.split("## Events", 1)[1].split("\n## ", 1)[0]
+
+
+def test_refused_status_patches_are_counted_and_retried_until_accepted(
+    namespace_with_operator: tuple[ops.Namespace, OperatorProcess, ops.Scraper],
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """A ValidatingAdmissionPolicy refuses one TransferJob's status writes: the operator counts each
+    refusal in `status_patch_errors`, retries at a bounded pace, and writes the status once allowed."""
+    cluster, _process, scraper = namespace_with_operator
+    errors = f"{ops.PREFIX}status_patch_errors_total"
+    admission: Any = client.AdmissionregistrationV1Api(api_client)
+    name = f"refuse-status-{cluster.ns}"
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["transferjob.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["UPDATE"],
+                            "resources": ["transferjobs/status"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": f"object.metadata.namespace != '{cluster.ns}'",
+                        "message": "status writes refused by the test",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {"metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    )
+    try:
+        time.sleep(2.0)  # the API server loads new policies asynchronously
+        data, source = ops.shared_digits(tmp_path_factory.getbasetemp())
+        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source))
+        spec["runPolicy"] = {"suspend": True}
+        cluster.create(transferjob("refused", spec))
+        wait_for(lambda: scraper.samples()[errors] >= 3, timeout=60, interval=0.5, what="3 refused patches")
+        assert not cluster.status("refused").get("phase"), "no status got through"
+        # Retried at a bounded pace (one try per ~2 s), not in a hot loop.
+        before = scraper.samples()[errors]
+        time.sleep(4.0)
+        assert scraper.samples()[errors] - before <= 4
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+    cluster.wait_phase("refused", "Suspended", timeout=60)
+    settled = scraper.samples()[errors]
+    time.sleep(3.0)
+    assert scraper.samples()[errors] == settled, "no more errors once the status is accepted"
