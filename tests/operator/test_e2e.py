@@ -289,6 +289,8 @@ def test_suspend_and_resume(cluster: Cluster, digits: tuple[Path, Path], tmp_pat
     cluster.create(transferjob("later", spec))
     cluster.wait_phase("later", "Suspended", timeout=60)
     assert cluster.pods("later") == []
+    # No finalizer: the operator needs none, so a TransferJob can be deleted while no operator runs.
+    assert not cluster.get("later")["metadata"].get("finalizers")
     (job,) = cluster.jobs("later")
     assert job["spec"]["suspend"] is True
     cluster.custom.patch_namespaced_custom_object(
