@@ -55,7 +55,7 @@ log = logging.getLogger("transferjob_operator")
 RESYNC_SECONDS = 60.0
 #: A burst is on while a Job was created less than this long ago.
 BURST_QUIET = 1.0
-#: The longest a Pending/Queued/Suspended status write waits for a burst to end.
+#: The longest a Pending/Suspended status write waits for a burst to end.
 MAX_DEFER = 30.0
 #: Phases whose status write may wait for a burst to end: there are no metrics to show yet.
 DEFERRABLE = frozenset({Phase.PENDING, Phase.SUSPENDED})
@@ -361,24 +361,21 @@ class Reconciler:
             return
         wait = state.last_step + self.interval - time.monotonic()
         if wait > 0:
-            self._wake_at(key, state, time.monotonic() + wait)
+            self._wake_in(key, state, wait)
             return
         self._queued.add(key)
         self._queue.put_nowait(key)
 
-    def _wake_at(self, key: Key, state: JobState, when: float) -> None:
-        """Wake the key at monotonic time `when`, unless an earlier wake-up is already set."""
+    def _wake_in(self, key: Key, state: JobState, delay: float) -> None:
+        """Wake the key `delay` seconds from now, unless an earlier wake-up is already set."""
         assert self._loop is not None
+        when = self._loop.time() + delay
         timer = state.timer
-        if timer is not None and not timer.cancelled() and timer.when() <= self._loop_time(when):
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
             return
         if timer is not None:
             timer.cancel()
-        state.timer = self._loop.call_at(self._loop_time(when), self._timer_fired, key, state)
-
-    def _loop_time(self, monotonic: float) -> float:
-        assert self._loop is not None
-        return self._loop.time() + (monotonic - time.monotonic())
+        state.timer = self._loop.call_at(when, self._timer_fired, key, state)
 
     def _timer_fired(self, key: Key, state: JobState) -> None:
         state.timer = None
@@ -387,10 +384,10 @@ class Reconciler:
 
     def _schedule(self, key: Key, state: JobState) -> None:
         """After a step: the next wake-up that time alone brings (due outcome or resync)."""
-        when = time.monotonic() + RESYNC_SECONDS
+        delay = RESYNC_SECONDS
         if state.due is not None:
-            when = min(when, time.monotonic() + max(0.0, state.due - time.time()))
-        self._wake_at(key, state, when)
+            delay = min(delay, max(0.0, state.due - time.time()))
+        self._wake_in(key, state, delay)
 
     async def _worker(self) -> None:
         assert self._queue is not None
@@ -404,13 +401,11 @@ class Reconciler:
             started = time.monotonic()
             try:
                 stepped = await self.step(key, state)
-            except ApiException as error:
-                log.warning("%s/%s: API error, retrying: %s %s", key[0], key[1], error.status, error.reason)
-                state.due = time.time() + RETRY_SECONDS
-                state.inputs = None
-                stepped = True
-            except Exception:
-                log.exception("%s/%s: reconcile failed, retrying", key[0], key[1])
+            except Exception as error:
+                if isinstance(error, ApiException):
+                    log.warning("%s/%s: API error, retrying: %s %s", *key, error.status, error.reason)
+                else:
+                    log.exception("%s/%s: reconcile failed, retrying", *key)
                 state.due = time.time() + RETRY_SECONDS
                 state.inputs = None
                 stepped = True

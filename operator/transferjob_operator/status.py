@@ -115,15 +115,7 @@ def latest_termination(pods: Iterable[Json]) -> Termination | None:
 
 def with_terminations(progress: Progress, pods: Iterable[Json]) -> Progress:
     """Progress completed with the final events from termination messages (they survive missed logs)."""
-    merged = Progress(
-        epochs=progress.epochs,
-        trainer_phase=progress.trainer_phase,
-        history=dict(progress.history),
-        best_epoch=progress.best_epoch,
-        test=progress.test,
-        model=progress.model,
-        failure=progress.failure,
-    )
+    merged = progress.copy()
     for pod in _by_creation(pods):
         term = termination_of(pod)
         event = term.event if term else None

@@ -7,6 +7,7 @@ the termination message): applying them is idempotent, epochs are keyed by numbe
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,10 @@ class Progress:
         self.apply(event)
         return True
 
+    def copy(self) -> Progress:
+        """An independent copy: its history can be extended without touching this one's."""
+        return dataclasses.replace(self, history=dict(self.history))
+
     @property
     def finished(self) -> bool:
         return self.test is not None
@@ -125,13 +130,4 @@ class SharedProgress:
     def snapshot(self) -> Progress:
         """A copy that the caller may read without holding the lock."""
         with self._lock:
-            p = self._progress
-            return Progress(
-                epochs=p.epochs,
-                trainer_phase=p.trainer_phase,
-                history=dict(p.history),
-                best_epoch=p.best_epoch,
-                test=p.test,
-                model=p.model,
-                failure=p.failure,
-            )
+            return self._progress.copy()
