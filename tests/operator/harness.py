@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from tests.testcluster.controlplane import free_port
 from tests.testcluster.kube import apply_yaml, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +83,6 @@ def _exists(core: client.CoreV1Api, name: str, namespace: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OperatorProcess:
     """`python -m transferjob_operator` as a child process, with its log in a file.
 
@@ -107,7 +101,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.extra_args = extra_args
         self.scope = [arg for ns in namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

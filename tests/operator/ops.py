@@ -8,7 +8,6 @@ its own namespaces, authenticated as the operator's ServiceAccount like every e2
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.harness import OperatorProcess, make_digits
+from tests.testcluster.controlplane import free_port as free_port  # for the metrics-port tests
 from tests.testcluster.kube import temporary_namespace, wait_for
 
 GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
@@ -127,12 +127,6 @@ def assert_full_history(status: dict[str, Any], epochs: int) -> None:
 
 
 PREFIX = "transferjob_operator_"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Scraper:
