@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from transferjob_trainer.metrics import classification_metrics, confusion_matrix
 from transferjob_trainer.report import write_termination_log
 from transferjob_trainer.run import resolve_paths, spec_from_document
 from transferjob_trainer.stopping import StopState, kept_epoch, step
+
+if TYPE_CHECKING:
+    import keras
 
 pytestmark = pytest.mark.trainer
 
@@ -341,3 +345,116 @@ def test_augmented_views_differ_between_passes_and_batches() -> None:
     assert not np.allclose(first[0], images)
     assert not np.allclose(first[0], first[1])
     assert not np.allclose(first[0], again[0])
+
+
+# ------------------------------------------------------------------------------------------ head trainer
+
+
+def _head(n_inputs: int, units: int, activation: str, dropout: float) -> keras.Model:
+    import keras
+
+    features = keras.Input((n_inputs,))
+    x = keras.layers.Dropout(dropout)(features) if dropout else features
+    return keras.Model(features, keras.layers.Dense(units, activation=activation)(x))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
+    """One epoch of HeadTrainer = Keras' train_on_batch over the batches of `epoch_order`, then evaluate:
+    the same weights (optimizer state included) and the same loss and accuracy, train and validation."""
+
+    from transferjob_trainer.head import HeadTrainer, epoch_order, predict_features
+    from transferjob_trainer.modeling import compile_model
+
+    rng = np.random.default_rng(3)
+    x, val_x = rng.normal(size=(70, 12)).astype("float32"), rng.normal(size=(30, 12)).astype("float32")
+    if binary:
+        y = rng.integers(0, 2, (70, 1)).astype("float32")
+        val_y = rng.integers(0, 2, (30, 1)).astype("float32")
+    else:
+        y, val_y = rng.integers(0, 4, 70).astype("int32"), rng.integers(0, 4, 30).astype("int32")
+    units, activation = (1, "sigmoid") if binary else (4, "softmax")
+    ours, reference = _head(12, units, activation, 0.0), _head(12, units, activation, 0.0)
+    reference.set_weights(ours.get_weights())
+    for model in (ours, reference):
+        compile_model(model, "adam", 0.05, binary)
+    trainer = HeadTrainer(ours, x[None], y, val_x, val_y, batch_size=16, seed=7, binary=binary)
+
+    for epoch in range(2):
+        logs = trainer(epoch)
+        order = epoch_order(7, epoch, 70)
+        batches = [order[i : i + 16] for i in range(0, 70, 16)]
+        per_batch = [reference.train_on_batch(x[b], y[b], return_dict=True) for b in batches]
+        for weight, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
+            np.testing.assert_allclose(weight, expected, rtol=1e-4, atol=1e-5)
+        # fit's epoch figures: the batch figures averaged with the batch sizes as weights.
+        sizes = [len(b) for b in batches]
+        for key in ("loss", "accuracy"):
+            expected = np.average([logs_[key] for logs_ in per_batch], weights=sizes)
+            assert logs[key] == pytest.approx(expected, rel=1e-4)
+        val = reference.evaluate(val_x, val_y, batch_size=30, return_dict=True, verbose=0)
+        assert logs["val_loss"] == pytest.approx(val["loss"], rel=1e-4)
+        assert logs["val_accuracy"] == pytest.approx(val["accuracy"], rel=1e-5)
+    assert int(ours.optimizer.iterations) == 10
+    np.testing.assert_allclose(
+        predict_features(ours, val_x), reference.predict(val_x, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_head_trainer_cycles_views_trains_dropout_and_orders_by_seed_and_epoch() -> None:
+    """Epoch e trains on view e mod K; the order is a permutation fixed by (seed, epoch); dropout is on
+    in training only (validation of the same weights is deterministic)."""
+    from transferjob_trainer.head import HeadTrainer, epoch_order
+    from transferjob_trainer.modeling import compile_model
+
+    order = epoch_order(1, 4, 50)
+    assert sorted(order.tolist()) == list(range(50))
+    np.testing.assert_array_equal(order, epoch_order(1, 4, 50))
+    assert not np.array_equal(order, epoch_order(1, 5, 50))
+    assert not np.array_equal(order, epoch_order(2, 4, 50))
+
+    rng = np.random.default_rng(0)
+    views = np.stack([rng.normal(size=(40, 8)), np.zeros((40, 8))]).astype("float32")
+    y = rng.integers(0, 3, 40).astype("int32")
+    head = _head(8, 3, "softmax", 0.5)
+    compile_model(head, "sgd", 0.0, binary=False)  # learning rate 0: the weights never move
+    trainer = HeadTrainer(head, views, y, views[0], y, batch_size=8, seed=0, binary=False)
+    first, second, third = trainer(0), trainer(1), trainer(2)
+    # View 1 is all zeros: its loss is that of the bias alone (zero: ln 3), whatever dropout does.
+    assert second["loss"] == pytest.approx(np.log(3), rel=1e-5)
+    assert first["loss"] != pytest.approx(np.log(3), rel=1e-3)
+    assert third["val_loss"] == pytest.approx(first["val_loss"], rel=1e-6)
+    assert third["loss"] != pytest.approx(first["loss"], rel=1e-6)  # dropout draws differ per epoch
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_saved_model_serves_the_model_frozen_or_with_variables(
+    frozen: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the size limit the serving graph holds the weights as constants; above it, variables.
+    Either way the signature is named as Keras' export names it and computes the model."""
+    import keras
+    import tensorflow as tf
+
+    from transferjob_trainer import training
+
+    image = keras.Input((8, 8, 3), name="transferjob_image")
+    x = keras.layers.Conv2D(4, 3)(image)
+    x = keras.layers.BatchNormalization()(x, training=False)
+    output = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(image, output)
+    if not frozen:
+        monkeypatch.setattr(training, "FREEZE_LIMIT_BYTES", 0)
+    training.write_saved_model(training.inference_function(model), str(tmp_path / "sm"))
+
+    images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    serving = loaded.signatures["serving_default"]
+    assert list(serving.structured_input_signature[1]) == ["transferjob_image"]
+    served = serving(transferjob_image=tf.constant(images))
+    assert list(served) == ["output_0"]
+    np.testing.assert_allclose(served["output_0"].numpy(), model.predict(images, verbose=0), atol=1e-6)
+    assert (len(serving.variables) == 0) is frozen

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -91,9 +92,13 @@ class CheckpointStore:
     def clear(self) -> None:
         fs.remove(self.folder)
 
-    def save_weights(self, model: keras.Model, name: str) -> None:
+    def save_weights(self, model: keras.Model, name: str, *copies: str) -> None:
+        """Save under `name`, and the same bytes under each of `copies` (serialized once)."""
         with fs.local_file_for_write(self.path(name), ".weights.h5") as tmp:
             model.save_weights(tmp)
+            data = Path(tmp).read_bytes() if copies else b""
+        for copy in copies:
+            fs.write_bytes(self.path(copy), data)
 
     def load_weights(self, model: keras.Model, name: str) -> None:
         """Load weights (and, for a compiled model, optimizer state) saved by `save_weights`."""
@@ -106,10 +111,9 @@ class CheckpointStore:
         """Save the epoch's weights (and the best ones when it improved), then the state, then tidy up."""
         previous = state.weights
         name = f"epoch-{state.epochs_done:04d}.weights.h5"
-        self.save_weights(model, name)
+        self.save_weights(model, name, *([BEST_WEIGHTS] if improved else []))
         state.weights = name
         if improved:
-            self.save_weights(model, BEST_WEIGHTS)
             state.best_weights = BEST_WEIGHTS
         fs.write_text(self.path(STATE_FILE), json.dumps(state.to_dict(), indent=1))
         if previous and previous != name:

@@ -280,6 +280,13 @@ def set_fine_tune(model: keras.Model, fine_tune_at: int | str) -> int:
     return trainable
 
 
+def loss_function(binary: bool) -> keras.losses.Loss:
+    """Cross-entropy for one sigmoid unit or a softmax over integer labels (mean over the batch)."""
+    if binary:
+        return keras.losses.BinaryCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
 def compile_model(
     model: keras.Model, optimizer: str, learning_rate: float, binary: bool, steps_per_execution: int = 1
 ) -> None:
@@ -297,7 +304,7 @@ def compile_model(
     }
     model.compile(
         optimizer=optimizers[optimizer](learning_rate=learning_rate),
-        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        loss=loss_function(binary),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )

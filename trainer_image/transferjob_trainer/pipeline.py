@@ -8,6 +8,7 @@ exported model is exactly what serving needs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -87,6 +88,40 @@ def image_dataset(split: Split, size: int, *, binary: bool, cache: bool) -> tf.d
     if cache:
         ds = ds.cache()
     return ds
+
+
+class CacheFill:
+    """Fills the in-memory caches of image datasets (see `image_dataset`) in a background thread.
+
+    The first pass over a cached dataset reads and decodes every file. Started before the model is
+    built, that pass runs on the cores which model construction (single-threaded Python) leaves idle,
+    instead of competing with the base's forward pass for them later. Later passes over the datasets,
+    or over datasets built on them, read the filled caches.
+
+    `wait()` before iterating any of the datasets again: a tf.data memory cache must not be filled by
+    two iterators at once. It re-raises what the pass raised (a file TensorFlow cannot decode), so
+    call it where `decode_errors_as_invalid_data` can name the file.
+    """
+
+    def __init__(self, datasets: Sequence[tf.data.Dataset], batch: int = 256) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._fill, args=(datasets, batch), name="image-cache-fill", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, datasets: Sequence[tf.data.Dataset], batch: int) -> None:
+        try:
+            for ds in datasets:
+                for _ in ds.batch(batch):
+                    pass
+        except BaseException as error:  # handed to the thread that waits
+            self._error = error
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

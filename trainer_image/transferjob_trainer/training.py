@@ -30,16 +30,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TransferJobSpec
 from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError
+from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
 from transferjob_trainer.layout import Layout, Split
 from transferjob_trainer.metrics import classification_metrics
 from transferjob_trainer.pipeline import (
     Augmenter,
+    CacheFill,
     available_memory_bytes,
     build_augmenter,
     cached_image_bytes,
@@ -53,14 +56,13 @@ from transferjob_trainer.report import Reporter
 from transferjob_trainer.run import RunPaths
 from transferjob_trainer.stopping import kept_epoch, step
 
-#: Batch size for scoring cached feature vectors (validation and test in feature extraction): the head
-#: is small, so a few large batches beat many small ones. Images go through the base in batches of the
-#: spec's `batchSize` instead: on CPUs, larger batches run slower per image once the activations no
-#: longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of 32 take about half the time per
-#: image of batches of 64), and the batch a job trains with is known to fit the device's memory.
-FEATURE_BATCH = 512
-#: Batches per call of the head's traced training step on cached features (see
-#: `modeling.compile_model`); an epoch of the head is then a handful of calls instead of one per batch.
+# Images go through the base in batches of the spec's `batchSize`: on CPUs, larger batches run slower
+# per image once the activations no longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of
+# 32 take about half the time per image of batches of 64), and the batch a job trains with is known to
+# fit the device's memory. Cached feature vectors are scored in batches of `head.SCORE_BATCH`.
+
+#: Batches per call of Keras' traced training step when the head trains with `fit` (several replicas;
+#: see `modeling.compile_model`): an epoch is then a handful of calls instead of one per batch.
 HEAD_STEPS_PER_EXECUTION = 64
 
 FitOneEpoch = Callable[[int], dict[str, float]]
@@ -251,13 +253,26 @@ def fit_on_features(
     binary: bool,
     batch_size: int,
     seed: int,
+    single_device: bool,
 ) -> FitOneEpoch:
     """One epoch of the head on cached features; epoch e uses augmented view e mod views.
 
-    The arrays become tf.data datasets once (reshuffled every pass), since handing NumPy arrays to each
-    per-epoch `fit` call re-slices them every time and costs more than the epoch itself on small heads.
+    On one device, `head.HeadTrainer`: the epoch and its validation in one traced call. With several
+    replicas, Keras' `fit` (which spreads the batches over them) on datasets made once (reshuffled every
+    pass), since handing NumPy arrays to each per-epoch `fit` call re-slices them every time.
     """
     train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
+    if single_device:
+        return HeadTrainer(
+            head,
+            features["train"],
+            train_y,
+            features["val"],
+            val_y,
+            batch_size=batch_size,
+            seed=seed,
+            binary=binary,
+        )
     n = len(train_y)
     views = [
         tf.data.Dataset.from_tensor_slices((view, train_y))
@@ -266,7 +281,7 @@ def fit_on_features(
         .prefetch(tf.data.AUTOTUNE)
         for i, view in enumerate(features["train"])
     ]
-    val = tf.data.Dataset.from_tensor_slices((features["val"], val_y)).batch(FEATURE_BATCH)
+    val = tf.data.Dataset.from_tensor_slices((features["val"], val_y)).batch(SCORE_BATCH)
     return fit_on_datasets(head, lambda epoch: views[epoch % len(views)], val)
 
 
@@ -317,19 +332,32 @@ def train_epochs(
     return state
 
 
+#: Largest total size of variables the SavedModel export folds into constants (see `write_saved_model`):
+#: the graph is a protocol buffer, which cannot exceed 2 GiB, and loading a graph this large gets slow.
+FREEZE_LIMIT_BYTES = 512 << 20
+
+
 def write_saved_model(serve: Inference, path: str) -> None:
     """A SavedModel whose `serving_default` signature is `serve` (input `transferjob_image`: float32
-    0-255 images, any batch size; output `output_0`), as Keras' `model.export` writes it.
+    0-255 images, any batch size; output `output_0`), as Keras' `model.export` names them.
 
-    The signature is saved from `serve`'s existing trace, with the variables it reads. Keras'
-    `model.export` instead traces the whole network again and walks every layer's trackable children,
-    and a tf.function kept as an attribute of the saved object would be traced once more inside the
-    save context; for MobileNetV2 on 2 CPU cores that was about 11 s, against 2-3 s here.
+    The signature is saved from `serve`'s existing trace, with its variables folded into constants (a
+    frozen graph) when they total at most `FREEZE_LIMIT_BYTES`. A SavedModel with variables carries
+    save and restore operations for every one of them (some 260 for MobileNetV2): building those took
+    about 1.5 s of the 3 s export on 2 CPU cores, and loading the model for serving took 1.6 s against
+    0.5-0.9 s frozen. The SavedModel is for serving; `model.keras` is what training continues from.
+    Larger models keep their variables. Keras' `model.export` instead traces the whole network again
+    and walks every layer's trackable children: about 11 s here.
     """
     concrete = serve.get_concrete_function()
     module = tf.Module()
-    module.model_variables = list(concrete.variables)
-    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+    size = sum(v.shape.num_elements() * v.dtype.size for v in concrete.variables)
+    if size <= FREEZE_LIMIT_BYTES:
+        signature = convert_variables_to_constants_v2(concrete)
+    else:
+        module.model_variables = list(concrete.variables)
+        signature = concrete
+    tf.saved_model.save(module, path, signatures={"serving_default": signature})
 
 
 def export(
@@ -376,6 +404,22 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
     size = spec.model.image_size
     n_images = len(layout.train) + len(layout.val) + len(layout.test)
     cache = should_cache(spec.data.cache, cached_image_bytes(n_images, size), available_memory_bytes())
+    remaining = state.epochs_done < epochs and not state.stop.stopped
+    features: dict[str, np.ndarray] = (store.load_features(fp) or {}) if feature_extraction else {}
+    # Feature extraction without cached features sends every split through the base in one pass; the
+    # test images are then decoded (and cached) early too. Fine-tuning decodes them at the end.
+    feature_pass = feature_extraction and not features
+    train_images = image_dataset(layout.train, size, binary=binary, cache=cache)
+    val_images = image_dataset(layout.val, size, binary=binary, cache=cache)
+    test_images = image_dataset(layout.test, size, binary=binary, cache=cache and feature_pass)
+    needed = (
+        [train_images, val_images, test_images]
+        if feature_pass
+        else [train_images, val_images]
+        if not feature_extraction and remaining
+        else []
+    )
+    fill = CacheFill(needed) if cache and needed else None
     with strategy.scope():
         model = build_or_load_model(spec, paths, len(layout.classes))
         if feature_extraction:
@@ -415,20 +459,19 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
     )
     splits = [layout.train, layout.val, layout.test]
     with decode_errors_as_invalid_data(splits):
-        train_images = image_dataset(layout.train, size, binary=binary, cache=cache)
-        val_images = image_dataset(layout.val, size, binary=binary, cache=cache)
-        test_images = image_dataset(layout.test, size, binary=binary, cache=False)
         augment = build_augmenter(spec.data.augmentation, training.seed)
-        remaining = state.epochs_done < epochs and not state.stop.stopped
-        features: dict[str, np.ndarray] = {}
         if feature_extraction:
-            features = store.load_features(fp) or {}
+            views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
+            if feature_pass:
+                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
             if single_device:
                 extract = inference_function(parts.extractor)
                 serve = serving_function(extract, parts.head)
-            if not features:
-                views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
-                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+                if feature_pass:
+                    extract.get_concrete_function()  # traced while the images may still be decoding
+            if fill is not None:
+                fill.wait()
+            if feature_pass:
                 features = feature_cache(
                     (lambda batches: run_inference(extract, batches))
                     if single_device
@@ -444,9 +487,11 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
         if remaining:
             if feature_extraction:
                 fit_one_epoch = fit_on_features(
-                    train_model, features, layout, binary, training.batch_size, training.seed
+                    train_model, features, layout, binary, training.batch_size, training.seed, single_device
                 )
             else:
+                if fill is not None:
+                    fill.wait()
                 train_ds = training_batches(
                     train_images, len(layout.train), training.batch_size, training.seed, augment
                 )
@@ -463,7 +508,7 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             store.load_weights(train_model, BEST_WEIGHTS)
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
         if feature_extraction:
-            probabilities = train_model.predict(features["test"], batch_size=FEATURE_BATCH, verbose=0)
+            probabilities = predict_features(train_model, features["test"])
         else:
             test_batches = eval_batches(test_images, training.batch_size).map(lambda x, y: x)
             if single_device:
