@@ -177,6 +177,17 @@ def suspended_spec(data: Path, source: Path, out: Path) -> Json:
     return spec
 
 
+def post_transferjob(custom: Any, ns: str, name: str, data: Path, source: Path, root: Path) -> None:
+    """Create one suspended TransferJob: the same body in every phase that creates them."""
+    body = transferjob(name, suspended_spec(data, source, root / name))
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _preload_content=False)
+
+
+def p50_p99_ms(seconds: list[float], name: str) -> Json:
+    """`{name}_p50_ms` and `{name}_p99_ms` of durations given in seconds."""
+    return {f"{name}_p{q}_ms": percentile(seconds, q) * 1000 for q in (50, 99)}
+
+
 def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
     core: Any = client.CoreV1Api(api)
     batch: Any = client.BatchV1Api(api)
@@ -209,8 +220,7 @@ def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, co
         "seconds": elapsed,
         "jobs_per_s": count / elapsed,
         # One Job POST's own round trip under this load: a floor for apply -> Job in a burst.
-        "post_p50_ms": percentile(posts, 50) * 1000,
-        "post_p99_ms": percentile(posts, 99) * 1000,
+        **p50_p99_ms(posts, "post"),
     }
 
 
@@ -225,18 +235,13 @@ def bench_single(api: client.ApiClient, data: Path, source: Path, root: Path, co
     latencies = []
     for i in range(count):
         name = f"single-{i}"
-        body = transferjob(name, suspended_spec(data, source, root / name))
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _preload_content=False)
+        post_transferjob(custom, ns, name, data, source, root)
         applied = time.monotonic()
         wait_for(lambda n=name: n in jobs_seen.seen, timeout=60, interval=0.005, what=f"Job {name}")
         latencies.append(jobs_seen.seen[name] - applied)
         time.sleep(0.3)
     jobs_seen.stop()
-    return {
-        "count": count,
-        "latency_p50_ms": percentile(latencies, 50) * 1000,
-        "latency_p99_ms": percentile(latencies, 99) * 1000,
-    }
+    return {"count": count, **p50_p99_ms(latencies, "latency")}
 
 
 def bench_ceiling(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
@@ -248,8 +253,7 @@ def bench_ceiling(api: client.ApiClient, data: Path, source: Path, root: Path, c
 
     def make(i: int) -> str:
         name = f"ceiling-{i}"
-        body = transferjob(name, suspended_spec(data, source, root / name))
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _preload_content=False)
+        post_transferjob(custom, ns, name, data, source, root)
         return name
 
     start = time.monotonic()
@@ -276,14 +280,7 @@ def bench_burst(
     def make(i: int) -> str:
         name = f"burst-{offset + i}"
         sent = time.monotonic()
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            ns,
-            PLURAL,
-            transferjob(name, suspended_spec(data, source, root / name)),
-            _preload_content=False,
-        )
+        post_transferjob(custom, ns, name, data, source, root)
         posts.append(time.monotonic() - sent)
         return name
 
@@ -310,13 +307,11 @@ def bench_burst(
         "seconds_until_all_jobs": last - start,
         "seconds_until_all_statuses": settled,
         "jobs_per_s": count / (last - start),
-        "latency_p50_ms": percentile(latencies, 50) * 1000,
-        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        **p50_p99_ms(latencies, "latency"),
         "latency_max_ms": max(latencies) * 1000,
         # The round trip of the TransferJob creates themselves in this burst: the API server's
         # response time under this load, which the operator's own Job POST also waits for.
-        "post_p50_ms": percentile(posts, 50) * 1000,
-        "post_p99_ms": percentile(posts, 99) * 1000,
+        **p50_p99_ms(posts, "post"),
     }
 
 

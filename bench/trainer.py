@@ -17,9 +17,9 @@ be downloaded here, see `save_base`), the same head, optimizer, batch and epochs
 
 Every timed pipeline runs in a fresh interpreter of its own (this script, `--side NAME`): TensorFlow
 and the packages are imported before the clock starts, and each side pays its own first-use costs
-(graph runtime and oneDNN kernel set-up). In one shared process whichever side ran second inherited
-warm state from the first, and the side that ran right after the base was trained ran its feature
-pass about 1.8x slower than in a fresh process.
+(graph runtime and oneDNN kernel set-up); in one shared process, whichever side ran second inherited
+the other's warm state. The sides alternate, `--repeat` times, and the medians are compared, because
+the shared machine's speed drifts within minutes.
 
 Run: `.venv/bin/python bench/trainer.py [--size 96] [--epochs 10] [--out bench/trainer-results.json]`.
 """

@@ -458,3 +458,17 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     assert list(served) == ["output_0"]
     np.testing.assert_allclose(served["output_0"].numpy(), model.predict(images, verbose=0), atol=1e-6)
     assert (len(serving.variables) == 0) is frozen
+
+
+def test_every_image_pipeline_runs_without_the_autotuning_thread(tmp_path: Path, png_bytes: bytes) -> None:
+    """`static_tuning` at the root reaches every pipeline built on the images (see its docstring)."""
+    from transferjob_trainer.layout import Split
+    from transferjob_trainer.pipeline import eval_batches, image_dataset, training_batches
+
+    (tmp_path / "a.png").write_bytes(png_bytes)
+    split = Split("train", str(tmp_path), files=(str(tmp_path / "a.png"),) * 3, labels=(0, 1, 0))
+    for cache in (True, False):
+        images = image_dataset(split, 8, binary=False, cache=cache)
+        for ds in (images, training_batches(images, 3, 2, 0, None), eval_batches(images, 2)):
+            assert ds.options().autotune.enabled is False
+        assert [b[0].shape[0] for b in eval_batches(images, 2)] == [2, 1]

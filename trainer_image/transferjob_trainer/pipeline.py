@@ -79,6 +79,24 @@ def decode_resize(data: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
+def static_tuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds`, and every pipeline built on it, without tf.data's autotuning thread.
+
+    With autotuning on, each iterator runs a model thread that wakes at growing intervals (10 ms,
+    doubling, up to 60 s). Deleting an iterator sometimes blocks until that thread's next wake-up
+    (seen with TensorFlow 2.21: `RootDataset::Iterator`'s destructor waiting on it), so a pass that
+    ends at 5.5 s can return at 10.2 s, and a `fit` epoch can end up to a whole interval late. Our
+    pipelines are simple (decode, cache, shuffle, batch, cast, augment, prefetch), so fixed settings
+    do as well: `AUTOTUNE` parallelism then means TensorFlow's default (the size of its thread pool,
+    i.e. the cores it may use) and prefetch buffers still grow on demand. Measured on 2 cores: the
+    feature pass no longer stalls, and epochs of a small CNN on the cached digits took 3.1-3.3 s
+    against 3.4-4.1 s (5.1 s with a stall) with autotuning.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def image_dataset(split: Split, size: int, *, binary: bool, cache: bool) -> tf.data.Dataset:
     """(uint8 image, label) pairs in file order, decoded in parallel, cached in memory when asked."""
     ds = tf.data.Dataset.from_tensor_slices((list(split.files), _label_tensor(split.labels, binary)))
@@ -87,7 +105,7 @@ def image_dataset(split: Split, size: int, *, binary: bool, cache: bool) -> tf.d
     )
     if cache:
         ds = ds.cache()
-    return ds
+    return static_tuning(ds)
 
 
 class CacheFill:

@@ -50,6 +50,7 @@ from transferjob_trainer.pipeline import (
     eval_batches,
     image_dataset,
     should_cache,
+    static_tuning,
     training_batches,
 )
 from transferjob_trainer.report import Reporter
@@ -275,13 +276,13 @@ def fit_on_features(
         )
     n = len(train_y)
     views = [
-        tf.data.Dataset.from_tensor_slices((view, train_y))
+        static_tuning(tf.data.Dataset.from_tensor_slices((view, train_y)))
         .shuffle(n, seed=seed + i, reshuffle_each_iteration=True)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
         for i, view in enumerate(features["train"])
     ]
-    val = tf.data.Dataset.from_tensor_slices((features["val"], val_y)).batch(SCORE_BATCH)
+    val = static_tuning(tf.data.Dataset.from_tensor_slices((features["val"], val_y))).batch(SCORE_BATCH)
     return fit_on_datasets(head, lambda epoch: views[epoch % len(views)], val)
 
 
