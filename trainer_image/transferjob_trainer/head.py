@@ -27,6 +27,8 @@ from transferjob_trainer.modeling import loss_function
 
 #: Validation and test features are scored in batches of this many vectors (the head is small).
 SCORE_BATCH = 512
+#: What `HeadTrainer` returns for an epoch, named as in Keras' `History`.
+_LOG_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -131,6 +133,3 @@ class HeadTrainer:
             val_correct += correct_predictions(labels, predictions, self.binary)
         val_count = tf.cast(tf.maximum(m, 1), tf.float32)
         return loss_sum / count, correct / count, val_loss_sum / val_count, val_correct / val_count
-
-
-_LOG_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")

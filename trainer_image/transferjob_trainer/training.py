@@ -413,13 +413,12 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
     train_images = image_dataset(layout.train, size, binary=binary, cache=cache)
     val_images = image_dataset(layout.val, size, binary=binary, cache=cache)
     test_images = image_dataset(layout.test, size, binary=binary, cache=cache and feature_pass)
-    needed = (
-        [train_images, val_images, test_images]
-        if feature_pass
-        else [train_images, val_images]
-        if not feature_extraction and remaining
-        else []
-    )
+    if feature_pass:
+        needed = [train_images, val_images, test_images]
+    elif not feature_extraction and remaining:
+        needed = [train_images, val_images]
+    else:
+        needed = []
     fill = CacheFill(needed) if cache and needed else None
     with strategy.scope():
         model = build_or_load_model(spec, paths, len(layout.classes))
@@ -461,38 +460,35 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
     splits = [layout.train, layout.val, layout.test]
     with decode_errors_as_invalid_data(splits):
         augment = build_augmenter(spec.data.augmentation, training.seed)
-        if feature_extraction:
-            views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
+        views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
+        if feature_pass:
+            reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+        if feature_extraction and single_device:
+            extract = inference_function(parts.extractor)
+            serve = serving_function(extract, parts.head)
             if feature_pass:
-                reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
-            if single_device:
-                extract = inference_function(parts.extractor)
-                serve = serving_function(extract, parts.head)
-                if feature_pass:
-                    extract.get_concrete_function()  # traced while the images may still be decoding
-            if fill is not None:
-                fill.wait()
-            if feature_pass:
-                features = feature_cache(
-                    (lambda batches: run_inference(extract, batches))
-                    if single_device
-                    else (lambda batches: parts.extractor.predict(batches, verbose=0)),
-                    train_images,
-                    val_images,
-                    test_images,
-                    views,
-                    augment,
-                    training.batch_size,
-                )
-                store.save_features(fp, features)
+                extract.get_concrete_function()  # traced while the images may still be decoding
+        if fill is not None:
+            fill.wait()  # the caches are full before any pipeline reads them
+        if feature_pass:
+            features = feature_cache(
+                (lambda batches: run_inference(extract, batches))
+                if single_device
+                else (lambda batches: parts.extractor.predict(batches, verbose=0)),
+                train_images,
+                val_images,
+                test_images,
+                views,
+                augment,
+                training.batch_size,
+            )
+            store.save_features(fp, features)
         if remaining:
             if feature_extraction:
                 fit_one_epoch = fit_on_features(
                     train_model, features, layout, binary, training.batch_size, training.seed, single_device
                 )
             else:
-                if fill is not None:
-                    fill.wait()
                 train_ds = training_batches(
                     train_images, len(layout.train), training.batch_size, training.seed, augment
                 )
