@@ -247,12 +247,16 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[(len(ordered) - 1) // 2], "runs": [run["seconds"] for run in runs]}
 
 
+def side_result(work: Path, side: str) -> Path:
+    """Where a `--side` run leaves its result for the parent."""
+    return work / f"{side}.json"
+
+
 def in_fresh_process(side: str, work: Path, argv: list[str]) -> dict[str, Any]:
     """Run `side` in a new interpreter (same arguments) and read back its result."""
-    result = work / f"{side}.json"
     command = [sys.executable, __file__, *argv, "--side", side, "--work", str(work)]
     subprocess.run(command, check=True)
-    return json.loads(result.read_text())
+    return json.loads(side_result(work, side).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.side:
         data, weights = args.work / "digits", args.work / "mobilenetv2-digits.weights.h5"
         result = run_side(args.side, data, weights, args.work, args)
-        (args.work / f"{args.side}.json").write_text(json.dumps(result))
+        side_result(args.work, args.side).write_text(json.dumps(result))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="tj-bench-"))
