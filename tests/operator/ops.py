@@ -140,11 +140,11 @@ class Scraper:
         found: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name.startswith(PREFIX):
-                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()) if k != "le")
+                # Histogram buckets (`le`) are left out; their _sum and _count stay.
+                if sample.name.startswith(PREFIX) and "le" not in sample.labels:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
                     key = f"{sample.name}{{{labels}}}" if labels else sample.name
-                    if "le" not in sample.labels:
-                        found[key] = sample.value
+                    found[key] = sample.value
         return found
 
     def when(self, key: str, value: float) -> dict[str, float] | None:
