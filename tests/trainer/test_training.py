@@ -319,10 +319,11 @@ def test_sigterm_fails_retryably_and_the_rerun_resumes(
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     log = tmp_path / "termination.log"
+    stderr = tmp_path / "stderr.log"
     proc = subprocess.Popen(
         trainer_command(spec_file, termination_log=log),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr.open("w"),
         text=True,
         env=trainer_env(),
     )
@@ -332,7 +333,7 @@ def test_sigterm_fails_retryably_and_the_rerun_resumes(
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stdout.read()
-    assert proc.wait(timeout=120) == 143
+    assert proc.wait(timeout=120) == 143, stderr.read_text()[-3000:]
     failed = decode(rest.strip().splitlines()[-1])
     assert isinstance(failed, Failed) and failed.reason == "Interrupted" and not failed.permanent
     assert json.loads(log.read_text())["reason"] == "Interrupted"

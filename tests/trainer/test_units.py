@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -472,3 +473,77 @@ def test_every_image_pipeline_runs_without_the_autotuning_thread(tmp_path: Path,
         for ds in (images, training_batches(images, 3, 2, 0, None), eval_batches(images, 2)):
             assert ds.options().autotune.enabled is False
         assert [b[0].shape[0] for b in eval_batches(images, 2)] == [2, 1]
+
+
+# ------------------------------------------------------------------------------------------ SIGTERM
+
+
+@pytest.fixture
+def sigterm_handler(monkeypatch: pytest.MonkeyPatch):
+    """The trainer's SIGTERM handler installed, and the process-wide flag cleared, for one test."""
+    import signal
+    import threading
+
+    from transferjob_trainer import errors
+
+    monkeypatch.setattr(errors, "TERMINATED", threading.Event())
+    previous = signal.signal(signal.SIGTERM, errors.on_sigterm)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def run_execute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body) -> tuple[int, list[dict]]:
+    """`__main__.execute` with `run.run` replaced by `body`; returns the exit code and the events."""
+    import argparse
+    import io
+
+    from transferjob_trainer import __main__ as cli
+    from transferjob_trainer import errors
+    from transferjob_trainer import run as run_module
+    from transferjob_trainer.report import Reporter
+
+    monkeypatch.setattr(cli, "TERMINATED", errors.TERMINATED)
+    monkeypatch.setattr(run_module, "load_spec", lambda path: parse_spec(spec_dict()))
+    monkeypatch.setattr(run_module, "resolve_paths", lambda *args: None)
+    monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter: body())
+    stream = io.StringIO()
+    args = argparse.Namespace(spec="spec.json", data_dir=None, output_dir=None, init_model=None)
+    rc = cli.execute(args, Reporter(stream, str(tmp_path / "termination.log")))
+    return rc, [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_sigterm_wrapped_in_another_exception_still_reads_interrupted(
+    sigterm_handler: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """TensorFlow re-raises an exception from inside a tf.function's argument binding as a TypeError."""
+    import os
+    import signal
+
+    def body() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises as soon as this returns
+        except Exception as error:
+            raise TypeError(f"Binding inputs to tf.function failed due to `{error}`") from None
+
+    rc, events = run_execute(monkeypatch, tmp_path, body)
+    assert rc == 143
+    assert events[-1]["reason"] == "Interrupted" and events[-1]["permanent"] is False
+    assert json.loads((tmp_path / "termination.log").read_text())["reason"] == "Interrupted"
+
+
+def test_sigterm_swallowed_by_library_code_ends_the_run_between_epochs(
+    sigterm_handler: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from transferjob_trainer.errors import raise_if_terminated
+
+    def body() -> None:
+        with contextlib.suppress(Exception):  # what a careless library does
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise_if_terminated()  # train_epochs does this after each epoch
+        raise AssertionError("the run went on after SIGTERM")
+
+    rc, events = run_execute(monkeypatch, tmp_path, body)
+    assert rc == 143 and events[-1]["reason"] == "Interrupted"

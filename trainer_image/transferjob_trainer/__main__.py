@@ -16,12 +16,17 @@ import os
 import signal
 import sys
 import traceback
-from types import FrameType
 from typing import TextIO
 
 from transferjob.constants import EXIT_PERMANENT
 from transferjob.progress import Failed
-from transferjob_trainer.errors import TerminatedError, TrainerError
+from transferjob_trainer.errors import (
+    TERMINATED,
+    TERMINATED_MESSAGE,
+    TerminatedError,
+    TrainerError,
+    on_sigterm,
+)
 from transferjob_trainer.report import Reporter, default_termination_log
 
 EXIT_RETRYABLE = 1
@@ -57,8 +62,10 @@ def protocol_stream() -> TextIO:
     return os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise TerminatedError("terminated by SIGTERM; a restart resumes from the last finished epoch")
+def interrupted(reporter: Reporter) -> int:
+    """SIGTERM came, whatever exception it surfaced as: retryable, and the restart resumes."""
+    reporter.finish(Failed(reason=TerminatedError.reason, message=TERMINATED_MESSAGE, permanent=False))
+    return EXIT_TERMINATED
 
 
 def execute(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -71,11 +78,13 @@ def execute(args: argparse.Namespace, reporter: Reporter) -> int:
         reporter.finish(run(spec, paths, reporter))
         return 0
     except TrainerError as error:
+        if TERMINATED.is_set():
+            return interrupted(reporter)
         reporter.finish(Failed(reason=error.reason, message=str(error), permanent=error.permanent))
-        if isinstance(error, TerminatedError):
-            return EXIT_TERMINATED
         return EXIT_PERMANENT if error.permanent else EXIT_RETRYABLE
     except Exception as error:
+        if TERMINATED.is_set():
+            return interrupted(reporter)
         traceback.print_exc(file=sys.stderr)
         message = f"{error.__class__.__name__}: {error}".strip()
         reporter.finish(Failed(reason="TrainingError", message=message, permanent=False))
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     reporter = Reporter(protocol_stream(), args.termination_log or default_termination_log())
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     return execute(args, reporter)
 
 

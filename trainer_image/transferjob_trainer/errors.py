@@ -6,6 +6,9 @@ anything else exits 1 and the Job's backoff retries it, resuming from the last c
 
 from __future__ import annotations
 
+import threading
+from types import FrameType
+
 
 class TrainerError(Exception):
     """A failure with a machine-readable reason; retryable unless a subclass says otherwise."""
@@ -32,3 +35,27 @@ class TerminatedError(TrainerError):
     """SIGTERM (pod deleted, suspended or preempted): the next run resumes from the checkpoint."""
 
     reason = "Interrupted"
+
+
+#: Set once SIGTERM has arrived. The handler's exception can surface wrapped in another one (a tf.function
+#: that was binding its arguments when the signal came re-raises it as a TypeError), or be swallowed by
+#: library code; the flag makes the outcome "Interrupted" whatever form the exception reaches us in.
+TERMINATED = threading.Event()
+TERMINATED_MESSAGE = "terminated by SIGTERM; a restart resumes from the last finished epoch"
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler: record the signal, then stop whatever Python code the main thread is running.
+
+    A second SIGTERM only finds the flag set: raising again could break the final report being written.
+    """
+    if TERMINATED.is_set():
+        return
+    TERMINATED.set()
+    raise TerminatedError(TERMINATED_MESSAGE)
+
+
+def raise_if_terminated() -> None:
+    """Called between epochs, so a SIGTERM whose exception was swallowed still ends the run there."""
+    if TERMINATED.is_set():
+        raise TerminatedError(TERMINATED_MESSAGE)

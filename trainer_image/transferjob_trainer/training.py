@@ -36,7 +36,7 @@ from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TransferJobSp
 from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
-from transferjob_trainer.errors import InvalidSpecError
+from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
 from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
 from transferjob_trainer.layout import Layout, Split
 from transferjob_trainer.metrics import classification_metrics
@@ -330,6 +330,7 @@ def train_epochs(
         board.write(metrics)
         store.commit(state, train_model, improved)
         reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
+        raise_if_terminated()
     return state
 
 
