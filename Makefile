@@ -21,9 +21,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install the project with its dev extras.
 
 .PHONY: lint
-lint: install ## ruff on everything.
+lint: install ## ruff on everything; mypy on the three packages (sdk, operator, trainer_image).
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 .PHONY: crd
 crd: install ## Regenerate manifests/crd/ from the pydantic models.

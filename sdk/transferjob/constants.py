@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 GROUP = "transferjob.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "TransferJob"
+#: Spelled out (not built from GROUP and VERSION) so type checkers see the Literal the models declare;
+#: tests/unit/test_crd.py checks it agrees with them.
+API_VERSION: Final = "transferjob.io/v1alpha1"
+KIND: Final = "TransferJob"
 PLURAL = "transferjobs"
 SINGULAR = "transferjob"
 SHORT_NAMES = ["tj"]

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, is_model_path
 from transferjob.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, HISTORY_LIMIT, KIND
@@ -44,9 +45,9 @@ _FEATURE_EXTRACTION_DEFAULTS = {"epochs": 5, "learning_rate": 1e-4}
 _FINE_TUNING_DEFAULTS = {"epochs": 10, "learning_rate": 1e-5}
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry: the API server evaluates it at admission."""
-    entry = {"rule": rule, "message": message}
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     if reason:

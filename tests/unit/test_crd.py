@@ -94,6 +94,13 @@ def test_names_columns_and_subresources() -> None:
     }
 
 
+def test_api_version_agrees_with_group_and_version() -> None:
+    """API_VERSION is spelled out for the type checker; it must still be GROUP/VERSION."""
+    from transferjob import constants
+
+    assert f"{constants.GROUP}/{constants.VERSION}" == constants.API_VERSION
+
+
 def test_printer_columns_point_at_real_fields() -> None:
     schema = _schema()
     for column in crd.PRINTER_COLUMNS:

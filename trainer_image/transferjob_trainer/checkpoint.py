@@ -125,7 +125,7 @@ class CheckpointStore:
 
     def save_features(self, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, allow_pickle=False, **arrays)
         fs.write_bytes(self.path(self.features_name(fingerprint)), buffer.getvalue())
 
     def load_features(self, fingerprint: str) -> dict[str, np.ndarray] | None:

@@ -63,7 +63,7 @@ class Reporter:
         self._stream.flush()
 
     def phase(self, phase: str, message: str = "") -> None:
-        self.emit(PhaseChanged(phase=phase, message=message))  # type: ignore[arg-type]
+        self.emit(PhaseChanged(phase=phase, message=message))
 
     def finish(self, event: Finished | Failed) -> None:
         """The last line of a run: printed and written to the termination log."""

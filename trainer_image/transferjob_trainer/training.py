@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TypeAlias
 
 import keras
 import numpy as np
@@ -67,7 +68,7 @@ from transferjob_trainer.stopping import kept_epoch, step
 HEAD_STEPS_PER_EXECUTION = 64
 
 FitOneEpoch = Callable[[int], dict[str, float]]
-Inference = tf.types.experimental.PolymorphicFunction
+Inference: TypeAlias = tf.types.experimental.PolymorphicFunction
 
 
 def log(message: str) -> None:
