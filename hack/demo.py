@@ -27,7 +27,7 @@ from kubernetes import client, config  # noqa: E402
 
 from tests.operator.harness import (  # noqa: E402
     OperatorProcess,
-    digits_spec,
+    features_then_finetune,
     install,
     make_digits,
     service_account_kubeconfig,
@@ -119,21 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         models = root / "models"
 
         say("feature extraction: a new head on the frozen pretrained CNN")
-        fe = digits_spec(
-            {"hostPath": str(data)}, {"hostPath": str(models / "features")}, str(source), epochs=5
-        )
+        fe, ft = features_then_finetune(data, models, str(source), epochs=5)
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("features", fe))
 
         say("fine-tuning from it (model.fromJob: features); it waits until features has succeeded")
-        ft = digits_spec(
-            {"hostPath": str(data)},
-            {"hostPath": str(models / "finetune")},
-            str(source),
-            epochs=5,
-            mode="FineTuning",
-            model={"fromJob": "features", "fineTuneAt": "conv3"},
-            training={"learningRate": 0.0001},
-        )
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("finetune", ft))
         tj = TransferJobClient(namespace=NAMESPACE, kubeconfig=cp.kubeconfig)
         results = [follow(tj, "features"), follow(tj, "finetune")]

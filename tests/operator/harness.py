@@ -222,6 +222,26 @@ def digits_spec(
     return spec
 
 
+def features_then_finetune(
+    data: Path, models: Path, base: str, epochs: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reference workflow as two TransferJob specs: feature extraction into `models/features`, then
+    fine-tuning from conv3 on, from that job's model (`model.fromJob: features`), with a tiny learning rate.
+    """
+    source = {"hostPath": str(data)}
+    features = digits_spec(source, {"hostPath": str(models / "features")}, base, epochs=epochs)
+    finetune = digits_spec(
+        source,
+        {"hostPath": str(models / "finetune")},
+        base,
+        epochs=epochs,
+        mode="FineTuning",
+        model={"fromJob": "features", "fineTuneAt": "conv3"},
+        training={"learningRate": 0.0001},
+    )
+    return features, finetune
+
+
 def paced_spec(
     data: dict[str, Any], output: dict[str, Any], base: str, epochs: int, **extra: Any
 ) -> dict[str, Any]:

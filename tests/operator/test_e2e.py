@@ -19,6 +19,7 @@ from kubernetes import client
 from tests.operator.harness import (
     OperatorProcess,
     digits_spec,
+    features_then_finetune,
     install,
     make_digits,
     service_account_kubeconfig,
@@ -147,16 +148,7 @@ def test_feature_extraction_then_fine_tuning_from_job(
 ) -> None:
     data, source = digits
     out = tmp_path / "models"
-    fe = digits_spec({"hostPath": str(data)}, {"hostPath": str(out / "features")}, str(source), epochs=3)
-    ft = digits_spec(
-        {"hostPath": str(data)},
-        {"hostPath": str(out / "finetune")},
-        str(source),
-        epochs=3,
-        mode="FineTuning",
-        model={"fromJob": "features", "fineTuneAt": "conv3"},
-        training={"learningRate": 0.0001},
-    )
+    fe, ft = features_then_finetune(data, out, str(source), epochs=3)
     # The fine-tuning job is submitted first: it must wait for the job it builds on.
     cluster.create(transferjob("finetune", ft))
     cluster.create(transferjob("features", fe))

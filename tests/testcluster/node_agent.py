@@ -1170,43 +1170,34 @@ class NodeAgent:
             raise MountError(f"couldn't find key {ref['key']} in {ref['name']}")
         return data[ref["key"]]
 
-    def get_configmap(self, ns: str, name: str, optional: bool) -> dict[str, str] | None:
+    def _read_object(self, kind: str, ns: str, name: str, optional: bool) -> dict[str, Any] | None:
+        """A ConfigMap or Secret as JSON; None when it is missing and optional (the kubelet's rule)."""
+        core = self.core
+        read = core.read_namespaced_config_map if kind == "configmap" else core.read_namespaced_secret
         try:
-            cm = json.loads(self.core.read_namespaced_config_map(name, ns, _preload_content=False).data)
+            return json.loads(read(name, ns, _preload_content=False).data)
         except ApiException as exc:
-            if exc.status == 404 and optional:
+            if exc.status != 404:
+                raise
+            if optional:
                 return None
-            if exc.status == 404:
-                raise MountError(f'configmap "{name}" not found') from exc
-            raise
-        data: dict[str, str] = dict(cm.get("data") or {})
-        for k, v in (cm.get("binaryData") or {}).items():
-            data[k] = base64.b64decode(v).decode(errors="replace")
-        return data
+            raise MountError(f'{kind} "{name}" not found') from exc
+
+    def get_configmap(self, ns: str, name: str, optional: bool) -> dict[str, str] | None:
+        data = self._configmap_bytes(ns, name, optional)
+        return None if data is None else {k: v.decode(errors="replace") for k, v in data.items()}
 
     def _configmap_bytes(self, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
-        try:
-            cm = json.loads(self.core.read_namespaced_config_map(name, ns, _preload_content=False).data)
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return None
-            if exc.status == 404:
-                raise MountError(f'configmap "{name}" not found') from exc
-            raise
+        cm = self._read_object("configmap", ns, name, optional)
+        if cm is None:
+            return None
         out = {k: v.encode() for k, v in (cm.get("data") or {}).items()}
         out.update({k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()})
         return out
 
     def _secret_bytes(self, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
-        try:
-            sec = json.loads(self.core.read_namespaced_secret(name, ns, _preload_content=False).data)
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return None
-            if exc.status == 404:
-                raise MountError(f'secret "{name}" not found') from exc
-            raise
-        return {k: base64.b64decode(v) for k, v in (sec.get("data") or {}).items()}
+        sec = self._read_object("secret", ns, name, optional)
+        return None if sec is None else {k: base64.b64decode(v) for k, v in (sec.get("data") or {}).items()}
 
     def get_secret(self, ns: str, name: str, optional: bool) -> dict[str, str] | None:
         data = self._secret_bytes(ns, name, optional)
