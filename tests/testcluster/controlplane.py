@@ -14,10 +14,12 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -176,8 +178,24 @@ class ControlPlane:
         return self.root / "state.json"
 
     # ------------------------------------------------------------------ start
-    def start(self, timeout: float = 90.0) -> ControlPlane:
-        """Generate credentials, start the four components and wait until the cluster is usable."""
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> ControlPlane:
+        """Generate credentials, start the four components and wait until the cluster is usable.
+
+        Ports are picked free up front, and a component binds its port only later: in between, another
+        process (one of the apiserver's own client connections to etcd included) can take it. A component
+        that exits with "address already in use" is retried with fresh ports; any other failure is not.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except ControlPlaneError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                print(f"control plane: a port was taken before it was bound: {exc}", file=sys.stderr)
+                shutil.rmtree(self.root / "etcd", ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> ControlPlane:
         binaries = self.binaries or find_binaries()
         self.binaries = binaries
         self.root.mkdir(parents=True, exist_ok=True)
