@@ -77,14 +77,12 @@ def execute(args: argparse.Namespace, reporter: Reporter) -> int:
         paths = resolve_paths(spec, args.data_dir, args.output_dir, args.init_model)
         reporter.finish(run(spec, paths, reporter))
         return 0
-    except TrainerError as error:
-        if TERMINATED.is_set():
-            return interrupted(reporter)
-        reporter.finish(Failed(reason=error.reason, message=str(error), permanent=error.permanent))
-        return EXIT_PERMANENT if error.permanent else EXIT_RETRYABLE
     except Exception as error:
         if TERMINATED.is_set():
             return interrupted(reporter)
+        if isinstance(error, TrainerError):
+            reporter.finish(Failed(reason=error.reason, message=str(error), permanent=error.permanent))
+            return EXIT_PERMANENT if error.permanent else EXIT_RETRYABLE
         traceback.print_exc(file=sys.stderr)
         message = f"{error.__class__.__name__}: {error}".strip()
         reporter.finish(Failed(reason="TrainingError", message=message, permanent=False))
