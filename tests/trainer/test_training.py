@@ -320,13 +320,14 @@ def test_sigterm_fails_retryably_and_the_rerun_resumes(
     spec_file.write_text(json.dumps(spec))
     log = tmp_path / "termination.log"
     stderr = tmp_path / "stderr.log"
-    proc = subprocess.Popen(
-        trainer_command(spec_file, termination_log=log),
-        stdout=subprocess.PIPE,
-        stderr=stderr.open("w"),
-        text=True,
-        env=trainer_env(),
-    )
+    with stderr.open("w") as stderr_file:
+        proc = subprocess.Popen(
+            trainer_command(spec_file, termination_log=log),
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            env=trainer_env(),
+        )
     assert proc.stdout is not None
     for line in proc.stdout:
         if isinstance(decode(line), EpochEnded):

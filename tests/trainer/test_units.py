@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import json
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +19,7 @@ from transferjob.bases import BASES
 from transferjob.datasets import main as datasets_main
 from transferjob.datasets import parse_digit_range, split_counts, write_digits
 from transferjob.models import EarlyStoppingSpec, parse_spec
+from transferjob_trainer import errors
 from transferjob_trainer.errors import InvalidDataError, InvalidSpecError
 from transferjob_trainer.layout import image_problem, scan_layout
 from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy
@@ -479,30 +485,20 @@ def test_every_image_pipeline_runs_without_the_autotuning_thread(tmp_path: Path,
 
 
 @pytest.fixture
-def sigterm_handler(monkeypatch: pytest.MonkeyPatch):
-    """The trainer's SIGTERM handler installed, and the process-wide flag cleared, for one test."""
-    import signal
-    import threading
-
-    from transferjob_trainer import errors
-
-    monkeypatch.setattr(errors, "TERMINATED", threading.Event())
+def sigterm_handler() -> Iterator[None]:
+    """The trainer's SIGTERM handler installed for one test; the process-wide flag cleared after it."""
     previous = signal.signal(signal.SIGTERM, errors.on_sigterm)
     yield
     signal.signal(signal.SIGTERM, previous)
+    errors.TERMINATED.clear()
 
 
 def run_execute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body) -> tuple[int, list[dict]]:
     """`__main__.execute` with `run.run` replaced by `body`; returns the exit code and the events."""
-    import argparse
-    import io
-
     from transferjob_trainer import __main__ as cli
-    from transferjob_trainer import errors
     from transferjob_trainer import run as run_module
     from transferjob_trainer.report import Reporter
 
-    monkeypatch.setattr(cli, "TERMINATED", errors.TERMINATED)
     monkeypatch.setattr(run_module, "load_spec", lambda path: parse_spec(spec_dict()))
     monkeypatch.setattr(run_module, "resolve_paths", lambda *args: None)
     monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter: body())
@@ -516,8 +512,6 @@ def test_sigterm_wrapped_in_another_exception_still_reads_interrupted(
     sigterm_handler: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """TensorFlow re-raises an exception from inside a tf.function's argument binding as a TypeError."""
-    import os
-    import signal
 
     def body() -> None:
         try:
@@ -534,15 +528,10 @@ def test_sigterm_wrapped_in_another_exception_still_reads_interrupted(
 def test_sigterm_swallowed_by_library_code_ends_the_run_between_epochs(
     sigterm_handler: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import os
-    import signal
-
-    from transferjob_trainer.errors import raise_if_terminated
-
     def body() -> None:
         with contextlib.suppress(Exception):  # what a careless library does
             os.kill(os.getpid(), signal.SIGTERM)
-        raise_if_terminated()  # train_epochs does this after each epoch
+        errors.raise_if_terminated()  # train_epochs does this after each epoch
         raise AssertionError("the run went on after SIGTERM")
 
     rc, events = run_execute(monkeypatch, tmp_path, body)
