@@ -177,6 +177,11 @@ class ControlPlane:
     def state_file(self) -> Path:
         return self.root / "state.json"
 
+    @property
+    def etcd_data(self) -> Path:
+        """etcd's data folder: throw-away, and removed before a start is retried on fresh ports."""
+        return self.root / "etcd"
+
     # ------------------------------------------------------------------ start
     def start(self, timeout: float = 90.0, attempts: int = 3) -> ControlPlane:
         """Generate credentials, start the four components and wait until the cluster is usable.
@@ -192,7 +197,7 @@ class ControlPlane:
                 if "address already in use" not in str(exc) or attempt == attempts:
                     raise
                 print(f"control plane: a port was taken before it was bound: {exc}", file=sys.stderr)
-                shutil.rmtree(self.root / "etcd", ignore_errors=True)
+                shutil.rmtree(self.etcd_data, ignore_errors=True)
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout: float) -> ControlPlane:
@@ -242,7 +247,7 @@ class ControlPlane:
             [
                 str(binaries.etcd),
                 "--name=default",
-                f"--data-dir={self.root / 'etcd'}",
+                f"--data-dir={self.etcd_data}",
                 f"--listen-client-urls=http://{LOOPBACK}:{p['etcd']}",
                 f"--advertise-client-urls=http://{LOOPBACK}:{p['etcd']}",
                 f"--listen-peer-urls=http://{LOOPBACK}:{p['etcd-peer']}",
