@@ -1,17 +1,21 @@
-"""The reconciler: a work queue of TransferJobs, level-triggered steps, and the writes they need.
+"""The reconciler: level-triggered steps of TransferJobs on a work queue, and the writes they need.
 
 Why not one kopf daemon per TransferJob (the first design): a daemon makes kopf put a finalizer on
 every TransferJob (one more write and watch event per job, and a job that cannot be deleted while no
 operator runs), keeps the whole body and an asyncio task per object in memory, and needs an extra
 status write before the Job exists. Here kopf only watches: its event handlers (`handlers`) keep a
 slim copy of each TransferJob in `Reconciler.store` and call `wake`; the Jobs and pods live in kopf's
-slim indexes. Workers take keys from the queue and run `step`, which reads those copies, decides with
-the pure functions (`jobs`, `status`, `upstream`, `tracking`) and makes at most a few calls:
+slim indexes (copies made by `slim`). The workers of a `workqueue.WorkQueue` take the keys and run
+`step`, which reads those copies, decides with the pure functions (`jobs`, `status`, `upstream`,
+`tracking`) and makes at most a few calls. The queue knows nothing of TransferJobs; it provides:
 
 * **one writer per TransferJob**: a key is never stepped by two workers at once; a wake-up during a
   step queues it again afterwards;
 * **coalesced**: a key is stepped at most once per `interval` (status patches <= 1/s/job, however fast
-  the trainer prints), except that a job's first step (which creates its Job) runs at once;
+  the trainer prints), except that a job's first step (which creates its Job) runs at once.
+
+This module decides what a step does and when time alone must bring the next one:
+
 * **time-driven outcomes keep timers**: `fromJob` waiting (every interval), the TTL deadline, a
   deferred status write, an API error (retry), and a once-a-minute resync of unfinished jobs;
 * **Jobs first**: in a burst of new TransferJobs (a Job created less than `BURST_QUIET` ago) the status
@@ -25,12 +29,10 @@ rebuildable from the cluster, so an operator restart or a peering hand-over lose
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime as dt
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +43,10 @@ from kubernetes.client.rest import ApiException
 from transferjob.models import Phase, SpecError, TransferJob, TransferJobStatus, parse_spec
 from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
+from transferjob_operator.slim import fingerprint, slim_job, slim_transferjob, slim_transferjob_status
 from transferjob_operator.tracking import Progress, SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
+from transferjob_operator.workqueue import WorkQueue
 
 Json = dict[str, Any]
 Key = tuple[str | None, str]
@@ -71,71 +75,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-def _fingerprint(obj: Json | None) -> tuple[str | None, str | None]:
-    meta = (obj or {}).get("metadata", {})
-    return meta.get("uid"), meta.get("resourceVersion")
-
-
-_META_FIELDS = (
-    "name",
-    "uid",
-    "resourceVersion",
-    "ownerReferences",
-    "creationTimestamp",
-    "deletionTimestamp",
-)
-
-
-def _slim_meta(body: Mapping[str, Any]) -> Json:
-    meta = body.get("metadata", {})
-    return {k: copy.deepcopy(meta[k]) for k in _META_FIELDS if k in meta}
-
-
-def slim_job(body: Mapping[str, Any]) -> Json:
-    """What the status logic reads of a Job: no pod template, no managedFields (~1/20 of the object)."""
-    spec = body.get("spec", {})
-    return {
-        "metadata": _slim_meta(body),
-        "spec": {k: spec[k] for k in ("suspend", "activeDeadlineSeconds") if k in spec},
-        "status": copy.deepcopy(dict(body.get("status") or {})),
-    }
-
-
-def slim_pod(body: Mapping[str, Any]) -> Json:
-    """What the status logic reads of a pod: phase, conditions, the containers' states and images."""
-    status_ = body.get("status") or {}
-    containers = body.get("spec", {}).get("containers") or []
-    return {
-        "metadata": _slim_meta(body),
-        "spec": {"containers": [{"name": c.get("name"), "image": c.get("image")} for c in containers]},
-        "status": {
-            k: copy.deepcopy(status_[k]) for k in ("phase", "conditions", "containerStatuses") if k in status_
-        },
-    }
-
-
-_TJ_META = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "labels")
-#: What the store keeps of `.status` for every TransferJob: what `fromJob` gates and TTLs read.
-_TJ_STATUS = ("phase", "conditions", "model", "completionTime")
-
-
-def slim_transferjob(body: Mapping[str, Any]) -> Json:
-    """What the reconciler reads of a TransferJob: spec, labels, and the status fields gates read.
-
-    No `managedFields`, annotations or metrics history: a finished job's copy stays small however long
-    it trained (a supervised job's full last status lives in its `JobState`).
-    """
-    meta = body.get("metadata", {})
-    status_ = body.get("status") or {}
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {k: copy.deepcopy(meta[k]) for k in _TJ_META if k in meta},
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": {k: copy.deepcopy(status_[k]) for k in _TJ_STATUS if k in status_},
-    }
-
-
 def needs_supervision(body: Mapping[str, Any]) -> bool:
     """Unfinished jobs, and finished ones with a TTL to enforce; finished ones need nothing else."""
     phase = (body.get("status") or {}).get("phase")
@@ -156,12 +95,10 @@ class JobState:
         "due",
         "followers",
         "inputs",
-        "last_step",
         "parsed",
         "previous",
         "progress",
         "replayed",
-        "timer",
         "uid",
         "unposted",
         "written",
@@ -185,17 +122,12 @@ class JobState:
         self.inputs: tuple[Any, ...] | None = None
         #: When the last step's outcome expires by itself (fromJob waiting, TTL, deferral, retry).
         self.due: float | None = None
-        self.last_step = 0.0
         self.deferred_since: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
         for follower in self.followers.values():
             follower.stop()
         self.followers.clear()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def previous_status(self) -> TransferJobStatus | None:
         """The status last written, as a model; parsed once per write."""
@@ -217,7 +149,7 @@ class JobState:
 
 
 class Reconciler:
-    """The queue, the workers, and one step per TransferJob; see the module docstring."""
+    """The store, the states, and one step per TransferJob on a work queue; see the module docstring."""
 
     def __init__(
         self,
@@ -240,15 +172,7 @@ class Reconciler:
         #: kopf's indexes of training Jobs and pods by TransferJob key (attached once they are ready).
         self.job_index: Mapping[Key, Iterable[Json]] = {}
         self.pod_index: Mapping[Key, Iterable[Json]] = {}
-        self.active = True
-        self._n_workers = workers
-        self._queue: asyncio.Queue[Key] | None = None
-        self._queued: set[Key] = set()
-        self._running: set[Key] = set()
-        self._again: set[Key] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
+        self.queue: WorkQueue[Key] = WorkQueue(self._process, interval, workers, name="tj-reconciler")
         self._creating = 0
         self._last_creation = float("-inf")
         # Job creation has its own threads, so that in a burst a new TransferJob's Job does not queue
@@ -260,22 +184,17 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------- lifecycle
 
+    @property
+    def active(self) -> bool:
+        """False while paused: watch events and wake-ups are ignored."""
+        return self.queue.active
+
     def start(self) -> None:
         """Start the workers on the running loop (kopf's, from its startup handler)."""
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._queue = asyncio.Queue()
-        self._tasks = [
-            asyncio.create_task(self._worker(), name=f"tj-reconciler-{i}") for i in range(self._n_workers)
-        ]
+        self.queue.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self.queue.stop()
         self.pause()
         self._create_pool.shutdown(wait=False, cancel_futures=True)
         self._write_pool.shutdown(wait=False, cancel_futures=True)
@@ -285,38 +204,23 @@ class Reconciler:
 
         kopf lists every object again when it resumes, which rebuilds the store and the states.
         """
-        self.active = False
+        self.queue.pause()
         for state in self.states.values():
             state.close()
         self.states.clear()
         self.store.clear()
         self.finished.clear()
-        self._queued.clear()
-        self._again.clear()
-        if self._queue is not None:
-            while not self._queue.empty():
-                self._queue.get_nowait()
 
     def resume(self) -> None:
-        self.active = True
+        self.queue.resume()
 
     # ------------------------------------------------------------------------------------ the store
-
-    def _elsewhere(self, method: Callable[..., None], *args: Any) -> bool:
-        """Called from another thread than the loop's: hand the call over to the loop and say so.
-
-        The store, the queue and the timers belong to the event loop's thread (asyncio's queue and
-        timer heap are not thread-safe); log followers and sync callers come in through here.
-        """
-        if self._loop is None or threading.get_ident() == self._thread:
-            return False
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator is exiting
-            self._loop.call_soon_threadsafe(method, *args)
-        return True
+    # The store, the states and the queue belong to the event loop's thread; log followers and sync
+    # callers come in from other threads, and `queue.hand_over` passes their calls on to the loop.
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A TransferJob was listed, added or modified: keep its slim copy; step it if supervised."""
-        if self._elsewhere(self.observe, body) or not self.active:
+        if self.queue.hand_over(self.observe, body) or not self.active:
             return
         meta = body.get("metadata", {})
         key: Key = (meta.get("namespace"), meta.get("name"))
@@ -333,7 +237,7 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """A TransferJob was deleted: its children go by garbage collection; stop following them."""
-        if self._elsewhere(self.forget, key):
+        if self.queue.hand_over(self.forget, key):
             return
         stored = self.store.pop(key, None)
         if stored is not None:
@@ -344,87 +248,50 @@ class Reconciler:
         state = self.states.pop(key, None)
         if state is not None:
             state.close()
+            self.queue.forget(key)
 
     # ------------------------------------------------------------------------------------ the queue
 
     def wake(self, key: Key) -> None:
         """Something a supervised job reads changed: step it now, or when its interval has passed."""
-        if self._elsewhere(self.wake, key) or not self.active or self._queue is None:
+        if self.queue.hand_over(self.wake, key):
             return
-        state = self.states.get(key)
-        if state is None:
-            return
-        if key in self._running:
-            self._again.add(key)
-            return
-        if key in self._queued:
-            return
-        wait = state.last_step + self.interval - time.monotonic()
-        if wait > 0:
-            self._wake_in(key, state, wait)
-            return
-        self._queued.add(key)
-        self._queue.put_nowait(key)
-
-    def _wake_in(self, key: Key, state: JobState, delay: float) -> None:
-        """Wake the key `delay` seconds from now, unless an earlier wake-up is already set."""
-        assert self._loop is not None
-        when = self._loop.time() + delay
-        timer = state.timer
-        if timer is not None and not timer.cancelled() and timer.when() <= when:
-            return
-        if timer is not None:
-            timer.cancel()
-        state.timer = self._loop.call_at(when, self._timer_fired, key, state)
-
-    def _timer_fired(self, key: Key, state: JobState) -> None:
-        state.timer = None
-        if self.states.get(key) is state:
-            self.wake(key)
+        if key in self.states:
+            self.queue.wake(key)
 
     def _schedule(self, key: Key, state: JobState) -> None:
         """After a step: the next wake-up that time alone brings (due outcome or resync)."""
         delay = RESYNC_SECONDS
         if state.due is not None:
             delay = min(delay, max(0.0, state.due - time.time()))
-        self._wake_in(key, state, delay)
+        self.queue.wake_in(key, delay)
 
-    async def _worker(self) -> None:
-        assert self._queue is not None
-        while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
-            state = self.states.get(key)
-            if state is None or not self.active:
-                continue
-            self._running.add(key)
-            started = time.monotonic()
-            try:
-                stepped = await self.step(key, state)
-            except Exception as error:
-                if isinstance(error, ApiException):
-                    log.warning("%s/%s: API error, retrying: %s %s", *key, error.status, error.reason)
-                else:
-                    log.exception("%s/%s: reconcile failed, retrying", *key)
-                state.due = time.time() + RETRY_SECONDS
-                state.inputs = None
-                stepped = True
-            finally:
-                self._running.discard(key)
-            state.last_step = time.monotonic()
-            if stepped:
-                metrics.RECONCILE_SECONDS.observe(state.last_step - started)
-            if self.states.get(key) is not state:
-                continue  # deleted, finished for good, or paused meanwhile
-            if state.due is None and not state.followers:
-                # Settled (e.g. Suspended, waiting for pods): only the resync will look again; the
-                # parsed models (~10 KiB a job) are cheaper to rebuild then than to keep.
-                state.parsed = None
-                state.previous = None
-            self._schedule(key, state)
-            if key in self._again:
-                self._again.discard(key)
-                self.wake(key)
+    async def _process(self, key: Key) -> None:
+        """The queue's step: one `step` of a supervised job, a retry on failure, then its next timer."""
+        state = self.states.get(key)
+        if state is None:
+            return
+        started = time.monotonic()
+        try:
+            stepped = await self.step(key, state)
+        except Exception as error:
+            if isinstance(error, ApiException):
+                log.warning("%s/%s: API error, retrying: %s %s", *key, error.status, error.reason)
+            else:
+                log.exception("%s/%s: reconcile failed, retrying", *key)
+            state.due = time.time() + RETRY_SECONDS
+            state.inputs = None
+            stepped = True
+        if stepped:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        if self.states.get(key) is not state:
+            return  # deleted, finished for good, or paused meanwhile
+        if state.due is None and not state.followers:
+            # Settled (e.g. Suspended, waiting for pods): only the resync will look again; the
+            # parsed models (~10 KiB a job) are cheaper to rebuild then than to keep.
+            state.parsed = None
+            state.previous = None
+        self._schedule(key, state)
 
     # ---------------------------------------------------------------------------------- the burst
 
@@ -449,8 +316,8 @@ class Reconciler:
         pods = [p for p in self.pod_index.get(key, ()) if job_uid and owned_by(p, job_uid)]
         inputs = (
             body["metadata"].get("resourceVersion"),
-            _fingerprint(job),
-            frozenset(_fingerprint(p) for p in pods),
+            fingerprint(job),
+            frozenset(fingerprint(p) for p in pods),
             state.progress.version if state.progress is not None else 0,
         )
         if inputs == state.inputs and (state.due is None or time.time() < state.due) and state.followed(pods):
@@ -634,7 +501,7 @@ class Reconciler:
         # Keep the store's status current too (gates of `fromJob` jobs read it before the echo).
         stored = self.store.get(key)
         if stored is not None:
-            stored["status"] = {k: state.written[k] for k in _TJ_STATUS if k in state.written}
+            stored["status"] = slim_transferjob_status(state.written)
         if new.phase in status.TERMINAL and not needs_supervision(stored or body):
             self.finished.add(state.uid)
             self._drop(key)  # finished for good: nothing to follow, nothing to expire

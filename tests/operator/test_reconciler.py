@@ -1,14 +1,15 @@
-"""The reconciler's queue on its own: one step per key at a time, coalescing, Jobs first in a burst.
+"""The reconciler on its work queue: Jobs first in a burst, bounded deferral, who is supervised, pause.
 
-The API side is a recording stand-in for `kube.Kube` (these are unit tests of the scheduling; the
-e2e, fault and HA tests run the same reconciler against the real control plane).
+The queue's own guarantees (one step per key at a time, coalescing, timers) are tested with plain keys
+in `test_workqueue.py`. The API side here is a recording stand-in for `kube.Kube` (these are unit
+tests of the scheduling; the e2e, fault and HA tests run the same reconciler against the real
+control plane).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from transferjob_operator import reconciler as rec
-from transferjob_operator.reconciler import Reconciler, needs_supervision, slim_transferjob
+from transferjob_operator.reconciler import Reconciler, needs_supervision
 
 Json = dict[str, Any]
 
@@ -114,16 +115,6 @@ def short_burst(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rec, "MAX_DEFER", 3.0)
 
 
-def test_slim_copy_drops_managed_fields_and_history() -> None:
-    b = body("a", phase="Succeeded")
-    b["status"]["history"] = [{"epoch": i, "loss": 0.1} for i in range(1, 101)]
-    b["status"]["model"] = {"uri": "pvc://models/a/model.keras"}
-    slim = slim_transferjob(b)
-    assert "managedFields" not in slim["metadata"]
-    assert slim["status"] == {"phase": "Succeeded", "model": {"uri": "pvc://models/a/model.keras"}}
-    assert slim["spec"] == b["spec"] and slim["spec"] is not b["spec"]
-
-
 def test_supervision_is_for_unfinished_jobs_and_pending_ttls() -> None:
     assert needs_supervision(body("a"))
     assert needs_supervision(body("a", phase="Running"))
@@ -165,29 +156,6 @@ def test_deferral_is_bounded() -> None:
         waited = time.monotonic() - started
         assert kube.of("status")[0] == "first"
         assert 2.5 <= waited <= 5.5
-
-    run(scenario)
-
-
-def test_wake_ups_coalesce_into_one_step_per_interval() -> None:
-    async def scenario(r: Reconciler, kube: RecordingKube) -> None:
-        steps: list[float] = []
-        original = r.step
-
-        async def counting(key: Any, state: Any) -> bool:
-            steps.append(time.monotonic())
-            return await original(key, state)
-
-        r.step = counting  # type: ignore[method-assign]
-        r.observe(body("a"))
-        await until(lambda: len(steps) == 1)
-        for _ in range(50):  # a chatty Job/pod/trainer
-            r.wake(("ml", "a"))
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
-        gaps = [b - a for a, b in itertools.pairwise(steps)]
-        assert 2 <= len(steps) <= 6
-        assert all(gap >= 0.19 for gap in gaps)
 
     run(scenario)
 

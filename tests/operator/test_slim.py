@@ -1,4 +1,4 @@
-"""The indexes keep slim copies of Jobs and pods: the status logic must read the same from them."""
+"""The indexes keep slim copies of Jobs and pods, the store of TransferJobs: the readers see the same."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
 from transferjob.progress import Failed, termination_message
 from transferjob_operator.jobs import build_job
-from transferjob_operator.reconciler import slim_job, slim_pod
+from transferjob_operator.slim import slim_job, slim_pod, slim_transferjob
 from transferjob_operator.status import status_from_job_and_pods
 from transferjob_operator.tracking import Progress
 
@@ -69,3 +69,17 @@ def test_slim_copies_drop_templates_and_managed_fields() -> None:
     assert job["metadata"]["resourceVersion"] == "42"
     assert "managedFields" not in pod["metadata"] and "volumes" not in pod["spec"]
     assert pod["metadata"]["ownerReferences"] == [{"uid": "job-uid"}]
+
+
+def test_slim_transferjob_drops_managed_fields_and_history() -> None:
+    body = make_tj().to_dict()
+    body["metadata"]["managedFields"] = MANAGED
+    body["status"] = {
+        "phase": "Succeeded",
+        "history": [{"epoch": i, "loss": 0.1} for i in range(1, 101)],
+        "model": {"uri": "pvc://models/a/model.keras"},
+    }
+    slim = slim_transferjob(body)
+    assert "managedFields" not in slim["metadata"]
+    assert slim["status"] == {"phase": "Succeeded", "model": {"uri": "pvc://models/a/model.keras"}}
+    assert slim["spec"] == body["spec"] and slim["spec"] is not body["spec"]
