@@ -1,8 +1,8 @@
 """Benchmark: how the operator keeps up with a burst, how fresh `.status` is, how much memory it takes.
 
 Not a test; a script. One run, on a private local control plane (etcd, kube-apiserver,
-controller-manager, scheduler; `tests/testcluster`) with the test node agent, the operator as a
-subprocess authenticated as its ServiceAccount (manifests/rbac/), exactly as in the e2e tests:
+controller-manager, scheduler; `transferjob_testing.cluster`) with the test node agent, the operator as
+a subprocess authenticated as its ServiceAccount (manifests/rbac/), exactly as in the e2e tests:
 
 0. **ceiling**: the same 500 TransferJob creates before the operator starts (then deleted): how fast
    the API server takes custom objects at all; no operator can get Jobs faster than this.
@@ -39,24 +39,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-for source_root in (REPO, REPO / "sdk", REPO / "operator", REPO / "trainer_image"):
-    if str(source_root) not in sys.path:
-        sys.path.insert(0, str(source_root))
+from kubernetes import client, watch
 
-from kubernetes import client, watch  # noqa: E402
-
-from tests.operator.harness import (  # noqa: E402
+from transferjob.models import TransferJob
+from transferjob_operator import jobs
+from transferjob_testing.cluster.kube import kubectl, wait_for
+from transferjob_testing.cluster.private import PrivateCluster
+from transferjob_testing.harness import (
+    REPO_ROOT,
     digits_spec,
     install,
     make_digits,
     service_account_kubeconfig,
     transferjob,
 )
-from tests.testcluster.kube import kubectl, wait_for  # noqa: E402
-from tests.testcluster.private import PrivateCluster  # noqa: E402
-from transferjob.models import TransferJob  # noqa: E402
-from transferjob_operator import jobs  # noqa: E402
 
 GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 THREADS = 8
@@ -95,14 +91,13 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
-        env["PYTHONPATH"] = os.pathsep.join(str(REPO / d) for d in ("sdk", "operator", "trainer_image", "."))
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "transferjob_operator", "--kubeconfig", str(kubeconfig), "-A"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=REPO,
+                cwd=REPO_ROOT,
             )
         self.log = log
 

@@ -20,12 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from kubernetes import client, config
 
-from kubernetes import client, config  # noqa: E402
-
-from tests.operator.harness import (  # noqa: E402
+from transferjob import Phase, TransferJobClient, TransferJobStatus
+from transferjob.client import EpochCompleted
+from transferjob_testing.cluster.agent_process import start_agent
+from transferjob_testing.cluster.controlplane import ControlPlane
+from transferjob_testing.harness import (
     OperatorProcess,
     features_then_finetune,
     install,
@@ -33,10 +34,6 @@ from tests.operator.harness import (  # noqa: E402
     service_account_kubeconfig,
     transferjob,
 )
-from tests.testcluster.agent_process import start_agent  # noqa: E402
-from tests.testcluster.controlplane import ControlPlane  # noqa: E402
-from transferjob import Phase, TransferJobClient, TransferJobStatus  # noqa: E402
-from transferjob.client import EpochCompleted  # noqa: E402
 
 GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 NAMESPACE = "demo"

@@ -9,12 +9,12 @@ cluster-binaries: ## Build (or reuse) the pinned control-plane binaries; cached 
 
 .PHONY: cluster-up
 cluster-up: install cluster-binaries ## Start the loopback control plane and one node agent; kubeconfig in .local/cluster/kubeconfig.
-	@$(PY) -m tests.testcluster up --root $(CLUSTER_ROOT)
+	@$(PY) -m transferjob_testing.cluster up --root $(CLUSTER_ROOT)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the control plane and node agent started by cluster-up.
-	@if [ -x $(PY) ]; then $(PY) -m tests.testcluster down --root $(CLUSTER_ROOT); else echo "no venv: nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m transferjob_testing.cluster down --root $(CLUSTER_ROOT); else echo "no venv: nothing to stop"; fi
 
 .PHONY: cluster-status
 cluster-status: ## Say whether the cluster-up control plane is running.
-	@$(PY) -m tests.testcluster status --root $(CLUSTER_ROOT)
+	@$(PY) -m transferjob_testing.cluster status --root $(CLUSTER_ROOT)

@@ -24,7 +24,6 @@ with instructions. Tests under ``tests/cluster/`` get the ``cluster`` marker aut
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,14 @@ from typing import Any
 
 import pytest
 
+from transferjob_testing.cluster.agent_process import AgentProcess, start_agent
+from transferjob_testing.cluster.binaries import BinariesMissingError, find_binaries
+from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneError
+from transferjob_testing.cluster.kube import apply_yaml as _apply_yaml
+from transferjob_testing.cluster.kube import kubectl as _kubectl
+from transferjob_testing.cluster.kube import temporary_namespace
+
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the root on sys.path
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from tests.testcluster.agent_process import AgentProcess, start_agent  # noqa: E402
-from tests.testcluster.binaries import BinariesMissingError, find_binaries  # noqa: E402
-from tests.testcluster.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
-from tests.testcluster.kube import apply_yaml as _apply_yaml  # noqa: E402
-from tests.testcluster.kube import kubectl as _kubectl  # noqa: E402
-from tests.testcluster.kube import temporary_namespace  # noqa: E402
-
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.testcluster.kube import wait_for
 from tests.unit.test_models import BAD, _set, minimal_spec
 from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob_testing.cluster.kube import wait_for
 
 CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.testcluster.agent_process import AgentProcess
-from tests.testcluster.kube import load_documents, wait_for
+from transferjob_testing.cluster.agent_process import AgentProcess
+from transferjob_testing.cluster.kube import load_documents, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.testcluster import controlplane
-from tests.testcluster.binaries import find_binaries
-from tests.testcluster.controlplane import LOOPBACK, ControlPlane
+from transferjob_testing.cluster import controlplane
+from transferjob_testing.cluster.binaries import find_binaries
+from transferjob_testing.cluster.controlplane import LOOPBACK, ControlPlane
 
 
 def test_a_taken_port_is_retried_with_fresh_ports(

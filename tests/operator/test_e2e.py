@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.operator.harness import (
+from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
     features_then_finetune,
@@ -25,7 +26,6 @@ from tests.operator.harness import (
     service_account_kubeconfig,
     transferjob,
 )
-from tests.testcluster.kube import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -6,7 +6,7 @@ at the end (one Job with the same uid, every epoch in `.status.history` exactly 
 the right failure reason), not just that something finished.
 
 These tests break things, so they run on a control plane and node agent of their own
-(`tests.testcluster.private`), never on the session cluster other tests share, with an operator of
+(`transferjob_testing.cluster.private`), never on the session cluster other tests share, with an operator of
 their own (authenticated as its ServiceAccount, bound to manifests/rbac/, like the e2e tests).
 """
 
@@ -24,7 +24,15 @@ import pytest
 from kubernetes import client
 
 from tests.operator import ops as ops_helpers
-from tests.operator.harness import (
+from transferjob_testing.cluster.binaries import BinariesMissingError
+from transferjob_testing.cluster.controlplane import ControlPlaneError
+from transferjob_testing.cluster.kube import apply_yaml, temporary_namespace, wait_for
+from transferjob_testing.cluster.private import (
+    PrivateCluster,
+    release_private_cluster,
+    shared_private_cluster,
+)
+from transferjob_testing.harness import (
     REPO_ROOT,
     OperatorProcess,
     digits_spec,
@@ -34,10 +42,6 @@ from tests.operator.harness import (
     service_account_kubeconfig,
     transferjob,
 )
-from tests.testcluster.binaries import BinariesMissingError
-from tests.testcluster.controlplane import ControlPlaneError
-from tests.testcluster.kube import apply_yaml, temporary_namespace, wait_for
-from tests.testcluster.private import PrivateCluster, release_private_cluster, shared_private_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -17,8 +17,14 @@ import pytest
 from kubernetes import client
 
 from tests.operator import ops
-from tests.operator.harness import REPO_ROOT, install, paced_spec, service_account_kubeconfig, transferjob
-from tests.testcluster.kube import apply_yaml, wait_for
+from transferjob_testing.cluster.kube import apply_yaml, wait_for
+from transferjob_testing.harness import (
+    REPO_ROOT,
+    install,
+    paced_spec,
+    service_account_kubeconfig,
+    transferjob,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
 

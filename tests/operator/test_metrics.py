@@ -12,7 +12,8 @@ import pytest
 from kubernetes import client
 
 from tests.operator import ops
-from tests.operator.harness import (
+from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.harness import (
     REPO_ROOT,
     OperatorProcess,
     digits_spec,
@@ -20,7 +21,6 @@ from tests.operator.harness import (
     service_account_kubeconfig,
     transferjob,
 )
-from tests.testcluster.kube import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -18,9 +18,9 @@ import yaml
 from kubernetes import client
 
 from tests.operator import test_faults as faults
-from tests.operator.harness import OPERATOR_NAMESPACE, RBAC, SERVICE_ACCOUNT, digits_spec, transferjob
 from tests.operator.test_faults import Ops
-from tests.testcluster.private import PrivateCluster
+from transferjob_testing.cluster.private import PrivateCluster
+from transferjob_testing.harness import OPERATOR_NAMESPACE, RBAC, SERVICE_ACCOUNT, digits_spec, transferjob
 
 # The private cluster, digits and operator fixtures of the fault tests (one cluster for both modules).
 private_cluster = faults.private_cluster

@@ -15,13 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import (
-    OperatorProcess,
-    digits_spec,
-    install,
-    make_digits,
-    service_account_kubeconfig,
-)
 from transferjob import (
     JobFailedError,
     JobNotFoundError,
@@ -32,6 +25,13 @@ from transferjob import (
     TransferJobClient,
 )
 from transferjob.client import EpochCompleted, PhaseChanged
+from transferjob_testing.harness import (
+    OperatorProcess,
+    digits_spec,
+    install,
+    make_digits,
+    service_account_kubeconfig,
+)
 
 pytestmark = pytest.mark.cluster
 

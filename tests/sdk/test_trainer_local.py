@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.harness import make_digits
 from transferjob import Mode, Phase, TransferJob, TransferJobClient, TransferJobSpec
 from transferjob.client import EpochCompleted, PhaseChanged
 from transferjob.plot import plot_curves
+from transferjob_testing.harness import make_digits
 
 pytestmark = pytest.mark.trainer
 

@@ -55,7 +55,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from tests.testcluster.controlplane import PRCTL
+from transferjob_testing.cluster.controlplane import PRCTL
 
 log = logging.getLogger("tj-node-agent")
 
@@ -1401,7 +1401,7 @@ def _write_items(target: Path, data: dict[str, bytes], items: list[Json] | None,
 # ------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p = argparse.ArgumentParser(
-        prog="python -m tests.testcluster.node_agent", description=__doc__.split("\n")[0]
+        prog="python -m transferjob_testing.cluster.node_agent", description=__doc__.split("\n")[0]
     )
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--root", type=Path, required=True, help="pod directories, logs and volumes live here")

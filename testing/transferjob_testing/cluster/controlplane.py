@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from tests.testcluster.binaries import ControlPlaneBinaries, find_binaries
-from tests.testcluster.pki import CertPair, Pki
+from transferjob_testing.cluster.binaries import ControlPlaneBinaries, find_binaries
+from transferjob_testing.cluster.pki import CertPair, Pki
 
 SERVICE_CIDR = "10.0.0.0/24"
 """The service ClusterIP range: allocated on paper only, never reachable and never contacted."""

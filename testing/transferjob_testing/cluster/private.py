@@ -17,8 +17,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from tests.testcluster.agent_process import AgentProcess, start_agent
-from tests.testcluster.controlplane import ControlPlane
+from transferjob_testing.cluster.agent_process import AgentProcess, start_agent
+from transferjob_testing.cluster.controlplane import ControlPlane
 
 
 @dataclass

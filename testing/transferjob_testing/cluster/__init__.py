@@ -7,8 +7,13 @@ on machines without a container runtime. See docs/test-control-plane.md.
 
 from __future__ import annotations
 
-from tests.testcluster.binaries import BinariesMissingError, ControlPlaneBinaries, find_binaries, k8s_version
-from tests.testcluster.controlplane import ControlPlane, ControlPlaneError
+from transferjob_testing.cluster.binaries import (
+    BinariesMissingError,
+    ControlPlaneBinaries,
+    find_binaries,
+    k8s_version,
+)
+from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneError
 
 __all__ = [
     "BinariesMissingError",

@@ -1,4 +1,4 @@
-"""``python -m tests.testcluster up|down|status``: the control plane for ``make cluster-up``/``cluster-down``.
+"""``python -m transferjob_testing.cluster up|down|status``: the control plane of ``make cluster-up``.
 
 ``up`` leaves etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one node agent running
 in the background (their own sessions), writes the admin kubeconfig to ``<root>/kubeconfig`` and prints
@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.testcluster.agent_process import agent_from_state, start_agent
-from tests.testcluster.binaries import REPO_ROOT, BinariesMissingError
-from tests.testcluster.controlplane import ControlPlane, _http_ok
+from transferjob_testing.cluster.agent_process import agent_from_state, start_agent
+from transferjob_testing.cluster.binaries import REPO_ROOT, BinariesMissingError
+from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
 
 DEFAULT_ROOT = REPO_ROOT / ".local" / "cluster"
 
@@ -85,7 +85,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.testcluster")
+    p = argparse.ArgumentParser(prog="python -m transferjob_testing.cluster")
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--nodes", type=int, default=1)

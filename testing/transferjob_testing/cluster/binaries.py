@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 GO_MOD = REPO_ROOT / "hack" / "k8s" / "go.mod"
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.testcluster.controlplane import free_port
-from tests.testcluster.kube import apply_yaml, wait_for
+from transferjob_testing.cluster.controlplane import free_port
+from transferjob_testing.cluster.kube import apply_yaml, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"

@@ -7,7 +7,6 @@ trainer cannot wedge the test runner) and lets ``make cluster-up`` leave an agen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,15 +15,15 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from tests.testcluster.binaries import REPO_ROOT
-from tests.testcluster.controlplane import die_with_parent, stop_pid
+from transferjob_testing.cluster.binaries import REPO_ROOT
+from transferjob_testing.cluster.controlplane import die_with_parent, stop_pid
 
-AGENT_MODULE = "tests.testcluster.node_agent"
+AGENT_MODULE = "transferjob_testing.cluster.node_agent"
 
 
 @dataclass
 class AgentProcess:
-    """A running ``python -m tests.testcluster.node_agent``; ``node_names`` are the Nodes it serves."""
+    """A running ``python -m transferjob_testing.cluster.node_agent``; ``node_names``: the Nodes it serves."""
 
     proc: subprocess.Popen[bytes] | None
     pid: int
@@ -112,13 +111,10 @@ def start_agent(
             "--client-ca",
             str(pki_dir / "ca.crt"),
         ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     with log.open("ab") as out:
         proc = subprocess.Popen(
             args,
             cwd=REPO_ROOT,
-            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
