@@ -1,9 +1,10 @@
 """transferjob: transfer learning on Kubernetes, from YAML or Python.
 
-The public surface is re-exported here; everything else is internal.
+The public surface is re-exported here: the client and what `watch`/`events` yield, the spec and status
+models, and the errors (all `TransferJobError`). Everything else is internal.
 """
 
-from transferjob.client import TransferJobClient
+from transferjob.client import EpochCompleted, JobEvent, PhaseChanged, TransferJobClient, WatchEvent
 from transferjob.errors import (
     BackendError,
     JobExistsError,
@@ -11,6 +12,7 @@ from transferjob.errors import (
     JobNotFoundError,
     JobNotReadyError,
     JobTimeoutError,
+    SpecError,
     TransferJobError,
 )
 from transferjob.models import (
@@ -28,7 +30,6 @@ from transferjob.models import (
     PVCSource,
     ResourcesSpec,
     RunPolicy,
-    SpecError,
     TestMetrics,
     Toleration,
     TrainingSpec,
@@ -45,8 +46,10 @@ __all__ = [
     "Condition",
     "DataSpec",
     "EarlyStoppingSpec",
+    "EpochCompleted",
     "EpochMetrics",
     "HeadSpec",
+    "JobEvent",
     "JobExistsError",
     "JobFailedError",
     "JobNotFoundError",
@@ -58,6 +61,7 @@ __all__ = [
     "OutputSpec",
     "PVCSource",
     "Phase",
+    "PhaseChanged",
     "ResourcesSpec",
     "RunPolicy",
     "SpecError",
@@ -69,5 +73,6 @@ __all__ = [
     "TransferJobError",
     "TransferJobSpec",
     "TransferJobStatus",
+    "WatchEvent",
     "__version__",
 ]

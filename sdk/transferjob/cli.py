@@ -20,8 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from transferjob.client import EpochCompleted, PhaseChanged, TransferJobClient, WatchEvent, format_metrics
-from transferjob.errors import JobFailedError, JobTimeoutError, TransferJobError
-from transferjob.models import Phase, SpecError, TransferJob, describe_validation_error
+from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, TransferJobError
+from transferjob.models import Phase, TransferJob, describe_validation_error
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,7 +30,7 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
+class UsageError(TransferJobError):
     """Bad input from the command line (a missing file, an unreadable manifest): exit code 2."""
 
 
@@ -154,17 +154,17 @@ def read_manifest(filename: str) -> TransferJob:
     try:
         text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
     except OSError as error:
-        raise UsageError(f"cannot read {filename}: {error.strerror or error}") from None
+        raise UsageError(f"cannot read {filename}: {error.strerror or error}") from error
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise UsageError(f"{filename} is not valid YAML: {error}") from None
+        raise UsageError(f"{filename} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise UsageError(f"{filename} does not hold a TransferJob manifest (a YAML mapping)")
     try:
         return TransferJob.model_validate(data)
     except ValidationError as error:
-        raise SpecError(describe_validation_error(error)) from None
+        raise SpecError(describe_validation_error(error)) from error
 
 
 def make_client(args: argparse.Namespace) -> TransferJobClient:
@@ -358,7 +358,7 @@ def _plot(client: TransferJobClient, name: str, output: str, out: TextIO) -> Non
     try:
         plot_curves(job, output)
     except ValueError as error:
-        raise TransferJobError(str(error)) from None
+        raise TransferJobError(str(error)) from error
     out.write(f"wrote {output}\n")
 
 

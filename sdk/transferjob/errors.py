@@ -1,8 +1,9 @@
 """Errors the SDK raises, one type per thing a caller may want to handle differently.
 
 A notebook user catches `JobFailedError` to read why training failed; the CLI maps each type onto an
-exit code. Every error carries the job's name, so a message printed on its own still says which job.
-A spec that cannot run is a `transferjob.SpecError` (from the models), never one of these.
+exit code. Every error carries the job's name, so a message printed on its own still says which job,
+and every error is a `TransferJobError`, so one `except` catches whatever the SDK raises. An error
+raised because of another (an API response, a pydantic validation error) keeps it as `__cause__`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ if TYPE_CHECKING:
 
 class TransferJobError(Exception):
     """Base of every SDK error: `except TransferJobError` catches all of them."""
+
+
+class SpecError(TransferJobError, ValueError):
+    """A spec that cannot run, with one line per problem, each naming the field (camelCase path).
+
+    Also a `ValueError`, so code that validates input the standard way catches it too.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class BackendError(TransferJobError):

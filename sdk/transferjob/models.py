@@ -34,6 +34,7 @@ from pydantic.config import JsonDict
 
 from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, is_model_path
 from transferjob.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, HISTORY_LIMIT, KIND
+from transferjob.errors import SpecError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -715,14 +716,6 @@ class TransferJob(ApiModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-class SpecError(ValueError):
-    """A spec that cannot run, with one line per problem, each naming the field (camelCase path)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
 def describe_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
     """Turn pydantic's errors into `spec.training.learningRate: must be > 0` style lines.
 
@@ -749,4 +742,4 @@ def parse_spec(obj: dict[str, Any], prefix: str = "spec") -> TransferJobSpec:
     try:
         return TransferJobSpec.model_validate(obj)
     except ValidationError as error:
-        raise SpecError(describe_validation_error(error, prefix)) from None
+        raise SpecError(describe_validation_error(error, prefix)) from error

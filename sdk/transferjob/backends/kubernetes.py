@@ -24,8 +24,8 @@ from kubernetes.config.config_exception import ConfigException
 
 from transferjob.backends.base import Backend, JobEvent, default_generate_name
 from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
-from transferjob.errors import BackendError, JobExistsError, JobNotFoundError
-from transferjob.models import Phase, SpecError, TransferJob
+from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
+from transferjob.models import Phase, TransferJob
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Longest single watch request; the server ends it and we reconnect, which also re-checks deadlines.
@@ -62,16 +62,16 @@ def load_api_client(kubeconfig: str | Path | None, context: str | None) -> tuple
             config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
             contexts, active = config.list_kube_config_contexts(config_file=path)
         except (ConfigException, OSError, ValueError) as error:
-            raise BackendError(f"cannot use kubeconfig {path}: {error}") from None
+            raise BackendError(f"cannot use kubeconfig {path}: {error}") from error
         chosen = next((c for c in contexts if c["name"] == context), active) if context else active
         namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
         return client.ApiClient(configuration), namespace
     try:
         config.load_incluster_config(client_configuration=configuration)
-    except ConfigException:
+    except ConfigException as error:
         raise BackendError(
             f"no kubeconfig at {path} and not running in a cluster: pass --kubeconfig or set KUBECONFIG"
-        ) from None
+        ) from error
     namespace = _SA_NAMESPACE.read_text().strip() if _SA_NAMESPACE.exists() else "default"
     return client.ApiClient(configuration), namespace
 
@@ -101,14 +101,14 @@ class KubernetesBackend(Backend):
             return func(*args, **kwargs)
         except ApiException as error:
             if error.status == 404:
-                raise JobNotFoundError(name, self.namespace) from None
+                raise JobNotFoundError(name, self.namespace) from error
             if error.status == 409:
-                raise JobExistsError(name) from None
+                raise JobExistsError(name) from error
             if error.status == 422 or (error.status == 400 and "strict decoding error" in (error.body or "")):
-                raise SpecError(spec_problems(error)) from None
-            raise BackendError(f"{func.__name__}: {api_error(error)}") from None
+                raise SpecError(spec_problems(error)) from error
+            raise BackendError(f"{func.__name__}: {api_error(error)}") from error
         except OSError as error:  # urllib3 wraps connection failures in OSError subclasses
-            raise BackendError(f"cannot reach the Kubernetes API: {error}") from None
+            raise BackendError(f"cannot reach the Kubernetes API: {error}") from error
 
     # ------------------------------------------------------------ custom objects
     def create(self, job: TransferJob) -> TransferJob:
@@ -168,7 +168,7 @@ class KubernetesBackend(Backend):
                         yield TransferJob.from_dict(obj)
             except ApiException as error:
                 if error.status != 410:
-                    raise BackendError(f"watching {name}: {api_error(error)}") from None
+                    raise BackendError(f"watching {name}: {api_error(error)}") from error
                 current = self.get(name)  # our resourceVersion is too old: start again from now
                 version = current.metadata.resource_version
                 yield current
@@ -274,7 +274,7 @@ class KubernetesBackend(Backend):
                 yield from text.splitlines()
         except ApiException as error:
             if error.status not in (400, 404):  # gone or not started after all: the next pod tells
-                raise BackendError(f"logs of pod {name}: {api_error(error)}") from None
+                raise BackendError(f"logs of pod {name}: {api_error(error)}") from error
 
 
 def _uid(pod: client.V1Pod) -> str:
