@@ -32,6 +32,7 @@ IMAGE_PULL_REASONS = frozenset(
 #: Conditions that are bad news: their events are Warnings.
 WARNING_CONDITIONS = frozenset({"Failed", "Unschedulable", "ImagePullFailed"})
 
+#: The final phases (the SDK's set, under the name the reconciler uses).
 TERMINAL = TERMINAL_PHASES
 
 
@@ -165,7 +166,7 @@ def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str] | None:
     """The most specific (reason, message) the Job and pods give for a failed Job.
 
     None when the trainer's own `failed` event explains it (InvalidData, InvalidSpec, ..., or a
-    retryable failure that used up the retries): `job_status` words that the same way on every backend.
+    retryable failure that used up the retries): `job_status` words it the same way on every backend.
     Otherwise, in order: the Job's deadline; an OOM kill; the Job controller's reason with the exit code
     and the end of the trainer's output.
     """
