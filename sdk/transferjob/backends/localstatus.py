@@ -98,14 +98,14 @@ class LocalStatus:
         if end.deadline_hit:
             message = f"the job ran longer than {policy.active_deadline_seconds}s"
             return self.fail("DeadlineExceeded", message, now)
-        trainer_said = isinstance(final, Failed)
+        failed = final if isinstance(final, Failed) else None  # a `finished` with an exit code != 0: a crash
         detail = f": {end.last_lines[-1]}" if end.last_lines else ""
         exited = f"the trainer exited with code {end.exit_code}{detail}"
-        self.last_exit = f"{final.reason}: {final.message}" if isinstance(final, Failed) else exited
-        permanent = (isinstance(final, Failed) and final.permanent) or end.exit_code == EXIT_PERMANENT
+        self.last_exit = f"{failed.reason}: {failed.message}" if failed is not None else exited
+        permanent = (failed is not None and failed.permanent) or end.exit_code == EXIT_PERMANENT
         exhausted = not permanent and self.attempts > policy.backoff_limit
         if permanent or exhausted:
-            if trainer_said:
+            if failed is not None:
                 self._update(Verdict(Phase.FAILED, retries_exhausted=exhausted), now)
                 return Outcome.FAILED
             if exhausted:
