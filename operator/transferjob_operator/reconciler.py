@@ -41,10 +41,11 @@ from typing import Any, TypeVar
 from kubernetes.client.rest import ApiException
 
 from transferjob.models import Phase, SpecError, TransferJob, TransferJobStatus, parse_spec
+from transferjob.status import Progress
 from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
 from transferjob_operator.slim import fingerprint, slim_job, slim_transferjob, slim_transferjob_status
-from transferjob_operator.tracking import Progress, SharedProgress
+from transferjob_operator.tracking import SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
 from transferjob_operator.workqueue import WorkQueue
 

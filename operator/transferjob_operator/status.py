@@ -1,9 +1,13 @@
-"""Job, pod and trainer facts -> `.status`: the pure half of the operator, unit-tested without a cluster.
+"""Job and pod facts -> a `Verdict` for `transferjob.status.job_status`: the pure half of the operator.
 
-The operator never guesses: the phase follows the child Job's conditions, the reason for a failure is
-the most specific one available (the trainer's own `failed` event from the termination message, then the
-kernel's OOM kill, then the Job controller's reason), and a pod that cannot start says why on the
-resource (the scheduler's message, the image pull error) instead of sitting in Pending silently.
+The trainer's events become `.status` in the SDK (`transferjob.status`), the same way for the local
+backend; this module adds only what the Job and its pods say. The operator never guesses: the phase
+follows the child Job's conditions, the reason for a failure is the most specific one available (the
+Job's deadline, the trainer's own `failed` event from the termination message, then the kernel's OOM
+kill, then the Job controller's reason with the exit code and the end of the output), and a pod that
+cannot start says why on the resource (the scheduler's message, the image pull error) instead of
+sitting in Pending silently. Pod names and exit codes appear only in the words the operator writes
+itself, never appended to the trainer's.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from transferjob.models import Condition, Phase, TransferJob, TransferJobStatus
+from transferjob.models import Phase, TransferJob, TransferJobStatus
 from transferjob.progress import Failed, Finished, decode
+from transferjob.status import TERMINAL_PHASES, Progress, Verdict, job_status, merge_conditions
 from transferjob_operator.jobs import CONTAINER
-from transferjob_operator.tracking import Progress, best_epoch
 
 Json = dict[str, Any]
 
@@ -25,19 +29,11 @@ IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 )
 
-#: Condition types that describe a passing state; when one stops applying it turns False with this reason.
-RESOLVED_REASONS = {
-    "Running": "NotRunning",
-    "Suspended": "Resumed",
-    "Unschedulable": "Scheduled",
-    "ImagePullFailed": "ImagePulled",
-    "WaitingForJob": "UpstreamSucceeded",
-}
-
 #: Conditions that are bad news: their events are Warnings.
 WARNING_CONDITIONS = frozenset({"Failed", "Unschedulable", "ImagePullFailed"})
 
-TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+#: The final phases (the SDK's set, under the name the reconciler uses).
+TERMINAL = TERMINAL_PHASES
 
 
 @dataclass(frozen=True)
@@ -160,11 +156,19 @@ def _running_pod(pods: Iterable[Json]) -> Json | None:
     return None
 
 
-def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str]:
-    """The most specific (reason, message) for a failed Job.
+def _retries_exhausted(job: Json) -> bool:
+    """Whether the Job controller failed the Job for good rather than for a deadline."""
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget") or {}
+    return failed.get("reason") in ("BackoffLimitExceeded", "PodFailurePolicy")
 
-    Order: the Job's deadline; the trainer's own `failed` event (InvalidData, InvalidSpec, ...); an OOM
-    kill; otherwise the Job controller's reason with the exit code and the end of the trainer's output.
+
+def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str] | None:
+    """The most specific (reason, message) the Job and pods give for a failed Job.
+
+    None when the trainer's own `failed` event explains it (InvalidData, InvalidSpec, ..., or a
+    retryable failure that used up the retries): `job_status` words it the same way on every backend.
+    Otherwise, in order: the Job's deadline; an OOM kill; the Job controller's reason with the exit code
+    and the end of the trainer's output.
     """
     job_failed = _condition(job, "Failed") or _condition(job, "FailureTarget") or {}
     job_reason = str(job_failed.get("reason") or "Failed")
@@ -175,52 +179,42 @@ def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str]:
     if term is None:
         return job_reason, job_message or "the training Job failed"
     event = term.event
-    retries_exhausted = job_reason in ("BackoffLimitExceeded", "PodFailurePolicy")
-    # The trainer's reason wins when no retry could help (InvalidData, ...); a retryable failure that
-    # failed the Job by exhausting backoffLimit is BackoffLimitExceeded, with the trainer's words.
+    retries_exhausted = _retries_exhausted(job)
     if isinstance(event, Failed) and (event.permanent or not retries_exhausted):
-        return event.reason, f"{event.message} (pod {term.pod}, exit code {term.exit_code})"
+        return None
     if term.reason == "OOMKilled":
         return "OOMKilled", (
             f"pod {term.pod}: the trainer ran out of memory (exit code {term.exit_code}); "
             "raise spec.resources.memory or lower spec.training.batchSize"
         )
-    reason = "BackoffLimitExceeded" if retries_exhausted else job_reason
     if isinstance(event, Failed):
-        tail = f"{event.reason}: {event.message}"[:300]
-    else:
-        tail = term.message.strip().splitlines()[-1][-300:] if term.message.strip() else ""
+        return None
+    reason = "BackoffLimitExceeded" if retries_exhausted else job_reason
+    tail = term.message.strip().splitlines()[-1][-300:] if term.message.strip() else ""
     detail = f": {tail}" if tail else ""
     return reason, f"pod {term.pod}: trainer exited with code {term.exit_code}{detail}"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The phase and the conditions that are True now, before merging with the previous ones."""
-
-    phase: Phase
-    conditions: dict[str, tuple[str, str]]
-    completion_time: dt.datetime | None = None
 
 
 def verdict(tj: TransferJob, job: Json | None, pods: list[Json], gate: Gate | None) -> Verdict:
     """Where the TransferJob stands, from its Job and pods (or the gate that holds it back)."""
     if job is None:
         if gate is None:
-            return Verdict(Phase.PENDING, {})
+            return Verdict(Phase.PENDING)
         return Verdict(gate.phase, {gate.condition: (gate.reason, gate.message)})
-    name = job["metadata"]["name"]
     complete = _condition(job, "Complete")
     if complete is not None:
         when = parse_time(job.get("status", {}).get("completionTime") or complete.get("lastTransitionTime"))
-        return Verdict(Phase.SUCCEEDED, {"Succeeded": ("Succeeded", f"Job {name} completed")}, when)
+        return Verdict(Phase.SUCCEEDED, completion_time=when)
     # FailureTarget: the Job controller has decided (podFailurePolicy, backoff limit) and is only
     # waiting for pods to terminate; Failed follows.
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed is not None:
-        reason, message = failure_reason(job, pods)
+        reason = failure_reason(job, pods)
         return Verdict(
-            Phase.FAILED, {"Failed": (reason, message)}, parse_time(failed.get("lastTransitionTime"))
+            Phase.FAILED,
+            {"Failed": reason} if reason is not None else {},
+            parse_time(failed.get("lastTransitionTime")),
+            retries_exhausted=_retries_exhausted(job),
         )
     if job.get("spec", {}).get("suspend"):
         queued = tj.metadata.labels.get("kueue.x-k8s.io/queue-name")
@@ -229,61 +223,20 @@ def verdict(tj: TransferJob, job: Json | None, pods: list[Json], gate: Gate | No
         return Verdict(Phase.SUSPENDED, {"Suspended": ("Suspended", "runPolicy.suspend is true")})
     running = _running_pod(pods)
     if running is not None:
-        return Verdict(
-            Phase.RUNNING, {"Running": ("Running", f"pod {running['metadata']['name']} is training")}
-        )
+        pod = running["metadata"]["name"]
+        return Verdict(Phase.RUNNING, {"Running": ("Running", f"pod {pod} is running")})
     return Verdict(Phase.PENDING, pod_problems(pods))
 
 
-def merge_conditions(
-    previous: list[Condition], current: dict[str, tuple[str, str]], now: dt.datetime, generation: int | None
-) -> list[Condition]:
-    """Conditions, one per type: True ones from `current`, earlier True ones turned False.
-
-    A condition keeps its lastTransitionTime while its status stays the same, so `kubectl describe`
-    shows when something started, not when the operator last looked.
-    """
-    merged: dict[str, Condition] = {}
-    old = {c.type: c for c in previous}
-    for ctype, cond in old.items():
-        if ctype in current:
-            continue
-        if cond.status == "True" and ctype in RESOLVED_REASONS:
-            merged[ctype] = Condition(
-                type=ctype,
-                status="False",
-                reason=RESOLVED_REASONS[ctype],
-                message="",
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        else:
-            merged[ctype] = cond
-    for ctype, (reason, message) in current.items():
-        before = old.get(ctype)
-        since = before.last_transition_time if before is not None and before.status == "True" else None
-        merged[ctype] = Condition(
-            type=ctype,
-            status="True",
-            reason=reason,
-            message=message,
-            last_transition_time=since or now,
-            observed_generation=generation,
-        )
-    return [merged[t] for t in sorted(merged)]
-
-
-def _success_message(progress: Progress) -> str:
-    parts = []
-    if progress.test is not None:
-        parts.append(f"test accuracy {progress.test.accuracy:.4f}")
-    if progress.history:
-        parts.append(f"after {len(progress.history)} epochs")
-    if progress.best_epoch is not None:
-        parts.append(f"(best epoch {progress.best_epoch})")
-    if progress.model is not None:
-        parts.append(f"model at {progress.model.uri}")
-    return " ".join(parts) or "training finished"
+def restarts(job: Json | None, phase: Phase) -> int:
+    """Training pods that failed and were replaced by a new one."""
+    job_status = (job or {}).get("status", {})
+    # Failed pods that a new pod replaced: the last failure of a failed job was not retried.
+    # The Job controller counts a failed pod in `failed` only after it has dropped the pod's tracking
+    # finalizer; until then (FailureTarget may already be set) the pod is in uncountedTerminatedPods.
+    uncounted = (job_status.get("uncountedTerminatedPods") or {}).get("failed") or []
+    failed_pods = int(job_status.get("failed", 0) or 0) + len(uncounted)
+    return failed_pods - 1 if phase is Phase.FAILED and failed_pods else failed_pods
 
 
 def status_from_job_and_pods(
@@ -294,45 +247,22 @@ def status_from_job_and_pods(
     now: dt.datetime,
     gate: Gate | None = None,
 ) -> TransferJobStatus:
-    """The whole `.status` for a TransferJob, from what its Job, pods and trainer say."""
-    previous = tj.status or TransferJobStatus()
-    progress = with_terminations(progress, pods)
-    result = verdict(tj, job, pods, gate)
-    conditions = dict(result.conditions)
-    if "Succeeded" in conditions:
-        conditions["Succeeded"] = ("Succeeded", _success_message(progress))
-    generation = tj.metadata.generation
+    """The whole `.status` for a TransferJob: `job_status` of the trainer's events and the Job's verdict.
 
-    history = progress.recent_history()
-    best = progress.best_epoch
-    if best is None and history:
-        stopping = tj.spec.training.early_stopping
-        best = best_epoch(history, stopping.monitor, stopping.min_delta)
-    job_status = (job or {}).get("status", {})
-    completion = previous.completion_time
-    if result.phase in TERMINAL and completion is None:
-        completion = result.completion_time or now
-    # Failed pods that a new pod replaced: the last failure of a failed job was not retried.
-    # The Job controller counts a failed pod in `failed` only after it has dropped the pod's tracking
-    # finalizer; until then (FailureTarget may already be set) the pod is in uncountedTerminatedPods.
-    uncounted = (job_status.get("uncountedTerminatedPods") or {}).get("failed") or []
-    failed_pods = int(job_status.get("failed", 0) or 0) + len(uncounted)
-    restarts = failed_pods - 1 if result.phase is Phase.FAILED and failed_pods else failed_pods
-    return TransferJobStatus(
-        phase=result.phase,
-        conditions=merge_conditions(previous.conditions, conditions, now, generation),
-        start_time=parse_time(job_status.get("startTime")) or previous.start_time,
-        completion_time=completion,
-        job_name=job["metadata"]["name"] if job is not None else previous.job_name,
-        epoch=progress.epoch,
-        epochs=progress.epochs or tj.spec.training.epochs,
-        metrics=progress.latest,
-        history=history,
-        best_epoch=best,
-        test=progress.test,
-        model=progress.model,
-        restarts=restarts if restarts else None,
-        observed_generation=generation,
+    `progress` holds the events read from the pods' logs; the final events in the pods' termination
+    messages are added here (they survive a missed log line or an operator restart).
+    """
+    result = verdict(tj, job, pods, gate)
+    return job_status(
+        with_terminations(progress, pods),
+        result,
+        tj.spec,
+        tj.status,
+        now,
+        tj.metadata.generation,
+        start_time=parse_time((job or {}).get("status", {}).get("startTime")),
+        job_name=job["metadata"]["name"] if job is not None else None,
+        restarts=restarts(job, result.phase),
     )
 
 

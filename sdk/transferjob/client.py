@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from transferjob.backends.base import Backend, JobEvent
-from transferjob.backends.status import TERMINAL_PHASES, failure
 from transferjob.errors import JobFailedError, JobTimeoutError, TransferJobError
 from transferjob.models import (
     EpochMetrics,
@@ -39,6 +38,7 @@ from transferjob.models import (
     TransferJob,
     TransferJobStatus,
 )
+from transferjob.status import TERMINAL_PHASES, failure
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -221,8 +221,10 @@ def test_bad_data_fails_once_with_invalid_data(
     failed = cluster.condition("broken", "Failed")
     assert failed is not None
     assert failed["reason"] == "InvalidData"
-    assert "exit code 42" in failed["message"]
+    assert "needs at least 2 class sub-folders" in failed["message"]  # the trainer's words, as locally
     (job,) = cluster.jobs("broken")
+    job_failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
+    assert "exit code 42" in job_failed[0]["message"]  # pod and exit code: on the Job
     assert job["status"]["failed"] == 1  # the podFailurePolicy failed the Job at once: no retries
     assert len(cluster.pods("broken")) == 1
     assert status.get("restarts") is None

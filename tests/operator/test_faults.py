@@ -352,7 +352,7 @@ def test_deadline_and_backoff_limit_surface_as_failed(
     status = ops.wait_phase("crashing", "Failed", timeout=150)
     failed = ops.condition("crashing", "Failed")
     assert failed is not None and failed["reason"] == "BackoffLimitExceeded", failed
-    assert "exited with code 1" in failed["message"], failed
+    assert failed["message"].startswith("TrainingError: "), failed
     assert "File exists" in failed["message"], "the trainer's own explanation is kept"
     (job,) = ops.jobs("crashing")
     assert job["status"]["failed"] == 2  # the first attempt and one retry (backoffLimit 1)

@@ -9,10 +9,10 @@ import pytest
 
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
 from transferjob.progress import Failed, termination_message
+from transferjob.status import Progress
 from transferjob_operator.jobs import build_job
 from transferjob_operator.slim import slim_job, slim_pod, slim_transferjob
 from transferjob_operator.status import status_from_job_and_pods
-from transferjob_operator.tracking import Progress
 
 NOW = dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
 MANAGED = [{"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:status": {}}}]

@@ -6,16 +6,23 @@ import datetime as dt
 
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
 from transferjob.models import EpochMetrics, ModelArtifacts, Phase, TestMetrics, TransferJob
-from transferjob.progress import EpochEnded, Failed, Finished, Started, encode, termination_message
+from transferjob.progress import (
+    EpochEnded,
+    Failed,
+    Finished,
+    PhaseChanged,
+    Started,
+    encode,
+    termination_message,
+)
+from transferjob.status import Progress, best_epoch, merge_conditions
 from transferjob_operator.status import (
     Gate,
     invalid_spec_status,
-    merge_conditions,
     status_from_job_and_pods,
     status_patch,
     transitions,
 )
-from transferjob_operator.tracking import Progress, best_epoch
 
 NOW = dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
 
@@ -141,7 +148,7 @@ def test_invalid_data_fails_with_the_trainers_message(tj: TransferJob) -> None:
     assert status.phase is Phase.FAILED
     kind, reason, message = _conds(status)["Failed"]
     assert (kind, reason) == ("True", "InvalidData")
-    assert "train/ has no class folders" in message and "exit code 42" in message
+    assert message == "train/ has no class folders"  # the trainer's words; pod and exit code are the Job's
     assert status.restarts is None  # failed once, never retried
     assert status.completion_time == dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
     assert [(e.type, e.reason) for e in transitions(None, status)] == [("Warning", "InvalidData")]
@@ -166,6 +173,29 @@ def test_retryable_crash_exhausting_retries(tj: TransferJob) -> None:
     assert (kind, reason) == ("True", "BackoffLimitExceeded")
     assert "p3" in message and "code 1" in message and "Boom 3" in message
     assert status.restarts == 3
+
+
+def test_retryable_trainer_failure_exhausting_retries_keeps_the_trainers_words(tj: TransferJob) -> None:
+    failed = Failed(reason="TrainingError", message="loss is NaN")
+    pods = [
+        make_pod(f"p{i}", "Failed", f"2025-01-01T00:0{i}:00Z", terminated(1, encode(failed)))
+        for i in range(2)
+    ]
+    job = make_job(
+        [cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")], failed=2
+    )
+    status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
+    assert _conds(status)["Failed"] == ("True", "BackoffLimitExceeded", "TrainingError: loss is NaN")
+    assert status.restarts == 1
+
+
+def test_running_shows_the_trainers_step_once_it_has_spoken(tj: TransferJob) -> None:
+    pod = make_pod(phase="Running", state={"running": {}})
+    before = status_from_job_and_pods(tj, make_job(), [pod], Progress(), NOW)
+    assert _conds(before)["Running"] == ("True", "Running", "pod digits-abc is running")
+    progress = Progress.of([PhaseChanged(phase="training", message="epochs 1-5")])
+    after = status_from_job_and_pods(tj, make_job(), [pod], progress, NOW)
+    assert _conds(after)["Running"] == ("True", "Running", "training: epochs 1-5")
 
 
 def test_deadline_exceeded(tj: TransferJob) -> None:

@@ -173,7 +173,8 @@ def test_get_list_logs_events_watch_wait_in_process(tj_home: Path, make_job: Mak
     assert out.splitlines() == [
         "epoch 1/2  loss 1.0000 acc 0.5000 val_loss 1.2000 val_acc 0.5000",
         "epoch 2/2  loss 0.5000 acc 0.7500 val_loss 0.6000 val_acc 0.7000",
-        "phase Succeeded (Succeeded: test accuracy 0.9500)",
+        "phase Succeeded (Succeeded: test accuracy 0.9500 after 2 epochs (best epoch 2) model at "
+        f"{tmp_path / 'out-0' / 'model.keras'})",
         "inproc succeeded: test accuracy 0.9500",
         f"model: {tmp_path / 'out-0' / 'model.keras'}",
     ]

@@ -124,7 +124,9 @@ def test_a_crash_without_protocol_line_names_the_exit_code(
 ) -> None:
     script = {"fail_attempts": 9, "silent_failure": True, "exit": 3}
     name = local_client.submit(make_job(script, runPolicy={"backoffLimit": 1}))
-    with pytest.raises(JobFailedError, match="TrainerExited: the trainer exited with code 3") as caught:
+    with pytest.raises(
+        JobFailedError, match="BackoffLimitExceeded: the trainer exited with code 3"
+    ) as caught:
         local_client.wait(name, timeout=60)
     assert "after 2 attempts" in caught.value.message
 

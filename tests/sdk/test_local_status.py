@@ -1,4 +1,4 @@
-"""Pure helpers of the local backend and the client: status folding, selectors, paths, fine-tuning jobs."""
+"""Pure helpers of the local backend and the client: local status, selectors, paths, fine-tuning jobs."""
 
 from __future__ import annotations
 
@@ -19,22 +19,43 @@ from transferjob import (
 )
 from transferjob.backends.base import default_generate_name, generate_name, matches_selector
 from transferjob.backends.local import local_path
-from transferjob.backends.status import apply_event, failure
+from transferjob.backends.localstatus import AttemptEnd, LocalStatus, Outcome
 from transferjob.client import fine_tuning_job
-from transferjob.constants import HISTORY_LIMIT
-from transferjob.models import ModelArtifacts, PVCSource
-from transferjob.progress import EpochEnded, Failed, Finished, Started
+from transferjob.constants import EXIT_PERMANENT, HISTORY_LIMIT
+from transferjob.models import ModelArtifacts, PVCSource, TransferJobSpec
+from transferjob.progress import EpochEnded, Failed, Finished, Started, encode, termination_message
+from transferjob.status import Progress, failure
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+LATER = NOW + dt.timedelta(minutes=5)
+SPEC = {"data": {"source": {"hostPath": "/d"}}, "output": {"location": {"hostPath": "/o"}}}
+
+
+def _local(backoff_limit: int = 3, deadline: int | None = None) -> LocalStatus:
+    policy = {"backoffLimit": backoff_limit, "activeDeadlineSeconds": deadline}
+    spec = TransferJobSpec.model_validate({**SPEC, "runPolicy": policy})
+    return LocalStatus(spec, TransferJobStatus(phase=Phase.PENDING, epochs=2, observed_generation=1))
+
+
+def _conds(status: TransferJobStatus) -> dict[str, tuple[str, str, str]]:
+    return {c.type: (c.status, c.reason, c.message) for c in status.conditions}
 
 
 def test_status_follows_a_run_like_the_operator_writes_it() -> None:
-    s = apply_event(
-        TransferJobStatus(phase=Phase.PENDING), Started(mode="FeatureExtraction", base="B", epochs=2), NOW
+    local = _local()
+    local.started(NOW)
+    assert local.status.phase is Phase.RUNNING and local.status.start_time == NOW
+    assert _conds(local.status)["Running"] == (
+        "True",
+        "Running",
+        "the trainer process is running (attempt 1)",
     )
-    assert (s.phase, s.epochs, s.start_time) == (Phase.RUNNING, 2, NOW)
+    assert local.line(encode(Started(mode="FeatureExtraction", base="B", epochs=2)), NOW)
+    assert not local.line("Epoch 1/2 - loss: 0.5", NOW)
+    assert _conds(local.status)["Running"] == ("True", "Running", "training FeatureExtraction on B")
     for epoch in (1, 2):
-        s = apply_event(s, EpochEnded(epochs=2, metrics=EpochMetrics(epoch=epoch, loss=1 / epoch)), NOW)
+        local.line(encode(EpochEnded(epochs=2, metrics=EpochMetrics(epoch=epoch, loss=1 / epoch))), NOW)
+    s = local.status
     assert [h.epoch for h in s.history] == [1, 2] and s.epoch == 2 and s.metrics and s.metrics.epoch == 2
     done = Finished(
         epochs_run=2,
@@ -42,30 +63,77 @@ def test_status_follows_a_run_like_the_operator_writes_it() -> None:
         test=TestMetrics(loss=0.2, accuracy=0.9),
         model=ModelArtifacts(uri="/o/m.keras"),
     )
-    s = apply_event(s, done, NOW)
+    local.line(encode(done), NOW)
+    assert local.status.phase is Phase.RUNNING  # the outcome waits for the exit code
+    assert local.ended(AttemptEnd(0, termination_message(done)), LATER) is Outcome.SUCCEEDED
+    s = local.status
     assert (s.phase, s.best_epoch, s.test and s.test.accuracy, s.model and s.model.uri) == (
         Phase.SUCCEEDED,
         1,
         0.9,
         "/o/m.keras",
     )
-    assert {c.type: c.status for c in s.conditions} == {"Running": "False", "Succeeded": "True"}
+    assert s.completion_time == LATER
+    assert _conds(s) == {
+        "Running": ("False", "NotRunning", ""),
+        "Succeeded": (
+            "True",
+            "Succeeded",
+            "test accuracy 0.9000 after 2 epochs (best epoch 1) model at /o/m.keras",
+        ),
+    }
 
 
 def test_repeated_epochs_replace_history_and_history_is_bounded() -> None:
-    s = TransferJobStatus()
-    for epoch in [1, 2, 3, 4, 5, 3]:  # a retry resumes from the checkpoint of epoch 2
-        s = apply_event(s, EpochEnded(epochs=999, metrics=EpochMetrics(epoch=epoch)), NOW)
-    assert [h.epoch for h in s.history] == [1, 2, 3]
-    s = TransferJobStatus()
-    for epoch in range(1, HISTORY_LIMIT + 11):
-        s = apply_event(s, EpochEnded(epochs=999, metrics=EpochMetrics(epoch=epoch)), NOW)
-    assert len(s.history) == HISTORY_LIMIT and s.history[0].epoch == 11
+    """Epochs are keyed by number, as on the operator, where a log may be read twice."""
+    progress = Progress.of(
+        EpochEnded(epochs=999, metrics=EpochMetrics(epoch=e, loss=float(i)))
+        for i, e in enumerate([1, 2, 3, 3])
+    )
+    assert [(h.epoch, h.loss) for h in progress.recent_history()] == [(1, 0.0), (2, 1.0), (3, 3.0)]
+    progress = Progress.of(
+        EpochEnded(epochs=999, metrics=EpochMetrics(epoch=epoch)) for epoch in range(1, HISTORY_LIMIT + 11)
+    )
+    history = progress.recent_history()
+    assert len(history) == HISTORY_LIMIT and history[0].epoch == 11
 
 
-def test_failure_reason_and_message() -> None:
-    s = apply_event(TransferJobStatus(), Failed(reason="InvalidData", message="no images in val/"), NOW)
-    assert s.phase is Phase.FAILED and failure(s) == ("InvalidData", "no images in val/")
+def test_permanent_failure_keeps_the_trainers_reason_and_message() -> None:
+    local = _local()
+    local.started(NOW)
+    invalid = Failed(reason="InvalidData", message="no images in val/", permanent=True)
+    local.line(encode(invalid), NOW)
+    assert local.ended(AttemptEnd(EXIT_PERMANENT), NOW) is Outcome.FAILED
+    assert local.status.phase is Phase.FAILED and failure(local.status) == (
+        "InvalidData",
+        "no images in val/",
+    )
+    assert local.status.restarts is None
+
+
+def test_retries_then_backoff_limit_exceeded() -> None:
+    local = _local(backoff_limit=1)
+    local.started(NOW)
+    local.line(encode(Failed(reason="TrainingError", message="loss is NaN")), NOW)
+    assert local.ended(AttemptEnd(1), NOW) is Outcome.RETRY
+    assert local.status.phase is Phase.PENDING and local.status.restarts == 1
+    assert _conds(local.status)["Running"] == ("False", "NotRunning", "")
+    assert local.last_exit == "TrainingError: loss is NaN"
+    local.started(NOW)
+    assert local.ended(AttemptEnd(3, last_lines=("Segmentation fault",)), NOW) is Outcome.FAILED
+    assert local.status.restarts == 1
+    assert failure(local.status) == (
+        "BackoffLimitExceeded",
+        "the trainer exited with code 3: Segmentation fault (after 2 attempts)",
+    )
+
+
+def test_deadline_wins_over_what_the_trainer_said() -> None:
+    local = _local(deadline=5)
+    local.started(NOW)
+    local.line(encode(Failed(reason="Interrupted", message="terminated by SIGTERM")), NOW)
+    assert local.ended(AttemptEnd(-9, deadline_hit=True), NOW) is Outcome.FAILED
+    assert failure(local.status) == ("DeadlineExceeded", "the job ran longer than 5s")
 
 
 @pytest.mark.parametrize(

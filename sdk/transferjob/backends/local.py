@@ -40,9 +40,9 @@ from transferjob.backends.base import (
     generate_name,
     matches_selector,
 )
-from transferjob.backends.status import TERMINAL_PHASES, set_condition
 from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError
 from transferjob.models import Location, Phase, SpecError, TransferJob, TransferJobStatus
+from transferjob.status import TERMINAL_PHASES, merge_conditions
 
 #: How often a follower looks at a local file again; local files have no watch API worth a dependency.
 POLL_SECONDS = 0.2
@@ -163,7 +163,6 @@ class LocalBackend(Backend):
         (job_dir / JOB_FILE).write_text(job.to_yaml())
         write_json(job_dir / SPEC_FILE, spec.to_dict())
         status = TransferJobStatus(phase=Phase.PENDING, epochs=spec.training.epochs, observed_generation=1)
-        set_condition(status, "Running", False, "Created", "waiting for the local runner", now())
         write_json(job_dir / STATUS_FILE, status.to_dict())
         output_dir.mkdir(parents=True, exist_ok=True)
         self._start_runner(job_dir, data_dir, output_dir, init_model)
@@ -212,7 +211,9 @@ class LocalBackend(Backend):
             if status.phase not in TERMINAL_PHASES:
                 status.phase = Phase.FAILED
                 message = "the local runner process is gone (killed, or the machine restarted)"
-                set_condition(status, "Failed", True, "RunnerLost", message, now())
+                lost = {"Failed": ("RunnerLost", message)}
+                generation = status.observed_generation
+                status.conditions = merge_conditions(status.conditions, lost, now(), generation)
         job.status = status
         return job
 

@@ -29,21 +29,21 @@ from transferjob.backends.local import (
     now,
     write_json,
 )
-from transferjob.backends.status import apply_event, set_condition
-from transferjob.constants import EXIT_PERMANENT
-from transferjob.models import Phase, TransferJobSpec, TransferJobStatus
-from transferjob.progress import Failed, Finished, decode
+from transferjob.backends.localstatus import AttemptEnd, LocalStatus, Outcome
+from transferjob.models import TransferJobSpec, TransferJobStatus
+from transferjob.status import TERMINAL_PHASES, failure
 
 
 class Runner:
-    """One job directory's trainer runs and the files they update."""
+    """One job directory's trainer runs and the files they update; `LocalStatus` decides."""
 
     def __init__(self, job_dir: Path, trainer: list[str], paths: list[str]) -> None:
         self.job_dir = job_dir
         self.trainer = trainer
         self.paths = paths
-        self.spec = TransferJobSpec.model_validate(json.loads((job_dir / SPEC_FILE).read_text()))
-        self.status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
+        spec = TransferJobSpec.model_validate(json.loads((job_dir / SPEC_FILE).read_text()))
+        status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
+        self.state = LocalStatus(spec, status)
         self.proc: subprocess.Popen[bytes] | None = None
         self.deadline_hit = False
 
@@ -53,52 +53,36 @@ class Runner:
             handle.write(json.dumps(record) + "\n")
 
     def save(self) -> None:
-        write_json(self.job_dir / STATUS_FILE, self.status.to_dict())
+        write_json(self.job_dir / STATUS_FILE, self.state.status.to_dict())
 
     def fail(self, reason: str, message: str) -> None:
-        self.status = apply_event(self.status, Failed(reason=reason, message=message), now())
+        self.state.fail(reason, message, now())
         self.save()
         self.event("Warning", reason, message)
 
     def run(self) -> int:
         """Run until the job succeeded or failed for good; the exit code says which (0 or 1)."""
-        policy = self.spec.run_policy
+        policy = self.state.spec.run_policy
         if policy.active_deadline_seconds:
             timer = threading.Timer(policy.active_deadline_seconds, self._deadline)
             timer.daemon = True
             timer.start()
-        attempt = 0
         while True:
-            code, final, last_lines = self._attempt(attempt)
-            if isinstance(final, Finished):
-                self.status = apply_event(self.status, final, now())
-                self.save()
-                self.event("Normal", "Succeeded", f"test accuracy {final.test.accuracy:.4f}")
-                return 0
-            if self.deadline_hit:
-                self.fail("DeadlineExceeded", f"the job ran longer than {policy.active_deadline_seconds}s")
-                return 1
-            if isinstance(final, Failed):
-                reason, message, permanent = final.reason, final.message, final.permanent
-            else:
-                reason, permanent = "TrainerExited", False
-                message = f"the trainer exited with code {code}" + (
-                    f": {last_lines[-1]}" if last_lines else ""
-                )
-            permanent = permanent or code == EXIT_PERMANENT
-            if permanent or attempt >= policy.backoff_limit:
-                if not permanent and policy.backoff_limit:
-                    message = f"{message} (after {attempt + 1} attempts)"
-                self.fail(reason, message)
-                return 1
-            attempt += 1
-            self.status.restarts = attempt
-            set_condition(self.status, "Running", False, "Restarting", f"{reason}: {message}", now())
+            outcome = self.state.ended(self._attempt(), now())
             self.save()
-            self.event("Warning", "Restarting", f"attempt {attempt + 1} after {reason}: {message}")
+            status = self.state.status
+            if outcome is Outcome.SUCCEEDED:
+                succeeded = next(c for c in status.conditions if c.type == "Succeeded")
+                self.event("Normal", succeeded.reason, succeeded.message)
+                return 0
+            if outcome is Outcome.FAILED:
+                self.event("Warning", *failure(status))
+                return 1
+            next_attempt = self.state.attempts + 1
+            self.event("Warning", "Restarting", f"attempt {next_attempt} after {self.state.last_exit}")
 
-    def _attempt(self, attempt: int) -> tuple[int, Finished | Failed | None, list[str]]:
-        """One trainer run: its exit code, its final event (from stdout or the termination log)."""
+    def _attempt(self) -> AttemptEnd:
+        """One trainer run, its lines folded into the status as they come; how it ended."""
         termination = self.job_dir / TERMINATION_LOG
         termination.unlink(missing_ok=True)
         command = [
@@ -106,14 +90,15 @@ class Runner:
             "--termination-log", str(termination),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.event("Normal", "Started", f"trainer started (attempt {attempt + 1})")
-        final: Finished | Failed | None = None
         last_lines: list[str] = []
         with (self.job_dir / LOG_FILE).open("ab") as log:
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.job_dir, env=env,
             )  # fmt: skip
+            self.state.started(now())
+            self.save()
+            self.event("Normal", "Started", f"trainer started (attempt {self.state.attempts})")
             assert self.proc.stdout is not None
             # readline, not iteration: iterating a pipe reads ahead and would delay progress lines.
             for raw in iter(self.proc.stdout.readline, b""):
@@ -122,22 +107,15 @@ class Runner:
                 text = raw.decode(errors="replace").rstrip("\n")
                 if text.strip():
                     last_lines = [*last_lines[-4:], text]
-                event = decode(text)
-                if event is None:
-                    continue
-                if isinstance(event, Finished | Failed):
-                    final = event  # applied by `run`, which knows about retries
-                else:
-                    self.status = apply_event(self.status, event, now())
+                if self.state.line(text, now()):
                     self.save()
             code = self.proc.wait()
-        if final is None and termination.exists():
-            last = decode(termination.read_text())
-            if isinstance(last, Finished | Failed):
-                final = last
-        if isinstance(final, Finished) and code != 0:
-            final = None
-        return code, final, last_lines
+        return AttemptEnd(
+            exit_code=code,
+            termination=termination.read_text() if termination.exists() else "",
+            last_lines=tuple(last_lines),
+            deadline_hit=self.deadline_hit,
+        )
 
     def _deadline(self) -> None:
         self.deadline_hit = True
@@ -152,7 +130,7 @@ class Runner:
                 self.proc.wait(5)
             if self.proc.poll() is None:
                 self.proc.kill()
-        if self.job_dir.exists() and self.status.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+        if self.job_dir.exists() and self.state.status.phase not in TERMINAL_PHASES:
             with contextlib.suppress(OSError):
                 self.fail("Terminated", "the local runner was stopped")
         sys.exit(1)

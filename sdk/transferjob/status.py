@@ -1,0 +1,299 @@
+"""Progress events -> `TransferJobStatus`: the one status function the operator and the local backend share.
+
+Pure, no I/O: the callers own the clock, the files and the API.
+
+Two parties know something about a job. The trainer's events (`transferjob.progress`) say what it
+did: epochs and their metrics, its current step, the test result and the model, or why it failed.
+The *runner* of the trainer (on a cluster, the Job controller seen through the Job and its pods; on
+a laptop, the local runner's process) says what the trainer cannot: whether it runs at all, whether
+it will be retried, and failures the trainer never got to report (a deadline, an OOM kill, a crash).
+The runner states that as a `Verdict`; `job_status` adds the trainer's part. So every word on
+`.status` that comes from the trainer is written here, once, and is the same on both backends:
+
+- `Running` is True while the trainer runs, reason `Running`, message its current step ("training:
+  epochs 1-5"); before its first event the runner's words ("pod x is running") stand in.
+- `Succeeded`: reason `Succeeded`, message "test accuracy 0.9852 after 5 epochs (best epoch 4)
+  model at URI".
+- `Failed` with the trainer's own reason and message when its final event explains the failure
+  (`InvalidData`, `Interrupted`, ...); when retries ran out on a retryable failure, reason
+  `BackoffLimitExceeded` and message "REASON: MESSAGE". Runner facts (pod name, exit code, the end of
+  the output) are never mixed into these words; they go into the runner's own conditions and Events.
+- A condition that stops applying turns False with its resolved reason (`Running` -> `NotRunning`),
+  and a condition keeps its lastTransitionTime while its status stays the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from transferjob.constants import HISTORY_LIMIT
+from transferjob.models import (
+    Condition,
+    EpochMetrics,
+    ModelArtifacts,
+    Phase,
+    TestMetrics,
+    TransferJobSpec,
+    TransferJobStatus,
+)
+from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, decode
+
+Event: TypeAlias = Started | PhaseChanged | EpochEnded | Finished | Failed
+#: The conditions that are True now: type -> (reason, message).
+Conditions: TypeAlias = dict[str, tuple[str, str]]
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+#: Condition types that describe a passing state; when one stops applying it turns False with this reason.
+RESOLVED_REASONS = {
+    "Running": "NotRunning",
+    "Suspended": "Resumed",
+    "Unschedulable": "Scheduled",
+    "ImagePullFailed": "ImagePulled",
+    "WaitingForJob": "UpstreamSucceeded",
+}
+
+
+@dataclass
+class Progress:
+    """What the trainer has said so far about one job, over all its attempts.
+
+    The same events may arrive twice (a log stream re-read after a reconnect or an operator restart,
+    then the termination message): applying them is idempotent, epochs are keyed by number (a resumed
+    attempt that repeats an epoch replaces it), and the final `finished` event, when present, is the
+    authority on the history and the best epoch.
+    """
+
+    epochs: int | None = None
+    step: str | None = None
+    history: dict[int, EpochMetrics] = field(default_factory=dict)
+    best_epoch: int | None = None
+    test: TestMetrics | None = None
+    model: ModelArtifacts | None = None
+    failure: Failed | None = None
+
+    @classmethod
+    def of(cls, events: Iterable[Event]) -> Progress:
+        """The fold of an event sequence."""
+        progress = cls()
+        for event in events:
+            progress.apply(event)
+        return progress
+
+    @property
+    def epoch(self) -> int | None:
+        return max(self.history) if self.history else None
+
+    @property
+    def latest(self) -> EpochMetrics | None:
+        return self.history[max(self.history)] if self.history else None
+
+    @property
+    def finished(self) -> bool:
+        return self.test is not None
+
+    def recent_history(self, limit: int = HISTORY_LIMIT) -> list[EpochMetrics]:
+        """The newest `limit` epochs in order: `.status.history` is bounded, the output has them all."""
+        return [self.history[e] for e in sorted(self.history)[-limit:]]
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in; applying the same event again changes nothing."""
+        if isinstance(event, Started):
+            self.epochs = event.epochs
+            resumed = f" from epoch {event.initial_epoch + 1}" if event.initial_epoch else ""
+            self.step = f"training {event.mode} on {event.base}{resumed}"
+            self.failure = None  # a new attempt: an earlier attempt's failure no longer explains anything
+        elif isinstance(event, PhaseChanged):
+            self.step = f"{event.phase}: {event.message}" if event.message else event.phase
+        elif isinstance(event, EpochEnded):
+            self.epochs = event.epochs
+            self.history[event.metrics.epoch] = event.metrics
+        elif isinstance(event, Finished):
+            for metrics in event.history:
+                self.history[metrics.epoch] = metrics
+            self.best_epoch = event.best_epoch
+            self.test = event.test
+            self.model = event.model
+            self.failure = None
+        else:
+            self.failure = event
+
+    def apply_line(self, line: str | bytes) -> Event | None:
+        """Apply a log line if it is a protocol event; the event, or None for any other line."""
+        event = decode(line)
+        if event is not None:
+            self.apply(event)
+        return event
+
+    def copy(self) -> Progress:
+        """An independent copy: its history can be extended without touching this one's."""
+        return dataclasses.replace(self, history=dict(self.history))
+
+
+def best_epoch(history: list[EpochMetrics], monitor: str, min_delta: float = 0.0) -> int | None:
+    """The epoch early stopping would keep so far: lowest val_loss or highest val_accuracy.
+
+    Like Keras' EarlyStopping, a later epoch only counts as better when it improves by more than
+    `min_delta`, so the value matches what the trainer restores at the end.
+    """
+    best: tuple[int, float] | None = None
+    for metrics in sorted(history, key=lambda m: m.epoch):
+        value = getattr(metrics, "val_accuracy" if monitor == "val_accuracy" else "val_loss")
+        if value is None:
+            continue
+        score = value if monitor == "val_accuracy" else -value
+        if best is None or score - best[1] > min_delta:
+            best = (metrics.epoch, score)
+    return best[0] if best else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where the runner of the trainer says a job stands, before the trainer's words are added.
+
+    `conditions` are the ones the runner's own facts make True (Unschedulable, Suspended, a Failed
+    the trainer did not explain, `Running` with the runner's words for a trainer that has not spoken
+    yet). A Failed phase without a Failed condition means "the trainer's final event says why";
+    `retries_exhausted` says whether that failure used up the last retry.
+    """
+
+    phase: Phase
+    conditions: Conditions = field(default_factory=dict)
+    completion_time: dt.datetime | None = None
+    retries_exhausted: bool = False
+
+
+def success_message(progress: Progress) -> str:
+    """The Succeeded condition's message: the result a person looks for first."""
+    parts = []
+    if progress.test is not None:
+        parts.append(f"test accuracy {progress.test.accuracy:.4f}")
+    if progress.history:
+        parts.append(f"after {len(progress.history)} epochs")
+    if progress.best_epoch is not None:
+        parts.append(f"(best epoch {progress.best_epoch})")
+    if progress.model is not None:
+        parts.append(f"model at {progress.model.uri}")
+    return " ".join(parts) or "training finished"
+
+
+def trainer_failure(event: Failed, retries_exhausted: bool) -> tuple[str, str]:
+    """The Failed condition's reason and message for a failure the trainer reported.
+
+    The trainer's reason stands when no retry could help (`permanent`) or when the runner will not
+    count it against the retries; a retryable failure that used up the last retry is
+    `BackoffLimitExceeded`, with the trainer's reason and words in the message.
+    """
+    if event.permanent or not retries_exhausted:
+        return event.reason, event.message
+    return "BackoffLimitExceeded", f"{event.reason}: {event.message}"
+
+
+def merge_conditions(
+    previous: list[Condition], current: Conditions, now: dt.datetime, generation: int | None
+) -> list[Condition]:
+    """Conditions, one per type: True ones from `current`, earlier True ones turned False.
+
+    A condition keeps its lastTransitionTime while its status stays the same, so `kubectl describe`
+    shows when something started, not when the operator last looked.
+    """
+    merged: dict[str, Condition] = {}
+    old = {c.type: c for c in previous}
+    for ctype, cond in old.items():
+        if ctype in current:
+            continue
+        if cond.status == "True" and ctype in RESOLVED_REASONS:
+            merged[ctype] = Condition(
+                type=ctype,
+                status="False",
+                reason=RESOLVED_REASONS[ctype],
+                message="",
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        else:
+            merged[ctype] = cond
+    for ctype, (reason, message) in current.items():
+        before = old.get(ctype)
+        since = before.last_transition_time if before is not None and before.status == "True" else None
+        merged[ctype] = Condition(
+            type=ctype,
+            status="True",
+            reason=reason,
+            message=message,
+            last_transition_time=since or now,
+            observed_generation=generation,
+        )
+    return [merged[t] for t in sorted(merged)]
+
+
+def job_status(
+    progress: Progress,
+    verdict: Verdict,
+    spec: TransferJobSpec,
+    previous: TransferJobStatus | None,
+    now: dt.datetime,
+    generation: int | None = None,
+    *,
+    start_time: dt.datetime | None = None,
+    job_name: str | None = None,
+    restarts: int | None = None,
+) -> TransferJobStatus:
+    """The whole `.status`: the runner's verdict and facts, worded and measured by the trainer's events.
+
+    `previous` is the status written last (conditions keep their transition times, start, completion
+    and the Job's name carry over); `spec` gives the planned epochs and the early-stopping monitor
+    that names the best epoch while no `finished` event has said it.
+    """
+    previous = previous or TransferJobStatus()
+    conditions = dict(verdict.conditions)
+    if verdict.phase is Phase.RUNNING and progress.step is not None:
+        conditions["Running"] = ("Running", progress.step)
+    elif verdict.phase is Phase.SUCCEEDED:
+        conditions["Succeeded"] = ("Succeeded", success_message(progress))
+    elif verdict.phase is Phase.FAILED and "Failed" not in conditions:
+        conditions["Failed"] = (
+            trainer_failure(progress.failure, verdict.retries_exhausted)
+            if progress.failure is not None
+            else ("Failed", "the training failed")
+        )
+
+    history = progress.recent_history()
+    best = progress.best_epoch
+    if best is None and history:
+        stopping = spec.training.early_stopping
+        best = best_epoch(history, stopping.monitor, stopping.min_delta)
+    completion = previous.completion_time
+    if verdict.phase in TERMINAL_PHASES and completion is None:
+        completion = verdict.completion_time or now
+    return TransferJobStatus(
+        phase=verdict.phase,
+        conditions=merge_conditions(previous.conditions, conditions, now, generation),
+        start_time=start_time or previous.start_time,
+        completion_time=completion,
+        job_name=job_name or previous.job_name,
+        epoch=progress.epoch,
+        epochs=progress.epochs or spec.training.epochs,
+        metrics=progress.latest,
+        history=history,
+        best_epoch=best,
+        test=progress.test,
+        model=progress.model,
+        restarts=restarts or None,
+        observed_generation=generation,
+    )
+
+
+def failure(status: TransferJobStatus) -> tuple[str, str]:
+    """The reason and message of a failed job: its Failed condition, or its last true one."""
+    for condition in status.conditions:
+        if condition.type == "Failed" and condition.status == "True":
+            return condition.reason or "Failed", condition.message
+    true = [c for c in status.conditions if c.status == "True" and c.reason]
+    if true:
+        return true[-1].reason, true[-1].message
+    return "Failed", ""
