@@ -23,8 +23,9 @@ from transferjob_trainer import errors
 from transferjob_trainer.errors import InvalidDataError, InvalidSpecError
 from transferjob_trainer.layout import image_problem, scan_layout
 from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy
+from transferjob_trainer.paths import resolve_paths
 from transferjob_trainer.report import write_termination_log
-from transferjob_trainer.run import resolve_paths, spec_from_document
+from transferjob_trainer.run import spec_from_document
 from transferjob_trainer.stopping import StopState, kept_epoch, step
 
 if TYPE_CHECKING:
@@ -496,11 +497,12 @@ def sigterm_handler() -> Iterator[None]:
 def run_execute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body) -> tuple[int, list[dict]]:
     """`__main__.execute` with `run.run` replaced by `body`; returns the exit code and the events."""
     from transferjob_trainer import __main__ as cli
+    from transferjob_trainer import paths as paths_module
     from transferjob_trainer import run as run_module
     from transferjob_trainer.report import Reporter
 
     monkeypatch.setattr(run_module, "load_spec", lambda path: parse_spec(spec_dict()))
-    monkeypatch.setattr(run_module, "resolve_paths", lambda *args: None)
+    monkeypatch.setattr(paths_module, "resolve_paths", lambda *args: None)
     monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter: body())
     stream = io.StringIO()
     args = argparse.Namespace(spec="spec.json", data_dir=None, output_dir=None, init_model=None)

@@ -6,6 +6,7 @@ and exports. Modules, from the bottom up:
 
 - `errors`: the failure reasons and whether a retry can help.
 - `fs`: local paths and tf.io.gfile URIs behind one small interface.
+- `paths`: where a run reads and writes, after the CLI's overrides (no TensorFlow).
 - `layout`: finding and checking the images (no TensorFlow, so bad data fails in a second).
 - `report`: the progress protocol on stdout and the termination message.
 - `metrics`, `stopping`: pure functions for test metrics and early stopping.

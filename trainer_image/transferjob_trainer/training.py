@@ -41,6 +41,7 @@ from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
 from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
 from transferjob_trainer.layout import Layout, Split
 from transferjob_trainer.metrics import classification_metrics
+from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
     Augmenter,
     CacheFill,
@@ -55,7 +56,6 @@ from transferjob_trainer.pipeline import (
     training_batches,
 )
 from transferjob_trainer.report import Reporter
-from transferjob_trainer.run import RunPaths
 from transferjob_trainer.stopping import kept_epoch, step
 
 # Images go through the base in batches of the spec's `batchSize`: on CPUs, larger batches run slower
