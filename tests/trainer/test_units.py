@@ -447,7 +447,8 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     import keras
     import tensorflow as tf
 
-    from transferjob_trainer import training
+    from transferjob_trainer import export
+    from transferjob_trainer.inference import inference_function
 
     image = keras.Input((8, 8, 3), name="transferjob_image")
     x = keras.layers.Conv2D(4, 3)(image)
@@ -455,8 +456,8 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     output = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(image, output)
     if not frozen:
-        monkeypatch.setattr(training, "FREEZE_LIMIT_BYTES", 0)
-    training.write_saved_model(training.inference_function(model), str(tmp_path / "sm"))
+        monkeypatch.setattr(export, "FREEZE_LIMIT_BYTES", 0)
+    export.write_saved_model(inference_function(model), str(tmp_path / "sm"))
 
     images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
     loaded = tf.saved_model.load(str(tmp_path / "sm"))

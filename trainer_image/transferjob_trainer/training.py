@@ -19,31 +19,26 @@ state) under our control rather than inside Keras callbacks that reset at `on_tr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from typing import TypeAlias
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TransferJobSpec
+from transferjob.models import EpochMetrics, Mode, TransferJobSpec
 from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
+from transferjob_trainer.export import export
+from transferjob_trainer.features import feature_cache
 from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
+from transferjob_trainer.inference import Inference, inference_function, run_inference, serving_function
 from transferjob_trainer.layout import Layout, Split
 from transferjob_trainer.metrics import classification_metrics
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
-    Augmenter,
     CacheFill,
     available_memory_bytes,
     build_augmenter,
@@ -55,8 +50,9 @@ from transferjob_trainer.pipeline import (
     static_tuning,
     training_batches,
 )
-from transferjob_trainer.report import Reporter
+from transferjob_trainer.report import Reporter, log
 from transferjob_trainer.stopping import kept_epoch, step
+from transferjob_trainer.tensorboard_log import TensorBoardLog
 
 # Images go through the base in batches of the spec's `batchSize`: on CPUs, larger batches run slower
 # per image once the activations no longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of
@@ -68,12 +64,6 @@ from transferjob_trainer.stopping import kept_epoch, step
 HEAD_STEPS_PER_EXECUTION = 64
 
 FitOneEpoch = Callable[[int], dict[str, float]]
-Inference: TypeAlias = tf.types.experimental.PolymorphicFunction
-
-
-def log(message: str) -> None:
-    """Human-readable notes go to stderr; stdout carries only protocol events."""
-    print(f"[trainer] {message}", file=sys.stderr, flush=True)
 
 
 def distribution_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
@@ -107,125 +97,6 @@ def build_or_load_model(spec: TransferJobSpec, paths: RunPaths, n_classes: int) 
         return model
     base, preprocess = modeling.build_base(spec.model.base, spec.model.weights, size)
     return modeling.build_model(base, n_classes, spec.model.head, size, preprocess)
-
-
-def inference_function(model: keras.Model) -> Inference:
-    """`model(images, training=False)` as one traced function over float32 image batches of any size.
-
-    Traced once, on the first call; the SavedModel export reuses the trace (see `write_saved_model`),
-    so the network is not traced a second time for serving.
-    """
-    signature = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name=modeling.INPUT_NAME)
-    return tf.function(lambda images: model(images, training=False), input_signature=[signature])
-
-
-def serving_function(extract: Inference, head: keras.Model) -> Inference:
-    """The end-to-end model's computation as head(extract(images)): the extractor's trace is reused.
-
-    The extractor and the head are the end-to-end model's own layers (`modeling.split_model`), so this
-    is `model(images, training=False)`; a test checks the exported SavedModel against the .keras model.
-    """
-    signature = extract.input_signature[0]
-    return tf.function(lambda images: head(extract(images), training=False), input_signature=[signature])
-
-
-def run_inference(fn: Inference, batches: tf.data.Dataset) -> np.ndarray:
-    """`fn` over every batch of images, outputs concatenated as float32."""
-    outputs = [np.asarray(fn(batch), dtype=np.float32) for batch in batches]
-    return np.concatenate(outputs)
-
-
-def compute_features(
-    extract: Callable[[tf.data.Dataset], np.ndarray],
-    images: tf.data.Dataset,
-    views: int,
-    augment: Augmenter | None,
-    batch_size: int,
-) -> np.ndarray:
-    """Pooled base features of every image: [views, n, d]; each view a fresh random augmentation."""
-    out = []
-    for view in range(views):
-        ds = images.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), tf.data.AUTOTUNE)
-        if augment is not None:
-            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-        started = time.perf_counter()
-        features = extract(ds.map(lambda x, y: x).prefetch(tf.data.AUTOTUNE))
-        log(f"features view {view + 1}/{views}: {features.shape} in {time.perf_counter() - started:.1f}s")
-        out.append(np.asarray(features, dtype=np.float32))
-    return np.stack(out)
-
-
-def _scalar_metadata() -> summary_pb2.SummaryMetadata:
-    """What TensorBoard's scalars plugin tags its summaries with (see tensorboard's `scalar_v2`)."""
-    metadata = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
-    metadata.plugin_data.plugin_name = "scalars"
-    return metadata
-
-
-_SCALAR = _scalar_metadata()
-
-
-def feature_cache(
-    extract: Callable[[tf.data.Dataset], np.ndarray],
-    train: tf.data.Dataset,
-    val: tf.data.Dataset,
-    test: tf.data.Dataset,
-    views: int,
-    augment: Augmenter | None,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Training views, validation and test features; unaugmented splits go through the base in one pass."""
-    n_train = int(train.cardinality())
-    n_val = int(val.cardinality())
-    if augment is None:
-        both = compute_features(extract, train.concatenate(val).concatenate(test), 1, None, batch_size)[0]
-        train_views = both[None, :n_train]
-        rest = both[n_train:]
-    else:
-        train_views = compute_features(extract, train, views, augment, batch_size)
-        rest = compute_features(extract, val.concatenate(test), 1, None, batch_size)[0]
-    return {"train": train_views, "val": rest[:n_val], "test": rest[n_val:]}
-
-
-class TensorBoardLog:
-    """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback.
-
-    Written with the low-level `tf.summary.write` and the scalars plugin's metadata, because the
-    high-level `tf.summary.scalar` needs the tensorboard package, which TensorFlow no longer pulls in.
-    """
-
-    def __init__(self, folder: str | None) -> None:
-        self._writers = (
-            {
-                "train": tf.summary.create_file_writer(fs.join(folder, "train")),
-                "validation": tf.summary.create_file_writer(fs.join(folder, "validation")),
-            }
-            if folder
-            else {}
-        )
-
-    def write(self, metrics: EpochMetrics) -> None:
-        if not self._writers:
-            return
-        values = {
-            "train": {
-                "loss": metrics.loss,
-                "accuracy": metrics.accuracy,
-                "learning_rate": metrics.learning_rate,
-            },
-            "validation": {"loss": metrics.val_loss, "accuracy": metrics.val_accuracy},
-        }
-        for split, writer in self._writers.items():
-            with writer.as_default():
-                for name, value in values[split].items():
-                    if value is not None:
-                        tf.summary.write(
-                            f"epoch_{name}",
-                            tf.constant(value, tf.float32),
-                            step=metrics.epoch,
-                            metadata=_SCALAR,
-                        )
-            writer.flush()
 
 
 def learning_rate(model: keras.Model) -> float:
@@ -333,59 +204,6 @@ def train_epochs(
         reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
         raise_if_terminated()
     return state
-
-
-#: Largest total size of variables the SavedModel export folds into constants (see `write_saved_model`):
-#: the graph is a protocol buffer, which cannot exceed 2 GiB, and loading a graph this large gets slow.
-FREEZE_LIMIT_BYTES = 512 << 20
-
-
-def write_saved_model(serve: Inference, path: str) -> None:
-    """A SavedModel whose `serving_default` signature is `serve` (input `transferjob_image`: float32
-    0-255 images, any batch size; output `output_0`), as Keras' `model.export` names them.
-
-    The signature is saved from `serve`'s existing trace, with its variables folded into constants (a
-    frozen graph) when they total at most `FREEZE_LIMIT_BYTES`. A SavedModel with variables carries
-    save and restore operations for every one of them (some 260 for MobileNetV2): building those took
-    about 1.5 s of the 3 s export on 2 CPU cores, and loading the model for serving took 1.6 s against
-    0.5-0.9 s frozen. The SavedModel is for serving; `model.keras` is what training continues from.
-    Larger models keep their variables. Keras' `model.export` instead traces the whole network again
-    and walks every layer's trackable children: about 11 s here.
-    """
-    concrete = serve.get_concrete_function()
-    module = tf.Module()
-    size = sum(v.shape.num_elements() * v.dtype.size for v in concrete.variables)
-    if size <= FREEZE_LIMIT_BYTES:
-        signature = convert_variables_to_constants_v2(concrete)
-    else:
-        module.model_variables = list(concrete.variables)
-        signature = concrete
-    tf.saved_model.save(module, path, signatures={"serving_default": signature})
-
-
-def export(
-    model: keras.Model, output: str, spec: TransferJobSpec, serve: Inference | None = None
-) -> ModelArtifacts:
-    """model.keras, and the SavedModel for serving when asked (from `serve` when already traced)."""
-    model_uri = fs.join(output, "model.keras")
-    with fs.local_file_for_write(model_uri, ".keras") as tmp:
-        model.save(tmp)
-    saved_model_uri = None
-    if spec.output.saved_model:
-        saved_model_uri = fs.join(output, "saved_model")
-        staging = tempfile.mkdtemp(prefix="savedmodel-", dir=output if fs.is_local(output) else None)
-        try:
-            target = os.path.join(staging, "saved_model")
-            write_saved_model(serve or inference_function(model), target)
-            fs.copy_tree(target, saved_model_uri)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return ModelArtifacts(
-        uri=model_uri,
-        saved_model_uri=saved_model_uri,
-        tensorboard_uri=fs.join(output, "tensorboard") if spec.output.tensorboard else None,
-        metrics_uri=fs.join(output, "metrics.json"),
-    )
 
 
 def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
