@@ -49,9 +49,10 @@ from transferjob.models import parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import modeling
 from transferjob_trainer.layout import scan_layout
+from transferjob_trainer.paths import resolve_paths
 from transferjob_trainer.pipeline import image_dataset, training_batches
 from transferjob_trainer.report import Reporter
-from transferjob_trainer.run import resolve_paths, run
+from transferjob_trainer.run import run
 
 AUGMENTATION = {"flip": "none", "rotation": 0.05, "zoom": 0.1, "translation": 0.1}
 

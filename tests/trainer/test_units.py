@@ -23,8 +23,9 @@ from transferjob_trainer import errors
 from transferjob_trainer.errors import InvalidDataError, InvalidSpecError
 from transferjob_trainer.layout import image_problem, scan_layout
 from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy
+from transferjob_trainer.paths import resolve_paths
 from transferjob_trainer.report import write_termination_log
-from transferjob_trainer.run import resolve_paths, spec_from_document
+from transferjob_trainer.run import spec_from_document
 from transferjob_trainer.stopping import StopState, kept_epoch, step
 
 if TYPE_CHECKING:
@@ -446,7 +447,8 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     import keras
     import tensorflow as tf
 
-    from transferjob_trainer import training
+    from transferjob_trainer import export
+    from transferjob_trainer.inference import inference_function
 
     image = keras.Input((8, 8, 3), name="transferjob_image")
     x = keras.layers.Conv2D(4, 3)(image)
@@ -454,8 +456,8 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     output = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(image, output)
     if not frozen:
-        monkeypatch.setattr(training, "FREEZE_LIMIT_BYTES", 0)
-    training.write_saved_model(training.inference_function(model), str(tmp_path / "sm"))
+        monkeypatch.setattr(export, "FREEZE_LIMIT_BYTES", 0)
+    export.write_saved_model(inference_function(model), str(tmp_path / "sm"))
 
     images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
@@ -496,11 +498,12 @@ def sigterm_handler() -> Iterator[None]:
 def run_execute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body) -> tuple[int, list[dict]]:
     """`__main__.execute` with `run.run` replaced by `body`; returns the exit code and the events."""
     from transferjob_trainer import __main__ as cli
+    from transferjob_trainer import paths as paths_module
     from transferjob_trainer import run as run_module
     from transferjob_trainer.report import Reporter
 
     monkeypatch.setattr(run_module, "load_spec", lambda path: parse_spec(spec_dict()))
-    monkeypatch.setattr(run_module, "resolve_paths", lambda *args: None)
+    monkeypatch.setattr(paths_module, "resolve_paths", lambda *args: None)
     monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter: body())
     stream = io.StringIO()
     args = argparse.Namespace(spec="spec.json", data_dir=None, output_dir=None, init_model=None)

@@ -2,18 +2,26 @@
 
 `python -m transferjob_trainer --spec FILE` (console script `transferjob-trainer`, the image's entrypoint)
 reads a spec, checks the images, trains (feature extraction on cached features, or fine-tuning), tests
-and exports. Modules, from the bottom up:
+and exports.
 
-- `errors`: the failure reasons and whether a retry can help.
-- `fs`: local paths and tf.io.gfile URIs behind one small interface.
-- `layout`: finding and checking the images (no TensorFlow, so bad data fails in a second).
-- `report`: the progress protocol on stdout and the termination message.
-- `metrics`, `stopping`: pure functions for test metrics and early stopping.
-- `pipeline`: tf.data input pipelines and augmentation.
-- `modeling`: base networks, preprocessing, the head, the end-to-end model, fine-tuning freezes.
-- `checkpoint`: per-epoch checkpoints and the feature cache that make runs resumable.
-- `run`: one run from spec to exported model.
-- `pretrain`: a small source network for honest transfer tests and demos.
+Modules, in layers from the top down. A module imports only modules of lower layers (function-level
+imports included), never one of its own layer, so there is no import cycle; a module that needs a
+sibling moves up a layer. Layers 5-7 and `layout`, `paths` import no TensorFlow, so a bad spec or bad
+data fails in a second (`fs` imports it only for non-local URIs).
+
+7. `__main__`: the CLI; maps every outcome to a final event and an exit code.
+6. `run`: one run from spec file to exported model; checks spec, flags and data before TensorFlow.
+5. `training`: the epoch loop and `train`, the run's steps from a checked layout to the finished event.
+4. `export`: `model.keras` and the SavedModel; `features`: the base's feature pass;
+   `pretrain`: a small source network for honest transfer tests and demos (an entry point of its own).
+3. `head`: the head's traced epoch; `inference`: traced forward passes, reused by the export;
+   `pipeline`: tf.data input pipelines and augmentation.
+2. `checkpoint`: per-epoch checkpoints and the feature cache that make runs resumable;
+   `layout`: finding and checking the images; `modeling`: base networks, the head, the end-to-end
+   model, fine-tuning freezes; `paths`: where a run reads and writes; `tensorboard_log`: learning curves.
+1. `errors`: the failure reasons and whether a retry can help; `fs`: local paths and tf.io.gfile URIs;
+   `metrics`, `stopping`: pure functions for test metrics and early stopping; `report`: the progress
+   protocol on stdout, notes on stderr, the termination message.
 """
 
 __all__: list[str] = []

@@ -70,7 +70,8 @@ def interrupted(reporter: Reporter) -> int:
 
 def execute(args: argparse.Namespace, reporter: Reporter) -> int:
     """Run and map every outcome to a final event and an exit code."""
-    from transferjob_trainer.run import load_spec, resolve_paths, run
+    from transferjob_trainer.paths import resolve_paths
+    from transferjob_trainer.run import load_spec, run
 
     try:
         spec = load_spec(args.spec)

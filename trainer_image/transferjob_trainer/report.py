@@ -3,12 +3,13 @@
 The trainer's stdout carries nothing else (the CLI points file descriptor 1 at stderr for TensorFlow's
 and Keras' chatter and keeps a private handle for events), and each line is flushed at once so the
 operator and the local backend see epochs as they end. The final event also goes to the termination-log
-file, which survives a missed log line.
+file, which survives a missed log line. Notes for people (`log`) go to stderr.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TextIO
 
 from transferjob.constants import TERMINATION_MESSAGE_PATH
@@ -23,6 +24,11 @@ from transferjob.progress import (
 )
 
 Event = Started | PhaseChanged | EpochEnded | Finished | Failed
+
+
+def log(message: str) -> None:
+    """Human-readable notes go to stderr; stdout carries only protocol events."""
+    print(f"[trainer] {message}", file=sys.stderr, flush=True)
 
 
 def default_termination_log() -> str:

@@ -1,34 +1,25 @@
 """One run, from a spec file to an exported model, without TensorFlow until the data has been checked.
 
-Everything a retry cannot fix (the spec, the flags, the data) is checked first and fails within seconds
-with a permanent error; only then is TensorFlow imported and the model built (`training.train`).
+Everything a retry cannot fix (the spec, the flags (`paths`), the data) is checked first and fails within
+seconds with a permanent error; only then is TensorFlow imported and the model built (`training.train`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from transferjob.constants import KIND
-from transferjob.models import Location, Mode, SpecError, TransferJobSpec, parse_spec
+from transferjob.models import SpecError, TransferJobSpec, parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError
 from transferjob_trainer.layout import Layout, check_images, scan_layout
+from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.report import Reporter
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where this run reads and writes, after the CLI's overrides."""
-
-    data_root: str
-    output: str
-    init_model: str | None = None
 
 
 def spec_from_document(document: Any) -> TransferJobSpec:
@@ -59,36 +50,6 @@ def load_spec(path: str) -> TransferJobSpec:
     except yaml.YAMLError as error:
         raise InvalidSpecError(f"spec file {path} is not valid YAML/JSON: {error}") from None
     return spec_from_document(document)
-
-
-def location_path(location: Location, field: str, flag: str) -> str:
-    """The path or URI a location names; PVCs exist only inside the pod the operator builds."""
-    if location.pvc is not None:
-        raise InvalidSpecError(f"{field} is a pvc: pvc locations are mounted by the operator; pass {flag}")
-    return fs.normalize(location.host_path or location.uri or "")
-
-
-def resolve_paths(
-    spec: TransferJobSpec, data_dir: str | None, output_dir: str | None, init_model: str | None
-) -> RunPaths:
-    """Apply the CLI overrides; say what is missing for fine-tuning from another job."""
-    data_root = (
-        fs.normalize(data_dir) if data_dir else location_path(spec.data.source, "data.source", "--data-dir")
-    )
-    output = (
-        fs.normalize(output_dir)
-        if output_dir
-        else location_path(spec.output.location, "output.location", "--output-dir")
-    )
-    model = init_model or spec.model.from_model
-    if spec.mode is Mode.FINE_TUNING and spec.model.from_job and not init_model:
-        raise InvalidSpecError(
-            f"model.fromJob {spec.model.from_job!r} needs --init-model: the operator resolves the job's "
-            "exported model and passes its path"
-        )
-    if spec.mode is not Mode.FINE_TUNING and init_model:
-        raise InvalidSpecError("--init-model is only used with mode FineTuning")
-    return RunPaths(data_root=data_root, output=output.rstrip("/") or "/", init_model=model)
 
 
 def fingerprint(spec: TransferJobSpec, layout: Layout) -> str:

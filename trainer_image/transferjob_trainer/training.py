@@ -1,12 +1,10 @@
-"""Training proper: feature extraction on cached features, or fine-tuning; then test and export.
+"""Training proper: the epoch loop, and `train`, the sequence of steps from a checked layout to a result.
 
-Feature extraction never runs the frozen base inside the training loop. The base's pooled features are
-computed once per image (without augmentation), or once per augmented view (`cachedViews` views of every
-training image, each a fresh random augmentation), and the head trains on those arrays: epoch e (from 0)
-uses view `e % cachedViews`, so the views cycle through the epochs. Validation and test features are
-computed once, in the same pass. The head shares its layers with the end-to-end model that gets
-exported, so scoring the test features with the head is the end-to-end model's computation, without
-tracing the whole network a second time (a test checks the exported model reproduces the accuracy).
+Feature extraction never runs the frozen base inside the training loop: the head trains on the base's
+features, computed once per image or per augmented view (`features`); epoch e (from 0) uses view
+`e % cachedViews`. The head shares its layers with the end-to-end model that gets exported, so scoring
+the test features with the head is the end-to-end model's computation, without tracing the whole
+network a second time (a test checks the exported model reproduces the accuracy).
 
 Fine-tuning trains the end-to-end model on the image pipeline (cached decoded images, augmentation on
 the fly), with the base unfrozen from `fineTuneAt` and BatchNorm frozen.
@@ -19,28 +17,26 @@ state) under our control rather than inside Keras callbacks that reset at `on_tr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from typing import TypeAlias
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TransferJobSpec
+from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TestMetrics, TrainingSpec, TransferJobSpec
 from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
+from transferjob_trainer.export import export
+from transferjob_trainer.features import feature_cache
 from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
+from transferjob_trainer.inference import Inference, inference_function, run_inference, serving_function
 from transferjob_trainer.layout import Layout, Split
 from transferjob_trainer.metrics import classification_metrics
+from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
     Augmenter,
     CacheFill,
@@ -54,9 +50,9 @@ from transferjob_trainer.pipeline import (
     static_tuning,
     training_batches,
 )
-from transferjob_trainer.report import Reporter
-from transferjob_trainer.run import RunPaths
+from transferjob_trainer.report import Reporter, log
 from transferjob_trainer.stopping import kept_epoch, step
+from transferjob_trainer.tensorboard_log import TensorBoardLog
 
 # Images go through the base in batches of the spec's `batchSize`: on CPUs, larger batches run slower
 # per image once the activations no longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of
@@ -68,12 +64,6 @@ from transferjob_trainer.stopping import kept_epoch, step
 HEAD_STEPS_PER_EXECUTION = 64
 
 FitOneEpoch = Callable[[int], dict[str, float]]
-Inference: TypeAlias = tf.types.experimental.PolymorphicFunction
-
-
-def log(message: str) -> None:
-    """Human-readable notes go to stderr; stdout carries only protocol events."""
-    print(f"[trainer] {message}", file=sys.stderr, flush=True)
 
 
 def distribution_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
@@ -107,125 +97,6 @@ def build_or_load_model(spec: TransferJobSpec, paths: RunPaths, n_classes: int) 
         return model
     base, preprocess = modeling.build_base(spec.model.base, spec.model.weights, size)
     return modeling.build_model(base, n_classes, spec.model.head, size, preprocess)
-
-
-def inference_function(model: keras.Model) -> Inference:
-    """`model(images, training=False)` as one traced function over float32 image batches of any size.
-
-    Traced once, on the first call; the SavedModel export reuses the trace (see `write_saved_model`),
-    so the network is not traced a second time for serving.
-    """
-    signature = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name=modeling.INPUT_NAME)
-    return tf.function(lambda images: model(images, training=False), input_signature=[signature])
-
-
-def serving_function(extract: Inference, head: keras.Model) -> Inference:
-    """The end-to-end model's computation as head(extract(images)): the extractor's trace is reused.
-
-    The extractor and the head are the end-to-end model's own layers (`modeling.split_model`), so this
-    is `model(images, training=False)`; a test checks the exported SavedModel against the .keras model.
-    """
-    signature = extract.input_signature[0]
-    return tf.function(lambda images: head(extract(images), training=False), input_signature=[signature])
-
-
-def run_inference(fn: Inference, batches: tf.data.Dataset) -> np.ndarray:
-    """`fn` over every batch of images, outputs concatenated as float32."""
-    outputs = [np.asarray(fn(batch), dtype=np.float32) for batch in batches]
-    return np.concatenate(outputs)
-
-
-def compute_features(
-    extract: Callable[[tf.data.Dataset], np.ndarray],
-    images: tf.data.Dataset,
-    views: int,
-    augment: Augmenter | None,
-    batch_size: int,
-) -> np.ndarray:
-    """Pooled base features of every image: [views, n, d]; each view a fresh random augmentation."""
-    out = []
-    for view in range(views):
-        ds = images.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), tf.data.AUTOTUNE)
-        if augment is not None:
-            ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-        started = time.perf_counter()
-        features = extract(ds.map(lambda x, y: x).prefetch(tf.data.AUTOTUNE))
-        log(f"features view {view + 1}/{views}: {features.shape} in {time.perf_counter() - started:.1f}s")
-        out.append(np.asarray(features, dtype=np.float32))
-    return np.stack(out)
-
-
-def _scalar_metadata() -> summary_pb2.SummaryMetadata:
-    """What TensorBoard's scalars plugin tags its summaries with (see tensorboard's `scalar_v2`)."""
-    metadata = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
-    metadata.plugin_data.plugin_name = "scalars"
-    return metadata
-
-
-_SCALAR = _scalar_metadata()
-
-
-def feature_cache(
-    extract: Callable[[tf.data.Dataset], np.ndarray],
-    train: tf.data.Dataset,
-    val: tf.data.Dataset,
-    test: tf.data.Dataset,
-    views: int,
-    augment: Augmenter | None,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Training views, validation and test features; unaugmented splits go through the base in one pass."""
-    n_train = int(train.cardinality())
-    n_val = int(val.cardinality())
-    if augment is None:
-        both = compute_features(extract, train.concatenate(val).concatenate(test), 1, None, batch_size)[0]
-        train_views = both[None, :n_train]
-        rest = both[n_train:]
-    else:
-        train_views = compute_features(extract, train, views, augment, batch_size)
-        rest = compute_features(extract, val.concatenate(test), 1, None, batch_size)[0]
-    return {"train": train_views, "val": rest[:n_val], "test": rest[n_val:]}
-
-
-class TensorBoardLog:
-    """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback.
-
-    Written with the low-level `tf.summary.write` and the scalars plugin's metadata, because the
-    high-level `tf.summary.scalar` needs the tensorboard package, which TensorFlow no longer pulls in.
-    """
-
-    def __init__(self, folder: str | None) -> None:
-        self._writers = (
-            {
-                "train": tf.summary.create_file_writer(fs.join(folder, "train")),
-                "validation": tf.summary.create_file_writer(fs.join(folder, "validation")),
-            }
-            if folder
-            else {}
-        )
-
-    def write(self, metrics: EpochMetrics) -> None:
-        if not self._writers:
-            return
-        values = {
-            "train": {
-                "loss": metrics.loss,
-                "accuracy": metrics.accuracy,
-                "learning_rate": metrics.learning_rate,
-            },
-            "validation": {"loss": metrics.val_loss, "accuracy": metrics.val_accuracy},
-        }
-        for split, writer in self._writers.items():
-            with writer.as_default():
-                for name, value in values[split].items():
-                    if value is not None:
-                        tf.summary.write(
-                            f"epoch_{name}",
-                            tf.constant(value, tf.float32),
-                            step=metrics.epoch,
-                            metadata=_SCALAR,
-                        )
-            writer.flush()
 
 
 def learning_rate(model: keras.Model) -> float:
@@ -335,96 +206,128 @@ def train_epochs(
     return state
 
 
-#: Largest total size of variables the SavedModel export folds into constants (see `write_saved_model`):
-#: the graph is a protocol buffer, which cannot exceed 2 GiB, and loading a graph this large gets slow.
-FREEZE_LIMIT_BYTES = 512 << 20
+# ------------------------------------------------------------------------------------------ the steps
 
 
-def write_saved_model(serve: Inference, path: str) -> None:
-    """A SavedModel whose `serving_default` signature is `serve` (input `transferjob_image`: float32
-    0-255 images, any batch size; output `output_0`), as Keras' `model.export` names them.
+@dataclass(frozen=True)
+class Plan:
+    """What this run has left to do, decided once from the spec, the data and the resumed state."""
 
-    The signature is saved from `serve`'s existing trace, with its variables folded into constants (a
-    frozen graph) when they total at most `FREEZE_LIMIT_BYTES`. A SavedModel with variables carries
-    save and restore operations for every one of them (some 260 for MobileNetV2): building those took
-    about 1.5 s of the 3 s export on 2 CPU cores, and loading the model for serving took 1.6 s against
-    0.5-0.9 s frozen. The SavedModel is for serving; `model.keras` is what training continues from.
-    Larger models keep their variables. Keras' `model.export` instead traces the whole network again
-    and walks every layer's trackable children: about 11 s here.
-    """
-    concrete = serve.get_concrete_function()
-    module = tf.Module()
-    size = sum(v.shape.num_elements() * v.dtype.size for v in concrete.variables)
-    if size <= FREEZE_LIMIT_BYTES:
-        signature = convert_variables_to_constants_v2(concrete)
-    else:
-        module.model_variables = list(concrete.variables)
-        signature = concrete
-    tf.saved_model.save(module, path, signatures={"serving_default": signature})
+    epochs: int
+    feature_extraction: bool
+    #: Epochs are left to train (the run is not resuming a finished or early-stopped one).
+    remaining: bool
+    #: The base's features must be computed (feature extraction without features saved by a killed run).
+    feature_pass: bool
+    #: Decoded images are kept in memory (`data.cache`).
+    cache: bool
 
 
-def export(
-    model: keras.Model, output: str, spec: TransferJobSpec, serve: Inference | None = None
-) -> ModelArtifacts:
-    """model.keras, and the SavedModel for serving when asked (from `serve` when already traced)."""
-    model_uri = fs.join(output, "model.keras")
-    with fs.local_file_for_write(model_uri, ".keras") as tmp:
-        model.save(tmp)
-    saved_model_uri = None
-    if spec.output.saved_model:
-        saved_model_uri = fs.join(output, "saved_model")
-        staging = tempfile.mkdtemp(prefix="savedmodel-", dir=output if fs.is_local(output) else None)
-        try:
-            target = os.path.join(staging, "saved_model")
-            write_saved_model(serve or inference_function(model), target)
-            fs.copy_tree(target, saved_model_uri)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return ModelArtifacts(
-        uri=model_uri,
-        saved_model_uri=saved_model_uri,
-        tensorboard_uri=fs.join(output, "tensorboard") if spec.output.tensorboard else None,
-        metrics_uri=fs.join(output, "metrics.json"),
-    )
+@dataclass
+class Images:
+    """The three splits as image datasets, and the background pass that fills their caches, if any."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    fill: CacheFill | None
+
+    def wait(self) -> None:
+        """Return once the caches are full: a tf.data memory cache must not be filled by two iterators."""
+        if self.fill is not None:
+            self.fill.wait()
 
 
-def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
-    """Build (or resume), train, restore the best epoch, test, export; returns the finished event."""
-    training = spec.training
-    epochs = int(training.epochs or 1)
-    feature_extraction = spec.mode is Mode.FEATURE_EXTRACTION
+@dataclass
+class Network:
+    """The end-to-end model (what is exported) and the model that trains: its head, or the model itself."""
+
+    model: keras.Model
+    train_model: keras.Model
+    #: Feature extraction's halves of `model` (`train_model` is the head); None when fine-tuning.
+    parts: modeling.SplitModel | None
+    #: The end-to-end model's forward pass, traced once and exported as the SavedModel's signature;
+    #: None with several replicas, where Keras' `predict` spreads the batches and the export traces anew.
+    serve: Inference | None
+    #: Feature extraction's traced base pass on one device (`serve` reuses its trace).
+    extract: Inference | None
+
+
+def set_up_devices(training: TrainingSpec) -> tuple[tf.distribute.Strategy, list[str]]:
+    """Seeds and the precision policy first: both must be set before any layer or random op is made."""
     keras.utils.set_random_seed(training.seed)
     if training.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
-    strategy, devices = distribution_strategy()
-    fs.makedirs(paths.output)
-    store = CheckpointStore(fs.join(paths.output, "checkpoints"))
+    return distribution_strategy()
+
+
+def open_checkpoints(output: str, fp: str) -> tuple[CheckpointStore, RunState]:
+    """The checkpoint store, and the state to continue from: a killed run with this fingerprint resumes."""
+    fs.makedirs(output)
+    store = CheckpointStore(fs.join(output, "checkpoints"))
     state = store.load(fp) or RunState(fp)
     if state.epochs_done:
         log(f"resuming after epoch {state.epochs_done} from {store.folder}")
+    return store, state
 
-    binary = layout.binary
-    size = spec.model.image_size
+
+def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, features_saved: bool) -> Plan:
+    """Decide once what is left, so that the steps after it agree on which passes happen."""
+    epochs = int(spec.training.epochs or 1)
+    feature_extraction = spec.mode is Mode.FEATURE_EXTRACTION
     n_images = len(layout.train) + len(layout.val) + len(layout.test)
-    cache = should_cache(spec.data.cache, cached_image_bytes(n_images, size), available_memory_bytes())
-    remaining = state.epochs_done < epochs and not state.stop.stopped
-    features: dict[str, np.ndarray] = (store.load_features(fp) or {}) if feature_extraction else {}
+    return Plan(
+        epochs=epochs,
+        feature_extraction=feature_extraction,
+        remaining=state.epochs_done < epochs and not state.stop.stopped,
+        feature_pass=feature_extraction and not features_saved,
+        cache=should_cache(
+            spec.data.cache, cached_image_bytes(n_images, spec.model.image_size), available_memory_bytes()
+        ),
+    )
+
+
+def open_images(layout: Layout, size: int, plan: Plan) -> Images:
+    """The splits' datasets, with the caches this run will read filling from now on, in the background.
+
+    Called before the network is built, so the decoding runs on the cores that building (single-threaded
+    Python) leaves idle (`pipeline.CacheFill`).
+    """
+    binary = layout.binary
+    train = image_dataset(layout.train, size, binary=binary, cache=plan.cache)
+    val = image_dataset(layout.val, size, binary=binary, cache=plan.cache)
     # Feature extraction without cached features sends every split through the base in one pass; the
     # test images are then decoded (and cached) early too. Fine-tuning decodes them at the end.
-    feature_pass = feature_extraction and not features
-    train_images = image_dataset(layout.train, size, binary=binary, cache=cache)
-    val_images = image_dataset(layout.val, size, binary=binary, cache=cache)
-    test_images = image_dataset(layout.test, size, binary=binary, cache=cache and feature_pass)
-    if feature_pass:
-        needed = [train_images, val_images, test_images]
-    elif not feature_extraction and remaining:
-        needed = [train_images, val_images]
+    test = image_dataset(layout.test, size, binary=binary, cache=plan.cache and plan.feature_pass)
+    if plan.feature_pass:
+        needed = [train, val, test]
+    elif not plan.feature_extraction and plan.remaining:
+        needed = [train, val]
     else:
         needed = []
-    fill = CacheFill(needed) if cache and needed else None
+    return Images(train, val, test, CacheFill(needed) if plan.cache and needed else None)
+
+
+def build_network(
+    spec: TransferJobSpec,
+    paths: RunPaths,
+    layout: Layout,
+    plan: Plan,
+    state: RunState,
+    store: CheckpointStore,
+    strategy: tf.distribute.Strategy,
+) -> Network:
+    """The compiled model that trains, with a resumed run's weights, and its traced forward passes.
+
+    The model is built in the strategy's scope so its variables live on every replica. The forward
+    passes are made (not yet traced) once here, and reused by the feature pass or the test pass and by
+    the export, so the network is traced once per run.
+    """
+    training = spec.training
+    parts = None
     with strategy.scope():
         model = build_or_load_model(spec, paths, len(layout.classes))
-        if feature_extraction:
+        if plan.feature_extraction:
             parts = modeling.split_model(model)
             train_model = parts.head
         else:
@@ -436,91 +339,135 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             train_model,
             training.optimizer,
             float(training.learning_rate or 1e-4),
-            binary,
-            HEAD_STEPS_PER_EXECUTION if feature_extraction else 1,
+            layout.binary,
+            HEAD_STEPS_PER_EXECUTION if plan.feature_extraction else 1,
         )
         if state.weights:
             store.load_weights(train_model, state.weights)
-    # Inference through one traced function, reused by the SavedModel export. Several replicas keep
-    # Keras' predict, which spreads the batches over them.
-    single_device = strategy.num_replicas_in_sync == 1
-    serve: Inference | None = None
-
-    reporter.emit(
-        Started(
-            mode=spec.mode.value,
-            base=spec.model.base,
-            epochs=epochs,
-            initial_epoch=state.epochs_done,
-            classes=list(layout.classes),
-            train_images=len(layout.train),
-            val_images=len(layout.val),
-            test_images=len(layout.test),
-            devices=devices,
-        )
-    )
-    splits = [layout.train, layout.val, layout.test]
-    with decode_errors_as_invalid_data(splits):
-        augment = build_augmenter(spec.data.augmentation, training.seed)
-        views = spec.data.augmentation.cached_views if augment is not None and remaining else 1
-        if feature_pass:
-            reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
-        if feature_extraction and single_device:
+    extract = serve = None
+    if strategy.num_replicas_in_sync == 1:
+        if parts is not None:
             extract = inference_function(parts.extractor)
             serve = serving_function(extract, parts.head)
-            if feature_pass:
-                extract.get_concrete_function()  # traced while the images may still be decoding
-        if fill is not None:
-            fill.wait()  # the caches are full before any pipeline reads them
-        if feature_pass:
-            features = feature_cache(
-                (lambda batches: run_inference(extract, batches))
-                if single_device
-                else (lambda batches: parts.extractor.predict(batches, verbose=0)),
-                train_images,
-                val_images,
-                test_images,
-                views,
-                augment,
-                training.batch_size,
-            )
-            store.save_features(fp, features)
-        if remaining:
-            if feature_extraction:
-                fit_one_epoch = fit_on_features(
-                    train_model, features, layout, binary, training.batch_size, training.seed, single_device
-                )
-            else:
-                train_ds = training_batches(
-                    train_images, len(layout.train), training.batch_size, training.seed, augment
-                )
-                fit_one_epoch = fit_on_datasets(
-                    train_model, lambda _: train_ds, eval_batches(val_images, training.batch_size)
-                )
-            reporter.phase("training", f"epochs {state.epochs_done + 1}-{epochs}")
-            board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
-            state = train_epochs(spec, state, store, train_model, fit_one_epoch, board, reporter)
-
-        kept = kept_epoch(state.stop, state.epochs_done, training.early_stopping)
-        if kept != state.epochs_done and state.best_weights:
-            log(f"restoring the weights of epoch {kept}")
-            store.load_weights(train_model, BEST_WEIGHTS)
-        reporter.phase("evaluating", f"testing the weights of epoch {kept}")
-        if feature_extraction:
-            probabilities = predict_features(train_model, features["test"])
         else:
-            test_batches = eval_batches(test_images, training.batch_size).map(lambda x, y: x)
-            if single_device:
-                serve = inference_function(model)
-                probabilities = run_inference(serve, test_batches)
-            else:
-                probabilities = model.predict(test_batches, verbose=0)
-        test = classification_metrics(
-            np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes
-        )
+            serve = inference_function(model)
+    return Network(model, train_model, parts, serve, extract)
 
-    reporter.phase("exporting", f"writing to {paths.output}")
-    artifacts = export(model, paths.output, spec, serve)
+
+def started_event(
+    spec: TransferJobSpec, layout: Layout, plan: Plan, state: RunState, devices: list[str]
+) -> Started:
+    """The first protocol event: the data checked and the model built, so the job is truly under way."""
+    return Started(
+        mode=spec.mode.value,
+        base=spec.model.base,
+        epochs=plan.epochs,
+        initial_epoch=state.epochs_done,
+        classes=list(layout.classes),
+        train_images=len(layout.train),
+        val_images=len(layout.val),
+        test_images=len(layout.test),
+        devices=devices,
+    )
+
+
+def extract_features(
+    spec: TransferJobSpec,
+    plan: Plan,
+    images: Images,
+    net: Network,
+    augment: Augmenter | None,
+    reporter: Reporter,
+) -> dict[str, np.ndarray]:
+    """The base's features of every split (`features.feature_cache`), the base traced meanwhile.
+
+    The trace is made while the background pass may still be decoding images; only then does this
+    wait for the caches, which the feature pass is the first to read.
+    """
+    views = spec.data.augmentation.cached_views if augment is not None and plan.remaining else 1
+    reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+    assert net.parts is not None  # feature extraction always splits the model
+    extractor, extract = net.parts.extractor, net.extract
+    if extract is not None:
+        extract.get_concrete_function()  # traced while the images may still be decoding
+    images.wait()  # the caches are full before any pipeline reads them
+    return feature_cache(
+        (lambda batches: run_inference(extract, batches))
+        if extract is not None
+        else (lambda batches: extractor.predict(batches, verbose=0)),
+        images.train,
+        images.val,
+        images.test,
+        views,
+        augment,
+        spec.training.batch_size,
+    )
+
+
+def epoch_fitter(
+    spec: TransferJobSpec,
+    layout: Layout,
+    plan: Plan,
+    net: Network,
+    features: dict[str, np.ndarray],
+    images: Images,
+    augment: Augmenter | None,
+    single_device: bool,
+) -> FitOneEpoch:
+    """One epoch of training: the head on cached features, or the whole model on augmented images."""
+    training = spec.training
+    if plan.feature_extraction:
+        return fit_on_features(
+            net.train_model,
+            features,
+            layout,
+            layout.binary,
+            training.batch_size,
+            training.seed,
+            single_device,
+        )
+    train_ds = training_batches(images.train, len(layout.train), training.batch_size, training.seed, augment)
+    return fit_on_datasets(net.train_model, lambda _: train_ds, eval_batches(images.val, training.batch_size))
+
+
+def restore_kept_epoch(state: RunState, store: CheckpointStore, net: Network, spec: TransferJobSpec) -> int:
+    """The epoch whose weights are tested and exported: early stopping's best, loaded if not the last."""
+    kept = kept_epoch(state.stop, state.epochs_done, spec.training.early_stopping)
+    if kept != state.epochs_done and state.best_weights:
+        log(f"restoring the weights of epoch {kept}")
+        store.load_weights(net.train_model, BEST_WEIGHTS)
+    return kept
+
+
+def score_test_set(
+    layout: Layout, plan: Plan, net: Network, features: dict[str, np.ndarray], images: Images, batch_size: int
+) -> TestMetrics:
+    """Test-set metrics of the kept weights, scored by the forward pass the export then reuses.
+
+    Feature extraction scores the cached test features with the head (the end-to-end model's own
+    layers); fine-tuning runs the test images through the traced model, whose trace the export saves.
+    """
+    if plan.feature_extraction:
+        probabilities = predict_features(net.train_model, features["test"])
+    else:
+        test_batches = eval_batches(images.test, batch_size).map(lambda x, y: x)
+        if net.serve is not None:
+            probabilities = run_inference(net.serve, test_batches)
+        else:
+            probabilities = net.model.predict(test_batches, verbose=0)
+    return classification_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
+
+
+def finished_event(
+    spec: TransferJobSpec,
+    layout: Layout,
+    state: RunState,
+    kept: int,
+    test: TestMetrics,
+    artifacts: ModelArtifacts,
+    output: str,
+) -> Finished:
+    """The final event, also written as metrics.json (with mode, base and classes) beside the model."""
     history = [EpochMetrics.model_validate(h) for h in state.history]
     finished = Finished(
         epochs_run=state.epochs_done, best_epoch=kept, test=test, model=artifacts, history=history
@@ -531,7 +478,36 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
         "classes": list(layout.classes),
         **{k: v for k, v in finished.to_dict().items() if k != "event"},
     }
-    fs.write_text(
-        artifacts.metrics_uri or fs.join(paths.output, "metrics.json"), json.dumps(summary, indent=1)
-    )
+    fs.write_text(artifacts.metrics_uri or fs.join(output, "metrics.json"), json.dumps(summary, indent=1))
     return finished
+
+
+def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
+    """Build (or resume), train, restore the best epoch, test, export; returns the finished event."""
+    strategy, devices = set_up_devices(spec.training)
+    store, state = open_checkpoints(paths.output, fp)
+    saved = (store.load_features(fp) or {}) if spec.mode is Mode.FEATURE_EXTRACTION else {}
+    plan = plan_run(spec, layout, state, features_saved=bool(saved))
+    images = open_images(layout, spec.model.image_size, plan)
+    net = build_network(spec, paths, layout, plan, state, store, strategy)
+    single_device = strategy.num_replicas_in_sync == 1
+    reporter.emit(started_event(spec, layout, plan, state, devices))
+    with decode_errors_as_invalid_data([layout.train, layout.val, layout.test]):
+        augment = build_augmenter(spec.data.augmentation, spec.training.seed)
+        if plan.feature_pass:
+            features = extract_features(spec, plan, images, net, augment, reporter)
+            store.save_features(fp, features)
+        else:
+            features = saved
+            images.wait()
+        if plan.remaining:
+            fit_one_epoch = epoch_fitter(spec, layout, plan, net, features, images, augment, single_device)
+            reporter.phase("training", f"epochs {state.epochs_done + 1}-{plan.epochs}")
+            board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
+            state = train_epochs(spec, state, store, net.train_model, fit_one_epoch, board, reporter)
+        kept = restore_kept_epoch(state, store, net, spec)
+        reporter.phase("evaluating", f"testing the weights of epoch {kept}")
+        test = score_test_set(layout, plan, net, features, images, spec.training.batch_size)
+    reporter.phase("exporting", f"writing to {paths.output}")
+    artifacts = export(net.model, paths.output, spec, net.serve)
+    return finished_event(spec, layout, state, kept, test, artifacts, paths.output)
