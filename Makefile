@@ -21,10 +21,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install the project with its dev extras.
 
 .PHONY: lint
-lint: install ## ruff on everything; mypy on the three packages (sdk, operator, trainer_image).
+lint: install ## ruff on everything; mypy on the packages; import-linter on the layering (pyproject.toml).
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: crd
 crd: install ## Regenerate manifests/crd/ from the pydantic models.

@@ -2,6 +2,21 @@
 
 The public surface is re-exported here: the client and what `watch`/`events` yield, the spec and status
 models, and the errors (all `TransferJobError`). Everything else is internal.
+
+Modules, in layers from the top down; a module imports only lower layers, so the pure bottom half
+(the spec, the protocol, the status) is what the operator and the trainer build on. `make lint`
+checks this order with import-linter (the contracts are in pyproject.toml).
+
+- `cli`: the `tj` command.
+- `client` (the facade over a backend), `plot`, `crd` (the CRD rendered from the models),
+  `datasets` (the digits written as images).
+- `backends`: `kubernetes` (TransferJob objects in a cluster) and `local` (the trainer as a process;
+  `localrunner` runs it, `localstatus` is its pure retry and exit-code logic), over `base`.
+- `status`: progress events -> `TransferJobStatus`, shared with the operator (pure).
+- `progress`: the trainer's protocol (pure).
+- `models`: the spec and status, the single source of the CRD schema (pure).
+- `errors`: every error the SDK raises, all `TransferJobError`.
+- `bases`, `constants`, `types`: facts and names everything agrees on.
 """
 
 from transferjob.client import EpochCompleted, JobEvent, PhaseChanged, TransferJobClient, WatchEvent
