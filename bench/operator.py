@@ -41,7 +41,9 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob.models import TransferJob
+from transferjob.types import Json
 from transferjob_operator import jobs
 from transferjob_testing.cluster.kube import kubectl, wait_for
 from transferjob_testing.cluster.private import PrivateCluster
@@ -54,9 +56,7 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 THREADS = 8
-Json = dict[str, Any]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -24,6 +24,7 @@ from kubernetes import client, config
 
 from transferjob import Phase, TransferJobClient, TransferJobStatus
 from transferjob.client import EpochCompleted
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.agent_process import start_agent
 from transferjob_testing.cluster.controlplane import ControlPlane
 from transferjob_testing.harness import (
@@ -35,7 +36,6 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 NAMESPACE = "demo"
 
 

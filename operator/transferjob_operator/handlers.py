@@ -21,13 +21,13 @@ import kopf
 from kubernetes import client
 
 from transferjob.constants import GROUP, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.types import Json
 from transferjob_operator import metrics
 from transferjob_operator.kube import Kube
 from transferjob_operator.reconciler import Reconciler
 from transferjob_operator.slim import slim_job, slim_pod
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT
 
-Json = dict[str, Any]
 Key = tuple[str | None, str]
 IndexEntry = dict[Key, Json]
 

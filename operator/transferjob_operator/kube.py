@@ -22,10 +22,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob.errors import TransferJobError
+from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
 from transferjob_operator.tracking import SharedProgress
 
-Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 FIELD_MANAGER = "transferjob-operator"
 
@@ -38,7 +39,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class ConflictError(Exception):
+class ConflictError(TransferJobError):
     """An object with the name the operator needs exists and belongs to someone else."""
 
 

@@ -40,8 +40,10 @@ from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
 
-from transferjob.models import Phase, SpecError, TransferJob, TransferJobStatus, parse_spec
-from transferjob.status import Progress
+from transferjob.errors import SpecError
+from transferjob.models import Phase, TransferJob, TransferJobStatus, parse_spec
+from transferjob.status import TERMINAL_PHASES, Progress
+from transferjob.types import Json
 from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
 from transferjob_operator.slim import fingerprint, slim_job, slim_transferjob, slim_transferjob_status
@@ -49,7 +51,6 @@ from transferjob_operator.tracking import SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
 from transferjob_operator.workqueue import WorkQueue
 
-Json = dict[str, Any]
 Key = tuple[str | None, str]
 R = TypeVar("R")
 
@@ -357,7 +358,7 @@ class Reconciler:
             return await self._write(key, state, body, invalid, previous)
         tj = parsed.model_copy(update={"status": previous})
 
-        if previous is not None and previous.phase in status.TERMINAL:
+        if previous is not None and previous.phase in TERMINAL_PHASES:
             await self._expire(key, state, body, tj, previous, now)
             return True
 
@@ -503,7 +504,7 @@ class Reconciler:
         stored = self.store.get(key)
         if stored is not None:
             stored["status"] = slim_transferjob_status(state.written)
-        if new.phase in status.TERMINAL and not needs_supervision(stored or body):
+        if new.phase in TERMINAL_PHASES and not needs_supervision(stored or body):
             self.finished.add(state.uid)
             self._drop(key)  # finished for good: nothing to follow, nothing to expire
         return True

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-Json = dict[str, Any]
+from transferjob.types import Json
 
 _META_FIELDS = (
     "name",

@@ -15,14 +15,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from transferjob.models import Phase, TransferJob, TransferJobStatus
 from transferjob.progress import Failed, Finished, decode
-from transferjob.status import TERMINAL_PHASES, Progress, Verdict, job_status, merge_conditions
+from transferjob.status import Progress, Verdict, job_status, merge_conditions
+from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
-
-Json = dict[str, Any]
 
 #: Container waiting reasons that mean the image will not arrive without someone fixing something.
 IMAGE_PULL_REASONS = frozenset(
@@ -33,7 +31,6 @@ IMAGE_PULL_REASONS = frozenset(
 WARNING_CONDITIONS = frozenset({"Failed", "Unschedulable", "ImagePullFailed"})
 
 #: The final phases (the SDK's set, under the name the reconciler uses).
-TERMINAL = TERMINAL_PHASES
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.agent_process import AgentProcess
 from transferjob_testing.cluster.kube import load_documents, wait_for
 
@@ -97,7 +98,7 @@ def test_crd_applies_serves_prunes_and_validates(
     bad["metadata"]["name"] = "bad-mode"
     bad["spec"]["mode"] = "Distillation"
     with pytest.raises(client.ApiException) as enum_err:
-        custom.create_namespaced_custom_object("transferjob.io", "v1alpha1", namespace, "transferjobs", bad)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
     assert enum_err.value.status == 422
     assert 'spec.mode: Unsupported value: "Distillation"' in _api_error(enum_err.value)
 
@@ -105,16 +106,14 @@ def test_crd_applies_serves_prunes_and_validates(
     cel["metadata"]["name"] = "bad-cel"
     cel["spec"]["model"].update(fromJob="earlier", fromModel="/models/x.keras")
     with pytest.raises(client.ApiException) as cel_err:
-        custom.create_namespaced_custom_object("transferjob.io", "v1alpha1", namespace, "transferjobs", cel)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, cel)
     assert cel_err.value.status == 422
     assert "fromJob and fromModel are mutually exclusive" in _api_error(cel_err.value)
 
 
 def _try_create(custom: Any, ns: str, body: dict[str, Any]) -> dict[str, Any] | None:
     try:
-        return dict(
-            custom.create_namespaced_custom_object("transferjob.io", "v1alpha1", ns, "transferjobs", body)
-        )
+        return dict(custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body))
     except client.ApiException as exc:
         if exc.status == 404:  # discovery of the new group not finished yet
             return None

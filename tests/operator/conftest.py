@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from transferjob.models import TransferJob
-
-Json = dict[str, Any]
+from transferjob.types import Json
 
 
 def make_tj(spec: Json | None = None, **metadata: Any) -> TransferJob:

@@ -16,11 +16,10 @@ from typing import Any
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.controlplane import free_port as free_port  # for the metrics-port tests
 from transferjob_testing.cluster.kube import temporary_namespace, wait_for
 from transferjob_testing.harness import OperatorProcess, make_digits
-
-GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 
 
 def shared_digits(base: Path) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.harness import (
     OperatorProcess,
@@ -29,7 +30,6 @@ from transferjob_testing.harness import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(900)]
 
-GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
 TRAINING_TIMEOUT = 300.0
 
 

@@ -24,6 +24,8 @@ import pytest
 from kubernetes import client
 
 from tests.operator import ops as ops_helpers
+from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob.types import Json
 from transferjob_testing.cluster.binaries import BinariesMissingError
 from transferjob_testing.cluster.controlplane import ControlPlaneError
 from transferjob_testing.cluster.kube import apply_yaml, temporary_namespace, wait_for
@@ -44,9 +46,6 @@ from transferjob_testing.harness import (
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
-
-GROUP, VERSION, PLURAL = "transferjob.io", "v1alpha1", "transferjobs"
-Json = dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -19,6 +19,7 @@ from kubernetes import client
 
 from tests.operator import test_faults as faults
 from tests.operator.test_faults import Ops
+from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.private import PrivateCluster
 from transferjob_testing.harness import OPERATOR_NAMESPACE, RBAC, SERVICE_ACCOUNT, digits_spec, transferjob
 
@@ -164,20 +165,16 @@ def test_training_pod_identity_cannot_touch_transferjobs(
     with client.ApiClient(cfg) as as_pod:
         custom: Any = client.CustomObjectsApi(as_pod)
         calls = {
-            "get": lambda: custom.get_namespaced_custom_object(
-                "transferjob.io", "v1alpha1", ops.ns, "transferjobs", "least"
-            ),
-            "list": lambda: custom.list_namespaced_custom_object(
-                "transferjob.io", "v1alpha1", ops.ns, "transferjobs"
-            ),
+            "get": lambda: custom.get_namespaced_custom_object(GROUP, VERSION, ops.ns, PLURAL, "least"),
+            "list": lambda: custom.list_namespaced_custom_object(GROUP, VERSION, ops.ns, PLURAL),
             "create": lambda: custom.create_namespaced_custom_object(
-                "transferjob.io", "v1alpha1", ops.ns, "transferjobs", transferjob("intruder", spec)
+                GROUP, VERSION, ops.ns, PLURAL, transferjob("intruder", spec)
             ),
             "patch status": lambda: custom.patch_namespaced_custom_object_status(
-                "transferjob.io",
-                "v1alpha1",
+                GROUP,
+                VERSION,
                 ops.ns,
-                "transferjobs",
+                PLURAL,
                 "least",
                 {"status": {"phase": "Failed"}},
                 _content_type="application/merge-patch+json",

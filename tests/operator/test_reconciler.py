@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
+from transferjob.types import Json
 from transferjob_operator import reconciler as rec
 from transferjob_operator.reconciler import Reconciler, needs_supervision
-
-Json = dict[str, Any]
 
 
 def body(name: str, uid: str | None = None, phase: str | None = None, ttl: int | None = None) -> Json:

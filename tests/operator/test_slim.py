@@ -10,13 +10,13 @@ import pytest
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
 from transferjob.progress import Failed, termination_message
 from transferjob.status import Progress
+from transferjob.types import Json
 from transferjob_operator.jobs import build_job
 from transferjob_operator.slim import slim_job, slim_pod, slim_transferjob
 from transferjob_operator.status import status_from_job_and_pods
 
 NOW = dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
 MANAGED = [{"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:status": {}}}]
-Json = dict[str, Any]
 
 
 def _full_job(**status: Any) -> Json:

@@ -24,12 +24,12 @@ from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminate
 from transferjob.backends.localstatus import AttemptEnd, LocalStatus, Outcome
 from transferjob.models import Phase, TransferJob, TransferJobStatus
 from transferjob.progress import Failed, Finished, decode, termination_message
+from transferjob.types import Json
 from transferjob_operator.status import status_from_job_and_pods
 from transferjob_operator.tracking import SharedProgress
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 START = dt.datetime(2025, 1, 1, 0, 0, tzinfo=dt.timezone.utc)
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True)

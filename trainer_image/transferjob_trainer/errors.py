@@ -9,9 +9,14 @@ from __future__ import annotations
 import threading
 from types import FrameType
 
+from transferjob.errors import TransferJobError
 
-class TrainerError(Exception):
-    """A failure with a machine-readable reason; retryable unless a subclass says otherwise."""
+
+class TrainerError(TransferJobError):
+    """A failure with a machine-readable reason; retryable unless a subclass says otherwise.
+
+    A `TransferJobError` like every error of the project, so one `except` catches any of them.
+    """
 
     reason = "TrainingError"
     permanent = False

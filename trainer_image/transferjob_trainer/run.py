@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from transferjob.constants import KIND
-from transferjob.models import SpecError, TransferJobSpec, parse_spec
+from transferjob.errors import SpecError
+from transferjob.models import TransferJobSpec, parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError
@@ -36,7 +37,7 @@ def spec_from_document(document: Any) -> TransferJobSpec:
             return parse_spec(spec, "spec")
         return parse_spec(document, "spec")
     except SpecError as error:
-        raise InvalidSpecError(f"invalid spec: {error}") from None
+        raise InvalidSpecError(f"invalid spec: {error}") from error
 
 
 def load_spec(path: str) -> TransferJobSpec:
@@ -44,11 +45,11 @@ def load_spec(path: str) -> TransferJobSpec:
     try:
         text = fs.read_text(fs.normalize(path))
     except OSError as error:
-        raise InvalidSpecError(f"cannot read spec file {path}: {error}") from None
+        raise InvalidSpecError(f"cannot read spec file {path}: {error}") from error
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise InvalidSpecError(f"spec file {path} is not valid YAML/JSON: {error}") from None
+        raise InvalidSpecError(f"spec file {path} is not valid YAML/JSON: {error}") from error
     return spec_from_document(document)
 
 

@@ -25,12 +25,12 @@ from kubernetes.config.config_exception import ConfigException
 from transferjob.backends.base import Backend, JobEvent, default_generate_name
 from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
 from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
-from transferjob.models import Phase, TransferJob
+from transferjob.models import TransferJob
+from transferjob.status import TERMINAL_PHASES
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Longest single watch request; the server ends it and we reconnect, which also re-checks deadlines.
 _WATCH_SECONDS = 60
-_TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
 
 def api_error(error: ApiException) -> str:
@@ -241,7 +241,7 @@ class KubernetesBackend(Backend):
             if pods:
                 return pods[0]
             job = self.get(name)
-            if job.status and job.status.phase in _TERMINAL:
+            if job.status and job.status.phase in TERMINAL_PHASES:
                 return None
             watcher = watch.Watch()
             try:  # sleep until some pod of the job changes (or 10s pass: re-check the job's phase)

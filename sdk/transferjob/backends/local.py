@@ -40,8 +40,8 @@ from transferjob.backends.base import (
     generate_name,
     matches_selector,
 )
-from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError
-from transferjob.models import Location, Phase, SpecError, TransferJob, TransferJobStatus
+from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError, SpecError
+from transferjob.models import Location, Phase, TransferJob, TransferJobStatus
 from transferjob.status import TERMINAL_PHASES, merge_conditions
 
 #: How often a follower looks at a local file again; local files have no watch API worth a dependency.
@@ -143,9 +143,9 @@ class LocalBackend(Backend):
             candidate = name or generate_name(job.metadata.generate_name or default_generate_name(job))
             try:
                 (self.jobs_dir / candidate).mkdir()
-            except FileExistsError:
+            except FileExistsError as error:
                 if name:
-                    raise JobExistsError(name) from None
+                    raise JobExistsError(name) from error
                 continue
             name = candidate
             break
@@ -203,8 +203,8 @@ class LocalBackend(Backend):
         try:
             job = TransferJob.from_yaml((job_dir / JOB_FILE).read_text())
             status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
-        except FileNotFoundError:
-            raise JobNotFoundError(name) from None
+        except FileNotFoundError as error:
+            raise JobNotFoundError(name) from error
         if status.phase not in TERMINAL_PHASES and not self._runner_alive(job_dir):
             # Re-read: the runner may have written its last status between the two reads above.
             status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))

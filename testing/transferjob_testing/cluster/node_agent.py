@@ -55,6 +55,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
+from transferjob.types import Json
 from transferjob_testing.cluster.controlplane import PRCTL
 
 log = logging.getLogger("tj-node-agent")
@@ -67,8 +68,6 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_TERMINATION_MESSAGE = 4096
 PYTHON_NAMES = re.compile(r"^(?:.*/)?python(?:3(?:\.\d+)?)?$")
-
-Json = dict[str, Any]
 
 
 def now() -> dt.datetime:
