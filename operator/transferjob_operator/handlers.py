@@ -228,7 +228,7 @@ class _Pause:
     it has no public signal for work that runs outside handlers (our workers, timers and log
     followers). Its orchestrator receives the toggle set that decides the pause (`operator_paused`),
     so `install` wraps that one function to see the same toggle set; kopf is pinned to a minor version
-    (pyproject) and `tests/operator/test_pause.py` checks that the hook still takes. Standalone, the
+    (pyproject) and `tests/operator/test_reconciler.py` checks that the hook still takes. Standalone, the
     set is empty (never paused).
     """
 
