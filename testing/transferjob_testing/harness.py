@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from transferjob.constants import CRD_NAME
 from transferjob_testing.cluster.controlplane import free_port
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
 
@@ -35,8 +36,9 @@ def install(api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
 
     def established() -> bool:
-        crd = ext.read_custom_resource_definition("transferjobs.transferjob.io")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        crd = ext.read_custom_resource_definition(CRD_NAME)
+        conditions = (crd.status.conditions if crd.status else None) or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
 
     wait_for(established, timeout=30, what="the TransferJob CRD to be established")
     apply_yaml(api, REPO_ROOT / "manifests" / "namespace.yaml")
@@ -47,19 +49,19 @@ def install(api: client.ApiClient) -> None:
 def service_account_kubeconfig(api: client.ApiClient, admin_kubeconfig: Path, path: Path) -> Path:
     """A kubeconfig holding a token of the operator's ServiceAccount (so RBAC applies to it)."""
     core = client.CoreV1Api(api)
-    request = {
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 86400},
-    }
+    request = client.AuthenticationV1TokenRequest(
+        api_version="authentication.k8s.io/v1",
+        kind="TokenRequest",
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400),
+    )
     wait_for(
         lambda: _exists(core, SERVICE_ACCOUNT, OPERATOR_NAMESPACE),
         timeout=30,
         what="the operator ServiceAccount",
     )
-    token = core.create_namespaced_service_account_token(
-        SERVICE_ACCOUNT, OPERATOR_NAMESPACE, request
-    ).status.token
+    issued = core.create_namespaced_service_account_token(SERVICE_ACCOUNT, OPERATOR_NAMESPACE, request)
+    assert issued.status is not None, "the API server answered a TokenRequest without a token"
+    token = issued.status.token
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
     config = {
