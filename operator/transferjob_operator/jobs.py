@@ -131,15 +131,38 @@ class _Volumes:
         self.mounts.append({"name": volume, "mountPath": mount_path, "readOnly": read_only})
 
 
-def _mount_location(volumes: _Volumes, name: str, location: Location, mount: str, read_only: bool) -> str:
-    """Mount a location (when it is a volume) and return the folder the trainer should use."""
+def host_output_folder(host_path: str) -> tuple[str, str]:
+    """The node folder an output hostPath mounts, and the sub-folder of it the trainer creates.
+
+    The kubelet creates a missing `DirectoryOrCreate` folder as root, mode 0755, where the non-root
+    trainer cannot write: a typo would leave a root-owned folder behind and the job would fail anyway.
+    So nothing is created by the kubelet: the output's parent folder is mounted with type `Directory`
+    (it must exist), and the trainer creates the last component itself, owned by the user it runs as.
+    A folder directly under `/` is mounted itself (it must exist too): the node's root is never mounted.
+    """
+    folder = posixpath.normpath(host_path)
+    parent, leaf = posixpath.split(folder)
+    if not leaf or parent == "/":
+        return folder, ""
+    return parent, leaf
+
+
+def _mount_location(
+    volumes: _Volumes, name: str, location: Location, mount: str, read_only: bool, output: bool = False
+) -> str:
+    """Mount a location (when it is a volume) and return the folder the trainer should use.
+
+    A hostPath is mounted with type `Directory`: a missing folder keeps the pod in ContainerCreating
+    with a FailedMount event naming it, instead of the kubelet creating it on the node. An `output`
+    hostPath mounts its parent (see `host_output_folder`).
+    """
     if location.pvc is not None:
         volumes.add(name, {"persistentVolumeClaim": {"claimName": location.pvc.claim_name}}, mount, read_only)
         return posixpath.join(mount, location.pvc.sub_path) if location.pvc.sub_path else mount
     if location.host_path is not None:
-        source = {"hostPath": {"path": location.host_path, "type": "DirectoryOrCreate"}}
-        volumes.add(name, source, mount, read_only)
-        return mount
+        folder, sub = host_output_folder(location.host_path) if output else (location.host_path, "")
+        volumes.add(name, {"hostPath": {"path": folder, "type": "Directory"}}, mount, read_only)
+        return posixpath.join(mount, sub) if sub else mount
     return location.uri or ""
 
 
@@ -160,7 +183,7 @@ def upstream_model(location: Location, model_uri: str, container_output_dir: str
 
 def output_dir(location: Location) -> str:
     """The output folder as the trainer sees it: what `--output-dir` gets."""
-    return _mount_location(_Volumes(), "output", location, OUTPUT_MOUNT, read_only=False)
+    return _mount_location(_Volumes(), "output", location, OUTPUT_MOUNT, read_only=False, output=True)
 
 
 def _resources(tj: TransferJob) -> dict[str, Any]:
@@ -197,7 +220,8 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
     volumes.add("spec", spec_volume_source(), SPEC_MOUNT, read_only=True)
     volumes.add("scratch", {"emptyDir": {}}, SCRATCH_MOUNT, read_only=False)
     data_dir = _mount_location(volumes, "data", spec.data.source, DATA_MOUNT, read_only=True)
-    out_dir = _mount_location(volumes, "output", spec.output.location, OUTPUT_MOUNT, read_only=False)
+    output = spec.output.location
+    out_dir = _mount_location(volumes, "output", output, OUTPUT_MOUNT, read_only=False, output=True)
     args = [
         "--spec",
         posixpath.join(SPEC_MOUNT, SPEC_FILE),

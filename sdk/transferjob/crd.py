@@ -5,9 +5,11 @@ The CRD is never edited by hand: `python -m transferjob.crd --write` regenerates
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3 subset. The translation
 inlines `$ref`s, drops titles, turns `Optional[X]` into `nullable`, `int | str` into
-`x-kubernetes-int-or-string`, numeric `exclusiveMinimum: N` into `minimum: N, exclusiveMinimum: true`,
-removes `additionalProperties: false` (forbidden in CRDs; the API server prunes unknown fields instead),
-and gives nested objects whose fields all have defaults a `default: {}` so the API server fills them in.
+`x-kubernetes-int-or-string` with the `anyOf: [integer, string]` Kubernetes publishes for its own
+IntOrString (the one `anyOf` a structural schema allows; tools that read the file see both types),
+numeric `exclusiveMinimum: N` into `minimum: N, exclusiveMinimum: true`, removes
+`additionalProperties: false` (forbidden in CRDs; the API server prunes unknown fields instead), and
+gives nested objects whose fields all have defaults a `default: {}` so the API server fills them in.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ ROOT_RULES = [
 ]
 
 
+#: The only `anyOf` a structural schema allows, and only beside `x-kubernetes-int-or-string: true`.
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+
+
 def _is_null(schema: dict[str, Any]) -> bool:
     return schema.get("type") == "null"
 
@@ -62,6 +68,7 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
         types = {o.get("type") for o in options}
         if types == {"integer", "string"}:
             node["x-kubernetes-int-or-string"] = True
+            node["anyOf"] = copy.deepcopy(INT_OR_STRING)
         elif len(options) == 1:
             inner = to_structural(options[0], defs)
             inner.update(node)  # the property's own keywords (description, default, x-kubernetes-*)

@@ -250,8 +250,9 @@ class ModelSpec(ApiModel):
     )
     fine_tune_at: int | str | None = Field(
         default=None,
-        description="FineTuning only: the base layer (name, or index from 0) from which layers train; "
-        "earlier layers stay frozen. Defaults to the base's last blocks (block_13_expand for MobileNetV2).",
+        description="Integer or string. FineTuning only: the base layer (its name, or its index from 0) from "
+        "which layers train; earlier layers stay frozen. Defaults to the base's last blocks (block_13_expand "
+        "for MobileNetV2).",
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
     from_job: str | None = Field(

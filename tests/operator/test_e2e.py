@@ -148,6 +148,7 @@ def test_feature_extraction_then_fine_tuning_from_job(
 ) -> None:
     data, source = digits
     out = tmp_path / "models"
+    out.mkdir()  # an output hostPath's parent must exist; the trainer creates features/ and finetune/
     fe, ft = features_then_finetune(data, out, str(source), epochs=3)
     # The fine-tuning job is submitted first: it must wait for the job it builds on.
     cluster.create(transferjob("finetune", ft))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.operator.conftest import make_tj
 from transferjob.constants import EXIT_PERMANENT, LABEL_JOB_NAME, LABEL_KUEUE_QUEUE
 from transferjob.models import Location, TransferJob
 from transferjob_operator.jobs import (
     UpstreamModel,
     build_job,
+    host_output_folder,
     job_spec_patch,
     output_dir,
     upstream_model,
@@ -89,10 +92,80 @@ def test_host_path_and_uri_locations() -> None:
     )
     job = build_job(tj)
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["data"]["hostPath"] == {"path": "/srv/digits", "type": "DirectoryOrCreate"}
+    assert volumes["data"]["hostPath"] == {"path": "/srv/digits", "type": "Directory"}
     assert "output" not in volumes
     assert _arg(job, "--data-dir") == "/data"
     assert _arg(job, "--output-dir") == "gs://bucket/models/x"
+
+
+def test_no_host_path_is_created_by_the_kubelet() -> None:
+    """A typo must not leave a root-owned folder on the node: every hostPath has type Directory.
+
+    The output's parent is mounted and the (non-root) trainer creates the output folder itself, so it
+    is created only in a folder that exists, and owned by the user who writes into it.
+    """
+    tj = make_tj(
+        {
+            "mode": "FineTuning",
+            "model": {"fromJob": "digits-fe"},
+            "data": {"source": {"hostPath": "/srv/digits/"}},
+            "output": {"location": {"hostPath": "/srv/models/digits-ft/"}},
+        },
+        name="digits-ft",
+    )
+    upstream_location = Location.model_validate({"hostPath": "/srv/models/digits-fe"})
+    upstream = upstream_model(
+        upstream_location, "/output/digits-fe/model.keras", output_dir(upstream_location)
+    )
+    assert upstream == UpstreamModel(upstream_location, "model.keras")
+    job = build_job(tj, upstream)
+    host_paths = {
+        v["name"]: v["hostPath"] for v in job["spec"]["template"]["spec"]["volumes"] if "hostPath" in v
+    }
+    assert host_paths == {
+        "data": {"path": "/srv/digits/", "type": "Directory"},
+        "output": {"path": "/srv/models", "type": "Directory"},
+        "init": {"path": "/srv/models/digits-fe", "type": "Directory"},
+    }
+    assert _arg(job, "--data-dir") == "/data"
+    assert _arg(job, "--output-dir") == "/output/digits-ft"
+    assert _arg(job, "--init-model") == "/init/model.keras"
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert (mounts["/data"]["readOnly"], mounts["/output"]["readOnly"], mounts["/init"]["readOnly"]) == (
+        True,
+        False,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("host_path", "mounted", "sub"),
+    [
+        ("/srv/models/run-1", "/srv/models", "run-1"),
+        ("/srv/models/run-1/", "/srv/models", "run-1"),
+        ("/srv//models/./run-1", "/srv/models", "run-1"),
+        ("/out", "/out", ""),  # the node's root is never mounted
+        ("/", "/", ""),
+    ],
+)
+def test_host_output_folder(host_path: str, mounted: str, sub: str) -> None:
+    assert host_output_folder(host_path) == (mounted, sub)
+
+
+def test_output_next_to_data_shares_one_volume() -> None:
+    tj = make_tj(
+        {
+            "data": {"source": {"hostPath": "/work"}},
+            "output": {"location": {"hostPath": "/work/model"}},
+        }
+    )
+    job = build_job(tj)
+    host = [v for v in job["spec"]["template"]["spec"]["volumes"] if "hostPath" in v]
+    assert host == [{"name": "data", "hostPath": {"path": "/work", "type": "Directory"}}]
+    mounts = {m["mountPath"]: m for m in _container(job)["volumeMounts"]}
+    assert mounts["/data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert mounts["/output"] == {"name": "data", "mountPath": "/output", "readOnly": False}
+    assert _arg(job, "--output-dir") == "/output/model"
 
 
 def test_pod_passes_pod_security_restricted(tj: TransferJob) -> None:

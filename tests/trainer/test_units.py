@@ -539,3 +539,48 @@ def test_sigterm_swallowed_by_library_code_ends_the_run_between_epochs(
 
     rc, events = run_execute(monkeypatch, tmp_path, body)
     assert rc == 143 and events[-1]["reason"] == "Interrupted"
+
+
+# ------------------------------------------------------------------------------------------ TensorBoard
+
+
+def test_tensorboard_scalars_are_read_back_by_event_accumulator_at_full_precision(tmp_path: Path) -> None:
+    """What a user's `EventAccumulator(...).Scalars(tag)` gets: every epoch, Keras' exact float32 values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from transferjob_trainer.tensorboard_log import TensorBoardLog
+
+    rng = np.random.default_rng(7)
+    epochs = [
+        (
+            {
+                "loss": float(np.float32(rng.uniform(0.1, 2.0))),
+                "accuracy": float(np.float32(rng.uniform(0.3, 1.0))),
+                "val_loss": float(np.float32(rng.uniform(0.1, 2.0))),
+                "val_accuracy": float(np.float32(rng.uniform(0.3, 1.0))),
+            },
+            float(np.float32(1e-5 / 3)),
+        )
+        for _ in range(4)
+    ]
+    board = TensorBoardLog(str(tmp_path / "tensorboard"))
+    for epoch, (logs, lr) in enumerate(epochs, start=1):
+        board.write(epoch, logs, lr)
+
+    expected = {
+        ("train", "epoch_loss"): [logs["loss"] for logs, _ in epochs],
+        ("train", "epoch_accuracy"): [logs["accuracy"] for logs, _ in epochs],
+        ("train", "epoch_learning_rate"): [lr for _, lr in epochs],
+        ("validation", "epoch_loss"): [logs["val_loss"] for logs, _ in epochs],
+        ("validation", "epoch_accuracy"): [logs["val_accuracy"] for logs, _ in epochs],
+    }
+    # More digits than `.status` keeps, so rounding anywhere on the way would show.
+    assert any(f"{v:.4g}" != repr(v) for values in expected.values() for v in values)
+    for split in ("train", "validation"):
+        accumulator = EventAccumulator(str(tmp_path / "tensorboard" / split)).Reload()
+        tags = {tag for s, tag in expected if s == split}
+        assert set(accumulator.Tags()["scalars"]) == tags
+        for tag in tags:
+            events = accumulator.Scalars(tag)
+            assert [e.step for e in events] == [1, 2, 3, 4], (split, tag)
+            assert [e.value for e in events] == expected[split, tag], (split, tag)

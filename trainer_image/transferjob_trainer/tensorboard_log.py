@@ -2,33 +2,52 @@
 
 The trainer's own epoch loop writes them (see `training`: one `fit` call per epoch, no Keras callbacks
 that keep state), after the epoch's metrics are final and before its checkpoint is committed.
+
+They are Keras' own values, not the 4-significant-digit `EpochMetrics` that `.status` carries: a learning
+curve is for comparing runs, and rounding flattens the differences it is read for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from transferjob.models import EpochMetrics
 from transferjob_trainer import fs
 
 
-def _scalar_metadata() -> summary_pb2.SummaryMetadata:
-    """What TensorBoard's scalars plugin tags its summaries with (see tensorboard's `scalar_v2`)."""
-    metadata = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
-    metadata.plugin_data.plugin_name = "scalars"
-    return metadata
+def _split_logs(logs: Mapping[str, float], learning_rate: float) -> dict[str, dict[str, float]]:
+    """Keras' epoch logs as its TensorBoard callback files them: tag -> value, per writer folder.
+
+    `val_loss` goes to `validation/epoch_loss`, everything else (and the learning rate in effect) to
+    `train/epoch_<name>`. Non-finite values are kept: a diverged epoch should show on the curve.
+    """
+    split: dict[str, dict[str, float]] = {"train": {}, "validation": {}}
+    for name, value in logs.items():
+        if name.startswith("val_"):
+            split["validation"][f"epoch_{name.removeprefix('val_')}"] = float(value)
+        else:
+            split["train"][f"epoch_{name}"] = float(value)
+    split["train"]["epoch_learning_rate"] = float(learning_rate)
+    return split
 
 
-_SCALAR = _scalar_metadata()
+def _scalar_summary(values: Mapping[str, float]) -> bytes:
+    """One serialized `Summary` of `simple_value` scalars.
+
+    `simple_value` is what every TensorBoard reader takes as a scalar: the legacy `EventAccumulator`'s
+    `Scalars()` reads only it (a tensor summary, which `tf.summary.scalar` and Keras write, lands in
+    `Tensors()`), and the scalars plugin migrates it. No TensorFlow graph or `tf.function` is involved.
+    """
+    summary = summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()]
+    )
+    return summary.SerializeToString()
 
 
 class TensorBoardLog:
-    """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback.
-
-    Written with the low-level `tf.summary.write` and the scalars plugin's metadata, because the
-    high-level `tf.summary.scalar` needs the tensorboard package, which TensorFlow no longer pulls in.
-    """
+    """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback."""
 
     def __init__(self, folder: str | None) -> None:
         self._writers = (
@@ -40,25 +59,13 @@ class TensorBoardLog:
             else {}
         )
 
-    def write(self, metrics: EpochMetrics) -> None:
+    def write(self, epoch: int, logs: Mapping[str, float], learning_rate: float) -> None:
+        """Record one epoch (numbered from 1, as `.status` numbers them) from Keras' logs."""
         if not self._writers:
             return
-        values = {
-            "train": {
-                "loss": metrics.loss,
-                "accuracy": metrics.accuracy,
-                "learning_rate": metrics.learning_rate,
-            },
-            "validation": {"loss": metrics.val_loss, "accuracy": metrics.val_accuracy},
-        }
+        values = _split_logs(logs, learning_rate)
         for split, writer in self._writers.items():
-            with writer.as_default():
-                for name, value in values[split].items():
-                    if value is not None:
-                        tf.summary.write(
-                            f"epoch_{name}",
-                            tf.constant(value, tf.float32),
-                            step=metrics.epoch,
-                            metadata=_SCALAR,
-                        )
-            writer.flush()
+            if values[split]:
+                with writer.as_default():
+                    tf.summary.experimental.write_raw_pb(_scalar_summary(values[split]), step=epoch)
+                writer.flush()

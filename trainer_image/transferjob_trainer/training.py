@@ -193,13 +193,14 @@ def train_epochs(
         epoch = state.epochs_done + 1
         started = time.perf_counter()
         logs = fit_one_epoch(state.epochs_done)
-        metrics = epoch_metrics(epoch, logs, learning_rate(train_model), time.perf_counter() - started)
+        lr = learning_rate(train_model)
+        metrics = epoch_metrics(epoch, logs, lr, time.perf_counter() - started)
         # Judged on the reported (rounded) value, so anyone can re-derive bestEpoch from the history.
         monitored = metrics.val_loss if stopping.monitor == "val_loss" else metrics.val_accuracy
         state.stop, improved = step(state.stop, epoch, monitored, stopping)
         state.epochs_done = epoch
         state.history.append(metrics.to_dict())
-        board.write(metrics)
+        board.write(epoch, logs, lr)
         store.commit(state, train_model, improved)
         reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
         raise_if_terminated()

@@ -303,6 +303,8 @@ class PodWorker(threading.Thread):
                     self._prepare_volumes()
                     self.volumes_ready = True
                 except MountError as exc:
+                    if str(exc) != self.message:  # the kubelet repeats it; once per distinct failure here
+                        self.agent.warn(self.pod, "FailedMount", str(exc))
                     self.message = str(exc)
                     self._report()
                     self.wake.wait(1.0)
@@ -1060,6 +1062,35 @@ class NodeAgent:
         worker.join(timeout=60)
         shutil.rmtree(worker.dir, ignore_errors=True)
 
+    def warn(self, pod: Json, reason: str, message: str) -> None:
+        """A Warning event on the pod, as the kubelet records one (best effort, like the kubelet's)."""
+        meta = pod["metadata"]
+        node = pod["spec"].get("nodeName", "")
+        stamp = rfc3339(now())
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except Exception as exc:  # an event lost is a message lost, never a pod stuck
+            log.warning("event %s on %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], exc)
+
     def worker_for(self, ns: str, name: str) -> PodWorker | None:
         with self.lock:
             return self.by_name.get((ns, name))
@@ -1210,11 +1241,19 @@ class NodeAgent:
             hp = vol["hostPath"]
             path = Path(hp["path"])
             kind = hp.get("type", "")
+            # The kubelet's type check, and its words (pkg/volume/hostpath): nothing is created for
+            # `Directory` or `File`, the pod stays in ContainerCreating with a FailedMount event.
+            checks = {"Directory": (Path.is_dir, "a directory"), "File": (Path.is_file, "a file")}
             if kind == "FileOrCreate":
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.touch(exist_ok=True)
             elif kind in ("", "DirectoryOrCreate"):
                 path.mkdir(parents=True, exist_ok=True)
+            elif kind in checks and not checks[kind][0](path):
+                raise MountError(
+                    f'MountVolume.SetUp failed for volume "{vol["name"]}" : '
+                    f"hostPath type check failed: {path} is not {checks[kind][1]}"
+                )
             elif not path.exists():
                 raise MountError(f"hostPath {path} does not exist (type {kind})")
             return path
