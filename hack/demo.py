@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
         custom = client.CustomObjectsApi(api)
         models = root / "models"
+        models.mkdir(exist_ok=True)  # output hostPaths mount their parent folder, which must exist
 
         say("feature extraction: a new head on the frozen pretrained CNN")
         fe, ft = features_then_finetune(data, models, str(source), epochs=5)
