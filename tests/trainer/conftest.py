@@ -23,6 +23,9 @@ from transferjob.progress import EpochEnded, Failed, Finished, Started, decode
 #: Per-class training images of the small target set (the "few labelled images" transfer case).
 SMALL_TRAIN_PER_CLASS = 4
 IMAGE_SIZE = 32
+#: The split of the wide-test target set: 314 test images of digits 5-9, so that one image is 0.32 % of
+#: the test accuracy (the default split leaves 135: one image is 0.74 %).
+WIDE_TEST_SPLIT = (0.5, 0.15, 0.35)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Digits:
     source: Path  # digits 0-4, full split
     target: Path  # digits 5-9, full split
     small_target: Path  # digits 5-9 with SMALL_TRAIN_PER_CLASS training images per class
+    wide_test: Path  # digits 5-9 split WIDE_TEST_SPLIT: 448 train, 134 val, 314 test images
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +130,13 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     root = tmp_path_factory.mktemp("digits")
     write_digits(root / "d04", digits=range(5), size=IMAGE_SIZE, seed=0)
     write_digits(root / "d59", digits=range(5, 10), size=IMAGE_SIZE, seed=0)
+    write_digits(root / "d59-wide-test", digits=range(5, 10), size=IMAGE_SIZE, seed=0, split=WIDE_TEST_SPLIT)
     small = root / "d59-small"
     shutil.copytree(root / "d59", small)
     for class_dir in sorted((small / "train").iterdir()):
         for extra in sorted(class_dir.iterdir())[SMALL_TRAIN_PER_CLASS:]:
             extra.unlink()
-    return Digits(root / "d04", root / "d59", small)
+    return Digits(root / "d04", root / "d59", small, root / "d59-wide-test")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
 """End-to-end trainer runs on the real digits, through the CLI, as the operator runs it.
 
-Accuracies asserted (135 test images of digits 5-9, 32x32; seeds fixed):
+Accuracies asserted (digits 5-9, 32x32; seeds fixed):
 - feature extraction (5 epochs, the reference workflow's length) on the small CNN pretrained on 0-4,
-  full 5-9 training set: >= 0.85 (measured 0.963);
-- fine-tuning conv3 on, from that job's exported model, learning rate 1e-4: >= the feature-extraction
-  accuracy (measured 0.970);
+  on the wide-test split (448 train, 134 val, 314 test images): >= 0.85;
+- fine-tuning conv3 on, from that job's exported model, learning rate 1e-4: loses no test image, i.e.
+  it classifies at least as many of the 314 test images correctly as feature extraction did. Measured
+  through the CLI with these specs and training seeds 0, 1, 2 (1 run each): feature extraction
+  0.9745 / 0.9650 / 0.9841, fine-tuning 0.9777 / 0.9873 / 0.9873 (+1, +7, +1 images);
 - transfer with 4 training images per class beats the same network trained from scratch on the same 20
-  images (measured 0.86 vs 0.84: digits are easy enough that a small CNN learns a lot from 20 images).
+  images (the first 4 files of each class; measured 0.86 vs 0.84 here once, 0.822 vs 0.837 on another
+  CPU). Not a robust claim yet (issue #12): on random draws of the few images, judged on the 314 wide-test
+  images, this source's feature extraction does not beat scratch (Adam 1e-3): mean test accuracy over 5
+  draws, 4 per class 0.864 / 0.876 / 0.881 (three head settings) vs 0.890; 2 per class 0.747 vs 0.840.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def test_feature_extraction_then_fine_tuning(
     fe_out = tmp_path / "fe"
     fe = run_trainer(
         make_spec(
-            digits.target,
+            digits.wide_test,
             fe_out,
             model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
             training={"epochs": 5, "learningRate": 0.01, "earlyStopping": {"patience": 4}},
@@ -73,7 +78,7 @@ def test_feature_extraction_then_fine_tuning(
     from transferjob_trainer.run import load_spec
 
     spec_file = tmp_path / "spec-0.json"
-    layout = scan_layout(str(digits.target), load_spec(str(spec_file)).data)
+    layout = scan_layout(str(digits.wide_test), load_spec(str(spec_file)).data)
     model = keras.models.load_model(fe_out / "model.keras")
     images = eval_batches(image_dataset(layout.test, IMAGE_SIZE, binary=False, cache=False), 64)
     probabilities = model.predict(images.map(lambda x, y: x), verbose=0)
@@ -84,7 +89,7 @@ def test_feature_extraction_then_fine_tuning(
 
     ft = run_trainer(
         make_spec(
-            digits.target,
+            digits.wide_test,
             tmp_path / "ft",
             mode="FineTuning",
             model={"base": str(source_models.pretrained), "fineTuneAt": "conv3", "head": {"dropout": 0.0}},
@@ -96,7 +101,11 @@ def test_feature_extraction_then_fine_tuning(
     )
     assert ft.rc == 0, ft.stderr[-3000:]
     assert [e.phase for e in ft.of(PhaseChanged)] == ["loading", "training", "evaluating", "exporting"]
-    assert ft.finished.test.accuracy >= result.test.accuracy, (ft.finished.test, result.test)
+    # No test image lost: compared as counts of correct images, which the rounded accuracies give exactly.
+    n_test = fe.started.test_images
+    fe_correct, ft_correct = (round(r.accuracy * n_test) for r in (result.test, ft.finished.test))
+    print(f"feature extraction {fe_correct}/{n_test}, fine-tuning {ft_correct}/{n_test} test images right")
+    assert ft_correct >= fe_correct, (ft.finished.test, result.test)
     ft_model = keras.models.load_model(tmp_path / "ft" / "model.keras")
     ft_probabilities = ft_model.predict(images.map(lambda x, y: x), verbose=0)
     assert_saved_model_matches(tmp_path / "ft" / "saved_model", images, ft_probabilities)
