@@ -28,6 +28,7 @@ from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.agent_process import start_agent
 from transferjob_testing.cluster.controlplane import ControlPlane
 from transferjob_testing.harness import (
+    WIDE_TEST_SPLIT,
     OperatorProcess,
     features_then_finetune,
     install,
@@ -64,6 +65,21 @@ def follow(tj: TransferJobClient, name: str, timeout: float = 900.0) -> Transfer
         print(f"   {name}: {event.phase.value}{why}", flush=True)
         final = event.status
     return final
+
+
+def compare(features: TransferJobStatus, finetune: TransferJobStatus) -> str:
+    """Fine-tuning against the model it started from, in test images (the reference workflow's point)."""
+    assert features.test is not None and finetune.test is not None
+    total = sum(c.support for c in features.test.per_class)
+    if not total:
+        accuracies = f"{finetune.test.accuracy:.4f}, feature extraction {features.test.accuracy:.4f}"
+        return f"test accuracy: fine-tuning {accuracies}"
+    before, after = round(features.test.accuracy * total), round(finetune.test.accuracy * total)
+    verdict = "gained" if after > before else "kept" if after == before else "LOST"
+    return (
+        f"fine-tuning {verdict} test images: {after}/{total} right "
+        f"(feature extraction, where it started: {before}/{total})"
+    )
 
 
 def print_table(custom: client.CustomObjectsApi, kubeconfig: Path) -> None:
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   operator log: {operator.log_path}")
 
         say("preparing digits 5-9 (32x32) and a small CNN pretrained on digits 0-4 (takes a minute)")
-        data, source = make_digits(root / "data")
+        data, source = make_digits(root / "data", split=WIDE_TEST_SPLIT)
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
         custom = client.CustomObjectsApi(api)
         models = root / "models"
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         say("kubectl get tj")
         print_table(custom, cp.kubeconfig)
         ok = all(r.phase is Phase.SUCCEEDED for r in results)
+        if ok:
+            say(compare(*results))
         say("done" if ok else "a TransferJob failed: see the conditions above and the operator log")
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -7,20 +7,27 @@ Accuracies asserted (digits 5-9, 32x32; seeds fixed):
   it classifies at least as many of the 314 test images correctly as feature extraction did. Measured
   through the CLI with these specs and training seeds 0, 1, 2 (1 run each): feature extraction
   0.9745 / 0.9650 / 0.9841, fine-tuning 0.9777 / 0.9873 / 0.9873 (+1, +7, +1 images);
-- transfer with 4 training images per class beats the same network trained from scratch on the same 20
-  images (the first 4 files of each class; measured 0.86 vs 0.84 here once, 0.822 vs 0.837 on another
-  CPU). Not a robust claim yet (issue #12): on random draws of the few images, judged on the 314 wide-test
-  images, this source's feature extraction does not beat scratch (Adam 1e-3): mean test accuracy over 5
-  draws, 4 per class 0.864 / 0.876 / 0.881 (three head settings) vs 0.890; 2 per class 0.747 vs 0.840.
+- feature extraction on the pretrained source beats the same network untrained (its random features),
+  same head and settings, on 5 random draws of 4 training images per class, judged on the 314 test
+  images: mean margin >= 0.025 and every draw positive. Measured through this test (3 fresh runs,
+  identical): 0.9236/0.8854, 0.8694/0.7930, 0.9236/0.8822, 0.9554/0.9076, 0.8917/0.8280, margins
+  +0.038..+0.076, mean +0.054.
+- Not claimed: that transfer beats the network trained end to end from scratch. On the digits it does
+  not, reliably: scratch (Adam 1e-3, same 20 images) reached 0.920/0.898/0.920/0.914/0.799 (mean 0.890)
+  on the same draws, and feature extraction with the best head setting tried 0.924/0.869/0.924/0.955/0.892
+  (mean 0.913): per draw -0.029..+0.093. A source pretrained on 5 digit classes of ~450 images is too
+  weak a "ImageNet", and 20 images of 8x8 digits too easy for a small CNN from scratch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,9 @@ from .conftest import IMAGE_SIZE, Digits, SourceModels, make_spec, parse_run, tr
 pytestmark = pytest.mark.trainer
 
 FE_MIN_ACCURACY = 0.85
+#: Half the mean margin measured (+0.054); a network whose features were no better than random ones
+#: would reach it, with all 5 draws positive as well, in far fewer than 1 run in 30.
+TRANSFER_MEAN_MARGIN = 0.025
 
 
 def test_feature_extraction_then_fine_tuning(
@@ -120,31 +130,64 @@ def assert_saved_model_matches(folder: Path, images: Any, probabilities: np.ndar
     np.testing.assert_allclose(served, probabilities, atol=1e-5)
 
 
-def test_transfer_beats_training_from_scratch(
+#: Each seed draws its own few labelled images (4 per class) from the wide-test split's training set.
+TRANSFER_SEEDS = range(5)
+TRANSFER_PER_CLASS = 4
+
+
+def few_images(source: Path, out: Path, per_class: int, seed: int) -> Path:
+    """A copy of `source` keeping `per_class` random training images per class; val and test stay whole."""
+    shutil.copytree(source, out)
+    rng = np.random.default_rng(seed)
+    for class_dir in sorted((out / "train").iterdir()):
+        files = sorted(class_dir.iterdir())
+        keep = set(rng.choice(len(files), per_class, replace=False).tolist())
+        for index, image in enumerate(files):
+            if index not in keep:
+                image.unlink()
+    return out
+
+
+def test_pretrained_features_beat_the_same_network_untrained(
     digits: Digits, source_models: SourceModels, run_trainer, tmp_path: Path
 ) -> None:
-    transfer = run_trainer(
-        make_spec(
-            digits.small_target,
-            tmp_path / "transfer",
-            model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
-            training={"epochs": 60, "learningRate": 0.05, "batchSize": 8, "earlyStopping": {"patience": 10}},
-        )
-    )
-    scratch = run_trainer(
-        make_spec(
-            digits.small_target,
-            tmp_path / "scratch",
-            mode="FineTuning",
-            model={"base": str(source_models.untrained), "fineTuneAt": 0, "head": {"dropout": 0.0}},
-            training={"epochs": 60, "learningRate": 0.003, "batchSize": 8, "earlyStopping": {"patience": 10}},
-        )
-    )
-    assert transfer.rc == 0, transfer.stderr[-3000:]
-    assert scratch.rc == 0, scratch.stderr[-3000:]
-    assert transfer.started.train_images == scratch.started.train_images == 20
-    print(f"transfer {transfer.finished.test.accuracy:.3f} vs scratch {scratch.finished.test.accuracy:.3f}")
-    assert transfer.finished.test.accuracy > scratch.finished.test.accuracy
+    """What feature extraction rests on: the source's features carry knowledge a random network's lack.
+
+    Same network, same head and settings, same 20 images per draw; only the base's weights differ
+    (pretrained on digits 0-4, or untrained). Judged on 314 test images over 5 random draws.
+    """
+
+    def draw(seed: int) -> tuple[float, float]:
+        data = few_images(digits.wide_test, tmp_path / f"data-{seed}", TRANSFER_PER_CLASS, seed)
+        accuracies = []
+        for name, base in (("pretrained", source_models.pretrained), ("untrained", source_models.untrained)):
+            run = run_trainer(
+                make_spec(
+                    data,
+                    tmp_path / f"{name}-{seed}",
+                    model={"base": str(base), "head": {"dropout": 0.0}},
+                    training={
+                        "epochs": 100,
+                        "learningRate": 0.002,
+                        "batchSize": 8,
+                        "seed": seed,
+                        "earlyStopping": {"patience": 15},
+                    },
+                )
+            )
+            assert run.rc == 0, run.stderr[-3000:]
+            assert run.started.train_images == 5 * TRANSFER_PER_CLASS
+            accuracies.append(run.finished.test.accuracy)
+        return accuracies[0], accuracies[1]
+
+    with ThreadPoolExecutor(2) as pool:  # two trainer processes at a time: about half the wall time
+        results = list(pool.map(draw, TRANSFER_SEEDS))
+    margins = [pretrained - untrained for pretrained, untrained in results]
+    for seed, (pretrained, untrained), margin in zip(TRANSFER_SEEDS, results, margins, strict=True):
+        print(f"draw {seed}: pretrained {pretrained:.4f} untrained {untrained:.4f} ({margin:+.4f})")
+    print(f"margin mean {np.mean(margins):+.4f} worst {min(margins):+.4f}")
+    assert np.mean(margins) >= TRANSFER_MEAN_MARGIN, margins
+    assert min(margins) > 0, margins
 
 
 def expected_best_epoch(history: list[dict], spec: EarlyStoppingSpec) -> int:
