@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.operator.test_workqueue import until
 from transferjob.types import Json
 from transferjob_operator import reconciler as rec
 from transferjob_operator.reconciler import Reconciler, needs_supervision
@@ -99,13 +100,6 @@ def run(test: Callable[[Reconciler, RecordingKube], Awaitable[None]], **kwargs: 
             await reconciler.stop()
 
     asyncio.run(main())
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
