@@ -45,6 +45,7 @@ from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob.models import TransferJob
 from transferjob.types import Json
 from transferjob_operator import jobs
+from transferjob_testing.cluster.controlplane import stop_process
 from transferjob_testing.cluster.kube import kubectl, wait_for
 from transferjob_testing.cluster.private import PrivateCluster
 from transferjob_testing.harness import (
@@ -102,12 +103,7 @@ class Operator:
         self.log = log
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace=30)
 
 
 class JobWatch:

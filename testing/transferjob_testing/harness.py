@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from transferjob.constants import CRD_NAME
-from transferjob_testing.cluster.controlplane import free_port
+from transferjob_testing.cluster.controlplane import free_port, stop_process
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,13 +137,8 @@ class OperatorProcess:
         raise RuntimeError(f"operator not live after {timeout}s:\n{self.tail()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace=20)
         self.proc = None
 
     def restart(self) -> None:

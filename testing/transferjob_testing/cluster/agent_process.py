@@ -16,7 +16,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from transferjob_testing.cluster.binaries import REPO_ROOT
-from transferjob_testing.cluster.controlplane import die_with_parent, stop_pid
+from transferjob_testing.cluster.controlplane import die_with_parent, stop_pid, stop_process
 
 AGENT_MODULE = "transferjob_testing.cluster.node_agent"
 
@@ -33,13 +33,7 @@ class AgentProcess:
     def stop(self) -> None:
         """SIGTERM: the agent kills its pod processes, then exits; SIGKILL after 20 s."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, grace=20)
         else:
             stop_pid(self.pid, AGENT_MODULE, grace=20)
 

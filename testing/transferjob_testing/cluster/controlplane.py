@@ -115,6 +115,18 @@ def _pid_alive(pid: int, expect: str) -> bool:
     return expect in cmdline
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM a child we started, then SIGKILL after ``grace`` seconds; waits until it is gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop_pid(pid: int, expect: str, grace: float = 10.0) -> None:
     """SIGTERM ``pid`` (only if it is still the process we started), then SIGKILL after ``grace``."""
     if not _pid_alive(pid, expect):
@@ -400,13 +412,8 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop components in reverse start order (scheduler and controller manager first, etcd last)."""
         for comp in reversed(self._components):
-            if comp.proc is not None and comp.proc.poll() is None:
-                comp.proc.terminate()
-                try:
-                    comp.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    comp.proc.kill()
-                    comp.proc.wait()
+            if comp.proc is not None:
+                stop_process(comp.proc, grace=10)
         self._components.clear()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
