@@ -491,6 +491,13 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the finished TransferJob (and its Job) after this long."
     )
+    pending_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail the job (reason PendingTimeout) when its training pod has not started running "
+        "this long after the training Job was created: a missing volume, image or GPU then ends the job "
+        "instead of leaving it Pending. Empty: wait as long as it takes.",
+    )
     suspend: bool = Field(
         default=False, description="Suspend: delete running pods, resume later from the last checkpoint."
     )
@@ -504,7 +511,7 @@ _IMMUTABLE_SPEC = (
 
 
 class TransferJobSpec(ApiModel):
-    """What to train. Immutable once created, except runPolicy's suspend, deadline and TTL."""
+    """What to train. Immutable once created, except runPolicy's suspend, deadlines and TTL."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -526,8 +533,8 @@ class TransferJobSpec(ApiModel):
                 ),
                 cel(
                     _IMMUTABLE_SPEC,
-                    "spec is immutable except runPolicy.suspend, runPolicy.activeDeadlineSeconds and "
-                    "runPolicy.ttlSecondsAfterFinished; delete and recreate the TransferJob instead",
+                    "spec is immutable except runPolicy.suspend, runPolicy.activeDeadlineSeconds, "
+                    "runPolicy.pendingTimeoutSeconds and runPolicy.ttlSecondsAfterFinished; delete and recreate the TransferJob instead",
                     reason="FieldValueForbidden",
                 ),
             ]
