@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
+from transferjob import yamlio
 from transferjob.client import EpochCompleted, PhaseChanged, TransferJobClient, WatchEvent, format_metrics
 from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, TransferJobError
 from transferjob.models import Phase, TransferJob, describe_validation_error
@@ -156,7 +157,7 @@ def read_manifest(filename: str) -> TransferJob:
     except OSError as error:
         raise UsageError(f"cannot read {filename}: {error.strerror or error}") from error
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.load(text)
     except yaml.YAMLError as error:
         raise UsageError(f"{filename} is not valid YAML: {error}") from error
     if not isinstance(data, dict):

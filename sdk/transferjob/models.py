@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal
+from functools import partial
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -31,42 +36,119 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
-from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, is_model_path
+from transferjob import yamlio
+from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, BaseInfo
 from transferjob.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, HISTORY_LIMIT, KIND
 from transferjob.errors import SpecError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-#: A path inside a volume or data folder: relative, no `..` segments.
+#: A path inside a volume or data folder: relative, no leading or trailing `/`.
 RELATIVE_PATH = r"^$|^[^/](.*[^/])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+#: A Kubernetes resource quantity, never negative (`16Gi`, `500m`, `2`, `1e9`).
+QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$"
+#: An absolute path or a URI of a safe shape: no spaces, quotes or shell metacharacters.
+SAFE_PATH_OR_URI = r"^(/|[a-z][a-z0-9+.-]*://)[A-Za-z0-9._~+=,@%/-]+$"
+#: A Keras layer name, as `fineTuneAt` names one.
+LAYER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_./:-]*$"
+#: Weights files Keras loads into an applications network.
+WEIGHTS_SUFFIXES = (".h5", ".hdf5")
 
 _FEATURE_EXTRACTION_DEFAULTS = {"epochs": 5, "learning_rate": 1e-4}
 _FINE_TUNING_DEFAULTS = {"epochs": 10, "learning_rate": 1e-5}
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
-    """One `x-kubernetes-validations` entry: the API server evaluates it at admission."""
-    entry: JsonDict = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    if reason:
-        entry["reason"] = reason
-    return entry
+@dataclass(frozen=True)
+class Rule:
+    """One rule across fields, written once and rendered twice.
+
+    `cel` goes into the CRD (`x-kubernetes-validations`), so the API server enforces it at admission;
+    `check` is the same condition in Python, on the validated model, so the SDK gives the same verdict
+    before submitting. Both sit side by side here, and a property-based test
+    (tests/cluster/test_spec_parity.py) feeds thousands of specs to the models and to a real API server
+    and fails on any spec where they disagree. A transition rule (`oldSelf`) has no `check`: it only
+    exists on update, which only the API server sees.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool] | None = None
+    field: str | None = None
+    reason: str | None = None
+
+    def schema(self) -> JsonDict:
+        """The `x-kubernetes-validations` entry."""
+        entry: JsonDict = {"rule": self.cel, "message": self.message}
+        if self.field:
+            entry["fieldPath"] = self.field
+        if self.reason:
+            entry["reason"] = self.reason
+        return entry
 
 
-def _relative_path_ok(value: str, field: str) -> str:
-    if value.startswith("/") or ".." in value.split("/"):
-        raise ValueError(f"{field} must be a relative path without '..' segments, got {value!r}")
-    return value
+def _rules_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """Render a model's `rules` into its JSON schema, for `transferjob.crd`."""
+    rules: tuple[Rule, ...] = getattr(cls, "rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.schema() for r in rules]
+
+
+def _is_layer_name(value: str) -> bool:
+    return re.fullmatch(LAYER_NAME, value) is not None
+
+
+def _plain_relative_field(field: str, model: Any) -> bool:
+    return all(part not in ("", ".", "..") for part in getattr(model, field).split("/"))
+
+
+def _imagenet_size_ok(base: BaseInfo, model: Any) -> bool:
+    return model.base != base.name or model.weights != "imagenet" or model.image_size in base.imagenet_sizes
+
+
+def _min_size_ok(base: BaseInfo, model: Any) -> bool:
+    return bool(model.base != base.name or model.image_size >= base.min_size)
+
+
+def _fine_tuning_only(field: str, spec: Any) -> bool:
+    return bool(spec.mode is Mode.FINE_TUNING or getattr(spec.model, field) is None)
+
+
+def cel_list(values: Any) -> str:
+    """A Python list of strings or ints as a CEL list literal."""
+    return "[" + ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in values) + "]"
+
+
+def no_dot_segments(value: str) -> bool:
+    """No `..` path segment: the Python twin of CEL's `!('..' in value.split('/'))`."""
+    return ".." not in value.split("/")
+
+
+def safe_file(value: str, suffixes: tuple[str, ...]) -> bool:
+    """An absolute path or URI of a safe shape, without `..`, ending in one of `suffixes`."""
+    return (
+        re.fullmatch(SAFE_PATH_OR_URI, value) is not None
+        and no_dot_segments(value)
+        and value.endswith(suffixes)
+    )
+
+
+def safe_file_cel(field: str, suffixes: tuple[str, ...]) -> str:
+    """CEL for `safe_file`."""
+    ends = " || ".join(f"{field}.endsWith('{s}')" for s in suffixes)
+    return f"({field}.matches('{SAFE_PATH_OR_URI}') && !('..' in {field}.split('/')) && ({ends}))"
 
 
 class ApiModel(BaseModel):
-    """Base of every API type: camelCase on the wire, snake_case in Python, unknown fields rejected.
+    """Base of every API type: camelCase on the wire, snake_case in Python, one verdict with the API server.
 
-    Rejecting unknown fields in the SDK catches typos (`learnigRate`) before submission; the API server
-    would prune them silently.
+    The SDK must accept exactly what `kubectl apply` accepts, so validation follows the API server's
+    structural schema rather than pydantic's habits: strict types (`"5"` is not an integer, `"yes"` not a
+    boolean, `5.0` not an integer; an integer is a number), unknown fields rejected (`learnigRate`: the
+    API server rejects them under strict field validation, `kubectl`'s default), `null` for a field that
+    is not nullable treated as left out (the API server prunes it, then defaults it), and each model's
+    `rules` checked in Python exactly as their CEL twins are at admission.
     """
 
     model_config = ConfigDict(
@@ -74,11 +156,78 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        strict=True,
+        json_schema_extra=_rules_schema,
     )
+
+    #: Rules across this model's fields; see `Rule`.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    #: Integer fields that a CEL rule reads: there the API server's schema takes `224.0` as an integer
+    #: but the rule then fails on the float ("expected int, got float64"), so a whole float is refused.
+    cel_ints: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_api_server_decodes(cls, data: Any) -> Any:
+        """Read the input as the API server does before validating it.
+
+        `null` for a field that is not nullable is dropped (the API server prunes it, then defaults it),
+        and a whole float where an integer goes is that integer (`5.0` passes an `integer` schema there),
+        except in `cel_ints`.
+        """
+        if not isinstance(data, dict):
+            return data
+        decoded = {}
+        for key, value in data.items():
+            field = cls.model_fields.get(key) or next(
+                (f for f in cls.model_fields.values() if f.alias == key), None
+            )
+            if field is not None:
+                if value is None and not _admits(field.annotation, type(None)):
+                    continue
+                if (
+                    _admits(field.annotation, int)
+                    and not _admits(field.annotation, float)
+                    and key not in cls.cel_ints
+                    and field.alias not in cls.cel_ints
+                ):
+                    value = _whole_to_int(value)
+                elif isinstance(value, list) and _admits_list_of_int(field.annotation):
+                    value = [_whole_to_int(v) for v in value]
+            decoded[key] = value
+        return decoded
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in type(self).rules:
+            if rule.check is not None and not rule.check(self):
+                raise PydanticCustomError("rule", rule.message, {"field": rule.field or ""})
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: camelCase keys, no empty optionals, JSON types only."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a field's annotation admits: `int | None` -> [int, NoneType]; Annotated unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [type(None) if annotation is None else annotation]
+
+
+def _admits(annotation: Any, kind: type) -> bool:
+    return kind in _members(annotation)
+
+
+def _admits_list_of_int(annotation: Any) -> bool:
+    return any(get_origin(m) is list and _admits(get_args(m)[0], int) for m in _members(annotation))
+
+
+def _whole_to_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class Mode(str, Enum):
@@ -104,16 +253,13 @@ class Phase(str, Enum):
 class PVCSource(ApiModel):
     """A PersistentVolumeClaim in the TransferJob's namespace."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.subPath) || !('..' in self.subPath.split('/'))",
-                    "subPath must not contain '..' segments",
-                    ".subPath",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!has(self.subPath) || !('..' in self.subPath.split('/'))",
+            "subPath must not contain '..' segments",
+            lambda m: no_dot_segments(m.sub_path),
+            ".subPath",
+        ),
     )
 
     claim_name: str = Field(
@@ -126,24 +272,28 @@ class PVCSource(ApiModel):
         description="Folder inside the volume; empty for the volume's root.",
     )
 
-    @field_validator("sub_path")
-    @classmethod
-    def _sub_path_relative(cls, value: str) -> str:
-        return _relative_path_ok(value, "subPath")
-
 
 class Location(ApiModel):
     """Where files live: exactly one of a PVC, a node path or a URI the trainer can read."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
-                    "exactly one of pvc, hostPath or uri must be set",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+            "exactly one of pvc, hostPath or uri must be set",
+            lambda m: sum(v is not None for v in (m.pvc, m.host_path, m.uri)) == 1,
+        ),
+        Rule(
+            "!has(self.hostPath) || !('..' in self.hostPath.split('/'))",
+            "hostPath must not contain '..' segments",
+            lambda m: m.host_path is None or no_dot_segments(m.host_path),
+            ".hostPath",
+        ),
+        Rule(
+            "!has(self.uri) || !('..' in self.uri.split('/'))",
+            "uri must not contain '..' segments",
+            lambda m: m.uri is None or no_dot_segments(m.uri),
+            ".uri",
+        ),
     )
 
     pvc: PVCSource | None = Field(default=None, description="A PersistentVolumeClaim and a folder in it.")
@@ -160,13 +310,6 @@ class Location(ApiModel):
         description="A URI the trainer reads with tf.io.gfile (gs://, s3://, hdfs://, file://) or an "
         "absolute path inside the trainer's container.",
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Location:
-        chosen = [n for n in ("pvc", "host_path", "uri") if getattr(self, n) is not None]
-        if len(chosen) != 1:
-            raise ValueError(f"exactly one of pvc, hostPath or uri must be set, got {len(chosen)}")
-        return self
 
 
 class HeadSpec(ApiModel):
@@ -189,44 +332,79 @@ class HeadSpec(ApiModel):
 class ModelSpec(ApiModel):
     """The pretrained network to transfer from and the head trained on it."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    f"self.base in {sorted(BASES)} || self.base.contains('/') || "
-                    + " || ".join(f"self.base.endsWith('{s}')" for s in SAVED_MODEL_SUFFIXES),
-                    "base must be a keras.applications network name or the path of a saved Keras model "
-                    "(.keras/.h5)",
-                    ".base",
-                ),
-                cel(
-                    "!(has(self.fromJob) && has(self.fromModel))",
-                    "fromJob and fromModel are mutually exclusive",
-                    ".fromJob",
-                ),
-                *[
-                    cel(
-                        f"self.base != '{b.name}' || self.weights != 'imagenet' || "
-                        f"self.imageSize in {list(b.imagenet_sizes)}",
-                        f"imageSize must be one of {list(b.imagenet_sizes)} for {b.name} with imagenet "
-                        "weights",
-                        ".imageSize",
-                    )
-                    for b in BASES.values()
-                    if b.imagenet_sizes
-                ],
-                *[
-                    cel(
-                        f"self.base != '{b.name}' || self.imageSize >= {b.min_size}",
-                        f"imageSize must be at least {b.min_size} for {b.name}",
-                        ".imageSize",
-                    )
-                    for b in BASES.values()
-                    if b.min_size > 32
-                ],
-            ]
-        }
+    rules = (
+        Rule(
+            f"self.base in {cel_list(sorted(BASES))} || {safe_file_cel('self.base', SAVED_MODEL_SUFFIXES)}",
+            "base must be a keras.applications network name (MobileNetV2, VGG16, ResNet50, ...) or the "
+            "absolute path or URI of a saved Keras model ending in .keras, .h5 or .hdf5, without '..' "
+            "segments, spaces or shell characters",
+            lambda m: m.base in BASES or safe_file(m.base, SAVED_MODEL_SUFFIXES),
+            ".base",
+        ),
+        Rule(
+            f"self.weights in ['imagenet', 'none'] || {safe_file_cel('self.weights', WEIGHTS_SUFFIXES)}",
+            "weights must be imagenet, none, or the absolute path or URI of a weights file ending in .h5 or "
+            ".hdf5, without '..' segments, spaces or shell characters",
+            lambda m: m.weights in ("imagenet", "none") or safe_file(m.weights, WEIGHTS_SUFFIXES),
+            ".weights",
+        ),
+        Rule(
+            f"!has(self.fromModel) || {safe_file_cel('self.fromModel', SAVED_MODEL_SUFFIXES)}",
+            "fromModel must be the absolute path or URI of a saved Keras model ending in .keras, .h5 or "
+            ".hdf5, without '..' segments, spaces or shell characters",
+            lambda m: m.from_model is None or safe_file(m.from_model, SAVED_MODEL_SUFFIXES),
+            ".fromModel",
+        ),
+        Rule(
+            # Reads imageSize on every spec, so that `224.0` fails here for every base (the schema alone
+            # takes it as an integer; the rules below read imageSize only for some bases).
+            "int(self.imageSize) == self.imageSize",
+            "imageSize must be a whole number of pixels, written without a decimal point",
+            lambda m: type(m.image_size) is int,
+            ".imageSize",
+        ),
+        Rule(
+            "!(has(self.fromJob) && has(self.fromModel))",
+            "fromJob and fromModel are mutually exclusive",
+            lambda m: m.from_job is None or m.from_model is None,
+            ".fromJob",
+        ),
+        Rule(
+            "!has(self.fineTuneAt) || (type(self.fineTuneAt) == int ? self.fineTuneAt >= 0 : "
+            f"self.fineTuneAt.matches('{LAYER_NAME}'))",
+            "fineTuneAt must be a layer index >= 0 or a layer name (letters, digits, _ . / : -)",
+            lambda m: (
+                m.fine_tune_at is None
+                or (
+                    m.fine_tune_at >= 0 if isinstance(m.fine_tune_at, int) else _is_layer_name(m.fine_tune_at)
+                )
+            ),
+            ".fineTuneAt",
+        ),
+        *[
+            Rule(
+                f"self.base != '{b.name}' || self.weights != 'imagenet' || "
+                f"self.imageSize in {cel_list(b.imagenet_sizes)}",
+                f"imageSize must be one of {list(b.imagenet_sizes)} for {b.name} with imagenet weights",
+                partial(_imagenet_size_ok, b),
+                ".imageSize",
+            )
+            for b in BASES.values()
+            if b.imagenet_sizes
+        ],
+        *[
+            Rule(
+                f"self.base != '{b.name}' || self.imageSize >= {b.min_size}",
+                f"imageSize must be at least {b.min_size} for {b.name}",
+                partial(_min_size_ok, b),
+                ".imageSize",
+            )
+            for b in BASES.values()
+            if b.min_size > 32
+        ],
     )
+
+    cel_ints = frozenset({"imageSize", "fineTuneAt"})
 
     base: str = Field(
         default="MobileNetV2",
@@ -270,39 +448,6 @@ class ModelSpec(ApiModel):
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="The classifier trained on the features.")
 
-    @field_validator("fine_tune_at")
-    @classmethod
-    def _fine_tune_at_sane(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("fineTuneAt must be a layer name or an index >= 0")
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("fineTuneAt must not be empty")
-        return value
-
-    @model_validator(mode="after")
-    def _base_accepts_size(self) -> ModelSpec:
-        if self.from_job is not None and self.from_model is not None:
-            raise ValueError("fromJob and fromModel are mutually exclusive")
-        if is_model_path(self.base):
-            return self
-        info = BASES.get(self.base)
-        if info is None:
-            known = ", ".join(sorted(BASES))
-            raise ValueError(
-                f"base {self.base!r} is neither a known keras.applications network ({known}) nor the "
-                "path of a saved model (.keras/.h5)"
-            )
-        if self.image_size < info.min_size:
-            raise ValueError(
-                f"imageSize must be at least {info.min_size} for {info.name}, got {self.image_size}"
-            )
-        if self.weights == "imagenet" and info.imagenet_sizes and self.image_size not in info.imagenet_sizes:
-            raise ValueError(
-                f"imageSize must be one of {list(info.imagenet_sizes)} for {info.name} with imagenet "
-                f"weights, got {self.image_size}"
-            )
-        return self
-
 
 class AugmentationSpec(ApiModel):
     """Random changes to training images (never to validation or test images)."""
@@ -338,24 +483,36 @@ class AugmentationSpec(ApiModel):
 class DataSpec(ApiModel):
     """Labelled images in the Keras `image_dataset_from_directory` layout: one sub-folder per class."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    f"!self.{d}.startsWith('/') && !('..' in self.{d}.split('/'))",
-                    f"{d} must be a relative path without '..' segments",
-                    f".{d}",
-                )
-                for d in ("trainDir", "valDir", "testDir")
-            ]
-        }
+    rules = (
+        *[
+            Rule(
+                f"self.{d}.split('/').all(p, p != '' && p != '.' && p != '..')",
+                f"{d} must be a relative path of plain folder names (no '/' at either end, no '.' or '..')",
+                partial(_plain_relative_field, f),
+                f".{d}",
+            )
+            for d, f in (("trainDir", "train_dir"), ("valDir", "val_dir"), ("testDir", "test_dir"))
+        ],
+        Rule(
+            "self.trainDir != self.valDir && self.trainDir != self.testDir && self.valDir != self.testDir",
+            "trainDir, valDir and testDir must be three different folders: a model validated or tested "
+            "on its own training images says nothing about new ones",
+            lambda m: len({m.train_dir, m.val_dir, m.test_dir}) == 3,
+            ".valDir",
+        ),
+        Rule(
+            "!has(self.classNames) || self.classNames.all(c, c != '.' && c != '..')",
+            "classNames entries must be folder names, not '.' or '..'",
+            lambda m: m.class_names is None or not {".", ".."} & set(m.class_names),
+            ".classNames",
+        ),
     )
 
     source: Location = Field(description="Where the image folders are; mounted read-only.")
     train_dir: str = Field(default="train", min_length=1, max_length=512, description="Training images.")
     val_dir: str = Field(default="val", min_length=1, max_length=512, description="Validation images.")
     test_dir: str = Field(default="test", min_length=1, max_length=512, description="Test images.")
-    class_names: list[str] | None = Field(
+    class_names: list[Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/]+$")]] | None = Field(
         default=None,
         min_length=2,
         max_length=1000,
@@ -370,21 +527,12 @@ class DataSpec(ApiModel):
         description="Keep decoded images (or cached features) in memory: auto does when they fit.",
     )
 
-    @field_validator("train_dir", "val_dir", "test_dir")
-    @classmethod
-    def _dirs_relative(cls, value: str) -> str:
-        return _relative_path_ok(value, "data directories")
-
     @field_validator("class_names")
     @classmethod
     def _classes_distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return value
-        if len(set(value)) != len(value):
+        # The API server's twin is the CRD's `x-kubernetes-list-type: set` (a "Duplicate value" error).
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("classNames must not repeat a class")
-        for name in value:
-            if not name or "/" in name or name in (".", ".."):
-                raise ValueError(f"classNames entry {name!r} is not a folder name")
         return value
 
 
@@ -513,36 +661,44 @@ _IMMUTABLE_SPEC = (
 class TransferJobSpec(ApiModel):
     """What to train. Immutable once created, except runPolicy's suspend, deadlines and TTL."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.mode == 'FineTuning' || !has(self.model.fromJob)",
-                    "model.fromJob is only allowed with mode FineTuning",
-                    ".model.fromJob",
-                ),
-                cel(
-                    "self.mode == 'FineTuning' || !has(self.model.fromModel)",
-                    "model.fromModel is only allowed with mode FineTuning",
-                    ".model.fromModel",
-                ),
-                cel(
-                    "self.mode == 'FineTuning' || !has(self.model.fineTuneAt)",
-                    "model.fineTuneAt is only allowed with mode FineTuning",
-                    ".model.fineTuneAt",
-                ),
-                cel(
-                    _IMMUTABLE_SPEC,
-                    "spec is immutable except runPolicy.suspend, runPolicy.activeDeadlineSeconds, "
-                    "runPolicy.pendingTimeoutSeconds and runPolicy.ttlSecondsAfterFinished; delete and recreate the TransferJob instead",
-                    reason="FieldValueForbidden",
-                ),
-            ]
-        }
+    rules = (
+        *[
+            Rule(
+                f"self.mode == 'FineTuning' || !has(self.model.{name})",
+                f"model.{name} is only allowed with mode FineTuning",
+                partial(_fine_tuning_only, f),
+                f".model.{name}",
+            )
+            for name, f in (
+                ("fromJob", "from_job"),
+                ("fromModel", "from_model"),
+                ("fineTuneAt", "fine_tune_at"),
+            )
+        ],
+        Rule(
+            "self.mode != 'FineTuning' || has(self.model.fineTuneAt) || "
+            f"self.model.base in {cel_list(sorted(b.name for b in BASES.values() if b.fine_tune_at))}",
+            "model.fineTuneAt is required to fine-tune this base: there is no default layer for it (a saved "
+            "model, NASNet)",
+            lambda m: (
+                m.mode is not Mode.FINE_TUNING
+                or m.model.fine_tune_at is not None
+                or (m.model.base in BASES and BASES[m.model.base].fine_tune_at is not None)
+            ),
+            ".model.fineTuneAt",
+        ),
+        Rule(
+            _IMMUTABLE_SPEC,
+            "spec is immutable except runPolicy.suspend, runPolicy.activeDeadlineSeconds, "
+            "runPolicy.pendingTimeoutSeconds and runPolicy.ttlSecondsAfterFinished; delete and recreate the "
+            "TransferJob instead",
+            reason="FieldValueForbidden",
+        ),
     )
 
     mode: Mode = Field(
         default=Mode.FEATURE_EXTRACTION,
+        strict=False,  # the enum's values, as strings
         description="FeatureExtraction trains a new head on the frozen base; FineTuning also trains the "
         "base's last layers with a very small learning rate.",
     )
@@ -556,29 +712,16 @@ class TransferJobSpec(ApiModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL, suspend.")
 
     @model_validator(mode="after")
-    def _mode_rules_and_defaults(self) -> TransferJobSpec:
+    def _mode_defaults(self) -> TransferJobSpec:
+        """Resolve the defaults that depend on the mode (runs after `rules`, which see the input)."""
         fine_tuning = self.mode is Mode.FINE_TUNING
-        if not fine_tuning:
-            for name, value in (
-                ("fromJob", self.model.from_job),
-                ("fromModel", self.model.from_model),
-                ("fineTuneAt", self.model.fine_tune_at),
-            ):
-                if value is not None:
-                    raise ValueError(f"model.{name} is only allowed with mode FineTuning")
         defaults = _FINE_TUNING_DEFAULTS if fine_tuning else _FEATURE_EXTRACTION_DEFAULTS
         if self.training.epochs is None:
             self.training.epochs = int(defaults["epochs"])
         if self.training.learning_rate is None:
             self.training.learning_rate = float(defaults["learning_rate"])
         if fine_tuning and self.model.fine_tune_at is None:
-            info = BASES.get(self.model.base)
-            if info is None or info.fine_tune_at is None:
-                raise ValueError(
-                    f"model.fineTuneAt is required to fine-tune {self.model.base!r}: there is no default "
-                    "layer for it"
-                )
-            self.model.fine_tune_at = info.fine_tune_at
+            self.model.fine_tune_at = BASES[self.model.base].fine_tune_at
         return self
 
 
@@ -592,7 +735,9 @@ class Condition(ApiModel):
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason, e.g. InvalidData or OOMKilled.")
     message: str = Field(default="", description="What happened, for a person.")
-    last_transition_time: dt.datetime | None = Field(default=None, description="When status last changed.")
+    last_transition_time: dt.datetime | None = Field(
+        default=None, strict=False, description="When status last changed."
+    )
     observed_generation: int | None = Field(
         default=None, description="Spec generation this was computed for."
     )
@@ -661,10 +806,16 @@ class ModelArtifacts(ApiModel):
 class TransferJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, Failed or Suspended.")
+    phase: Phase | None = Field(
+        default=None, strict=False, description="Pending, Running, Succeeded, Failed or Suspended."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Conditions, one per type.")
-    start_time: dt.datetime | None = Field(default=None, description="When the training Job started.")
-    completion_time: dt.datetime | None = Field(default=None, description="When it succeeded or failed.")
+    start_time: dt.datetime | None = Field(
+        default=None, strict=False, description="When the training Job started."
+    )
+    completion_time: dt.datetime | None = Field(
+        default=None, strict=False, description="When it succeeded or failed."
+    )
     job_name: str | None = Field(default=None, description="The child batch/v1 Job.")
     epoch: int | None = Field(default=None, description="Last finished epoch.")
     epochs: int | None = Field(default=None, description="Epochs planned.")
@@ -697,7 +848,7 @@ class ObjectMeta(ApiModel):
     uid: str | None = None
     resource_version: str | None = None
     generation: int | None = None
-    creation_timestamp: dt.datetime | None = None
+    creation_timestamp: dt.datetime | None = Field(default=None, strict=False)
 
 
 class TransferJob(ApiModel):
@@ -717,7 +868,7 @@ class TransferJob(ApiModel):
     @classmethod
     def from_yaml(cls, text: str) -> TransferJob:
         """Parse one YAML document."""
-        return cls.from_dict(yaml.safe_load(text))
+        return cls.from_dict(yamlio.load(text))
 
     def to_yaml(self) -> str:
         """The manifest as `kubectl apply -f` takes it."""
@@ -739,6 +890,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> list[
                 continue  # pydantic's union-member and validator tags, not fields
             else:
                 parts.append(to_camel(part) if "_" in part else part)
+        field = (item.get("ctx") or {}).get("field") if item["type"] == "rule" else None
+        if field:  # a rule's fieldPath, as the API server reports it: `.model.fromJob` under `spec`
+            parts.extend(field.lstrip(".").split("."))
         where = ".".join(parts) or "spec"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")

@@ -40,11 +40,15 @@ class Started(ApiModel):
     devices: list[str] = Field(default_factory=list)
 
 
+#: The coarse steps of a run, in order.
+StepName = Literal["loading", "features", "training", "evaluating", "exporting"]
+
+
 class PhaseChanged(ApiModel):
     """A coarse step of the run began."""
 
     event: Literal["phase"] = "phase"
-    phase: Literal["loading", "features", "training", "evaluating", "exporting"]
+    phase: StepName
     message: str = ""
 
 

@@ -87,6 +87,12 @@ def test_api_server_rejects_bad_spec_naming_the_field(
             "imageSize must be at least 75 for InceptionV3",
         ),
         ({"model": {"imageSize": 100}}, "imageSize must be one of [96, 128, 160, 192, 224] for MobileNetV2"),
+        (
+            {"mode": "FineTuning", "model": {"base": "/m/source.keras"}},
+            "model.fineTuneAt is required to fine-tune this base",
+        ),
+        ({"mode": "FineTuning", "model": {"base": "NASNetMobile"}}, "model.fineTuneAt is required"),
+        ({"data": {"source": {"hostPath": "/d"}, "valDir": "train"}}, "three different folders"),
     ],
 )
 def test_api_server_enforces_cross_field_rules(

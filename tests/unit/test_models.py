@@ -144,7 +144,7 @@ BAD = [
     ("data.augmentation.flip", "diagonal", "spec.data.augmentation.flip"),
     ("data.augmentation.crop", 0.9, "spec.data.augmentation.crop"),
     ("data.augmentation.cachedViews", 0, "spec.data.augmentation.cachedViews"),
-    ("data.trainDir", "../etc", "data directories"),
+    ("data.trainDir", "../etc", "spec.data.trainDir"),
     ("data.classNames", ["cats"], "classNames"),
     ("data.classNames", ["cats", "cats"], "classNames"),
     ("data.cache", "disk", "spec.data.cache"),
@@ -165,6 +165,36 @@ BAD = [
     ("runPolicy.backoffLimit", -1, "spec.runPolicy.backoffLimit"),
     ("runPolicy.activeDeadlineSeconds", 0, "spec.runPolicy.activeDeadlineSeconds"),
     ("runPolicy.ttlSecondsAfterFinished", -5, "spec.runPolicy.ttlSecondsAfterFinished"),
+    ("runPolicy.pendingTimeoutSeconds", 0, "spec.runPolicy.pendingTimeoutSeconds"),
+    ("model.base", "../../etc/passwd.keras", "spec.model.base"),
+    ("model.base", "/models/$(id).keras", "spec.model.base"),
+    ("model.base", "/models/a b.keras", "spec.model.base"),
+    ("model.base", "models/source.keras", "spec.model.base"),
+    ("model.base", "/models/savedmodel", "spec.model.base"),
+    ("model.base", "imagenet21k", "spec.model.base"),
+    ("model.weights", "imagenet21k", "spec.model.weights"),
+    ("model.weights", "/w/x.h5;rm -rf /", "spec.model.weights"),
+    ("model.weights", "/w/../x.h5", "spec.model.weights"),
+    ("model.fineTuneAt", "", "spec.model.fineTuneAt"),
+    ("model.fineTuneAt", "conv 3", "spec.model.fineTuneAt"),
+    ("model.fineTuneAt", True, "spec.model.fineTuneAt"),
+    ("model.imageSize", "224", "spec.model.imageSize"),
+    ("model.head.dropout", "0.5", "spec.model.head.dropout"),
+    ("training.epochs", "5", "spec.training.epochs"),
+    ("training.epochs", 5.5, "spec.training.epochs"),
+    ("training.mixedPrecision", "yes", "spec.training.mixedPrecision"),
+    ("output.tensorboard", "yes", "spec.output.tensorboard"),
+    ("output.tensorboard", 1, "spec.output.tensorboard"),
+    ("data.valDir", "train", "spec.data.valDir"),
+    ("data.testDir", "val", "spec.data.valDir"),
+    ("data.trainDir", "./train", "spec.data.trainDir"),
+    ("data.trainDir", "a//train", "spec.data.trainDir"),
+    ("data.classNames", ["", "cats"], "spec.data.classNames"),
+    ("data.classNames", [".", "cats"], "spec.data.classNames"),
+    ("data.classNames", ["a/b", "cats"], "spec.data.classNames"),
+    ("data.source", {"hostPath": "/data/../etc"}, "spec.data.source.hostPath"),
+    ("resources.memory", "-1Gi", "spec.resources.memory"),
+    ("resources.cpu", "-2", "spec.resources.cpu"),
 ]
 
 
@@ -186,6 +216,7 @@ def test_bad_spec_is_rejected_naming_the_field(path: str, value: Any, expected: 
             "fromJob and fromModel are mutually exclusive",
         ),
         ({"mode": "FineTuning", "model": {"base": "NASNetMobile"}}, "fineTuneAt is required"),
+        ({"mode": "FineTuning", "model": {"base": "/m/source.keras"}}, "fineTuneAt is required"),
         ({"model": {"base": "InceptionV3", "imageSize": 64}}, "at least 75 for InceptionV3"),
         ({"data": None}, "spec.data"),
         ({"output": None}, "spec.output"),
@@ -221,3 +252,20 @@ def test_metrics_keep_four_significant_digits_and_drop_non_finite() -> None:
     assert epoch.to_dict() == {"epoch": 3, "valAccuracy": 0.9478, "learningRate": 1e-5}
     assert TestMetrics(loss=0.000123456, accuracy=0.9925925).accuracy == 0.9926
     assert TestMetrics(loss=0.000123456, accuracy=1.0).loss == 0.0001235
+
+
+def test_yaml_numbers_read_as_kubectl_reads_them() -> None:
+    """`1e-5` is a float to kubectl and JSON; PyYAML alone would make it a string, which strict
+    validation rejects, so the SDK and the trainer read YAML through `transferjob.yamlio`."""
+    manifest = TransferJob.from_yaml(
+        "apiVersion: transferjob.io/v1alpha1\nkind: TransferJob\nmetadata: {name: t}\n"
+        "spec:\n  data: {source: {hostPath: /d}}\n  output: {location: {hostPath: /o}}\n"
+        "  training: {learningRate: 1e-5, epochs: 3}\n"
+    )
+    assert manifest.spec.training.learning_rate == 1e-5
+    with pytest.raises(ValueError, match="learningRate"):
+        TransferJob.from_yaml(
+            "apiVersion: transferjob.io/v1alpha1\nkind: TransferJob\nmetadata: {name: t}\nspec:\n"
+            "  data: {source: {hostPath: /d}}\n  output: {location: {hostPath: /o}}\n"
+            "  training: {learningRate: '1e-5'}\n"
+        )

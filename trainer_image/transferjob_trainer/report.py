@@ -19,6 +19,7 @@ from transferjob.progress import (
     Finished,
     PhaseChanged,
     Started,
+    StepName,
     encode,
     termination_message,
 )
@@ -68,7 +69,7 @@ class Reporter:
         self._stream.write(encode(event) + "\n")
         self._stream.flush()
 
-    def phase(self, phase: str, message: str = "") -> None:
+    def phase(self, phase: StepName, message: str = "") -> None:
         self.emit(PhaseChanged(phase=phase, message=message))
 
     def finish(self, event: Finished | Failed) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from transferjob import yamlio
 from transferjob.constants import KIND
 from transferjob.errors import SpecError
 from transferjob.models import TransferJobSpec, parse_spec
@@ -47,7 +48,7 @@ def load_spec(path: str) -> TransferJobSpec:
     except OSError as error:
         raise InvalidSpecError(f"cannot read spec file {path}: {error}") from error
     try:
-        document = yaml.safe_load(text)
+        document = yamlio.load(text)
     except yaml.YAMLError as error:
         raise InvalidSpecError(f"spec file {path} is not valid YAML/JSON: {error}") from error
     return spec_from_document(document)

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+from transferjob import yamlio
 
 FIELD_MANAGER = "transferjob-tests"
 T = TypeVar("T")
@@ -26,7 +27,7 @@ T = TypeVar("T")
 def load_documents(source: Path | str) -> list[dict[str, Any]]:
     """YAML documents from a file path or a YAML string (empty documents dropped)."""
     text = source.read_text() if isinstance(source, Path) else source
-    return [d for d in yaml.safe_load_all(text) if d]
+    return [d for d in yamlio.load_all(text) if d]
 
 
 def apply_yaml(
