@@ -1,6 +1,6 @@
 """The adversarial corpus at run time (tests/corpus/runtime.yaml): damaged data, trained on by the CLI.
 
-Every failure must be permanent (exit code 2: the operator's podFailurePolicy then fails the Job instead
+Every failure must be permanent (exit code 42, EXIT_PERMANENT: the operator's podFailurePolicy then fails the Job instead
 of retrying), carry the expected reason and name the culprit; the quirks that must not stop a job must
 not. See tests/corpus/README.md.
 """
