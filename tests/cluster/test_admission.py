@@ -9,56 +9,28 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.cluster.admission import create_transferjob
 from tests.unit.test_models import BAD, _set, minimal_spec
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing.cluster.kube import wait_for
 
 CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
 
 
 @pytest.fixture(scope="module")
-def tj_namespace(
-    repo_root: Path, api_client: client.ApiClient, apply_yaml: Callable[..., Any]
-) -> Iterator[tuple[Any, str]]:
+def tj_namespace(api_client: client.ApiClient, crd_namespace: str) -> tuple[Any, str]:
     """The CRD applied and one namespace for the whole module (fifty namespaces would be slow)."""
-    apply_yaml(repo_root / CRD)
-    core = client.CoreV1Api(api_client)
-    name = f"admission-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
-    custom = client.CustomObjectsApi(api_client)
-    wait_for(
-        lambda: custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL) is not None,
-        timeout=30,
-        what="TransferJob API served",
-    )
-    yield custom, name
-    core.delete_namespace(name)
+    return client.CustomObjectsApi(api_client), crd_namespace
 
 
 def _create(custom: Any, namespace: str, name: str, spec: dict[str, Any]) -> str | None:
-    """Create strictly as `kubectl apply` does (unknown fields are errors); the error message or None."""
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TransferJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    try:
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
-        )
-    except client.ApiException as error:
-        # 422 for schema and CEL violations; 400 for unknown fields under strict field validation.
-        assert error.status in (400, 422), error.body
-        return str(json.loads(error.body)["message"])
-    return None
+    return create_transferjob(custom, namespace, name, spec)
 
 
 @pytest.mark.parametrize(("path", "value", "_sdk_text"), BAD, ids=[f"{p}={v!r}" for p, v, _ in BAD])

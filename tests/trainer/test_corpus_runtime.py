@@ -1,8 +1,8 @@
 """The adversarial corpus at run time (tests/corpus/runtime.yaml): damaged data, trained on by the CLI.
 
-Every failure must be permanent (exit code 42, EXIT_PERMANENT: the operator's podFailurePolicy then fails the Job instead
-of retrying), carry the expected reason and name the culprit; the quirks that must not stop a job must
-not. See tests/corpus/README.md.
+Every failure must be permanent (exit code 42, EXIT_PERMANENT: the operator's podFailurePolicy then
+fails the Job instead of retrying), carry the expected reason and name the culprit; the quirks that must
+not stop a job must not. See tests/corpus/README.md.
 """
 
 from __future__ import annotations
