@@ -50,7 +50,7 @@ from transferjob.progress import Finished
 from transferjob_trainer import modeling
 from transferjob_trainer.layout import scan_layout
 from transferjob_trainer.paths import resolve_paths
-from transferjob_trainer.pipeline import image_dataset, training_batches
+from transferjob_trainer.pipeline import image_dataset, shuffled_images, training_batches
 from transferjob_trainer.report import Reporter
 from transferjob_trainer.run import run
 
@@ -79,7 +79,8 @@ def save_base(size: int, data: Path, path: Path, args: argparse.Namespace, calib
         outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
         model = keras.Model(inputs, outputs)
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-        batches = training_batches(images, len(layout.train), args.batch, args.seed, None)
+        shuffled = shuffled_images(layout.train, size, binary=False, seed=args.seed, cached=images)
+        batches = training_batches(shuffled, args.batch, None)
         model.fit(batches, epochs=args.base_epochs, shuffle=False, verbose=0)
     batch = next(iter(images.shuffle(len(layout.train), seed=args.seed).batch(calibration)))[0]
     batch_norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -213,7 +214,8 @@ def fine_tuning_throughput(data: Path, weights: Path, args: argparse.Namespace) 
         return n / float(np.median(timer.seconds[1:]))
 
     images = image_dataset(layout.train, args.size, binary=False, cache=True)
-    pipeline = training_batches(images, n, args.batch, args.seed, None)
+    shuffled = shuffled_images(layout.train, args.size, binary=False, seed=args.seed, cached=images)
+    pipeline = training_batches(shuffled, args.batch, None)
     model = fresh_model()
     ours_rate = images_per_second(
         lambda t: model.fit(pipeline, epochs=args.ft_epochs, verbose=0, callbacks=[t])

@@ -472,15 +472,39 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
 def test_every_image_pipeline_runs_without_the_autotuning_thread(tmp_path: Path, png_bytes: bytes) -> None:
     """`static_tuning` at the root reaches every pipeline built on the images (see its docstring)."""
     from transferjob_trainer.layout import Split
-    from transferjob_trainer.pipeline import eval_batches, image_dataset, training_batches
+    from transferjob_trainer.pipeline import eval_batches, image_dataset, shuffled_images, training_batches
 
     (tmp_path / "a.png").write_bytes(png_bytes)
     split = Split("train", str(tmp_path), files=(str(tmp_path / "a.png"),) * 3, labels=(0, 1, 0))
     for cache in (True, False):
         images = image_dataset(split, 8, binary=False, cache=cache)
-        for ds in (images, training_batches(images, 3, 2, 0, None), eval_batches(images, 2)):
+        shuffled = shuffled_images(split, 8, binary=False, seed=0, cached=images if cache else None)
+        for ds in (images, shuffled, training_batches(shuffled, 2, None), eval_batches(images, 2)):
             assert ds.options().autotune.enabled is False
         assert [b[0].shape[0] for b in eval_batches(images, 2)] == [2, 1]
+
+
+def test_uncached_training_images_shuffle_files_not_decoded_images(tmp_path: Path) -> None:
+    """Without the cache, the file list is shuffled and then decoded: a new order every epoch, every image
+    once per epoch, each image still paired with its own label."""
+    import numpy as np
+    from PIL import Image
+
+    from transferjob_trainer.layout import Split
+    from transferjob_trainer.pipeline import shuffled_images
+
+    files = []
+    for i in range(12):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(np.full((4, 4, 3), i * 20, np.uint8)).save(path)
+        files.append(str(path))
+    split = Split("train", str(tmp_path), files=tuple(files), labels=tuple(range(12)))
+    ds = shuffled_images(split, 4, binary=False, seed=3, cached=None)
+    epochs = [[int(label) for _, label in ds] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(12))
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(12))
+    for image, label in ds.take(3):  # each image is the file its label names: decoded after the shuffle
+        assert int(image[0, 0, 0]) == int(label) * 20
 
 
 # ------------------------------------------------------------------------------------------ SIGTERM

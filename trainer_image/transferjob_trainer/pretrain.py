@@ -18,7 +18,7 @@ import keras
 from transferjob.models import DataSpec
 from transferjob_trainer import modeling
 from transferjob_trainer.layout import scan_layout
-from transferjob_trainer.pipeline import eval_batches, image_dataset, training_batches
+from transferjob_trainer.pipeline import eval_batches, image_dataset, shuffled_images, training_batches
 
 
 def build_small_cnn(image_size: int, n_classes: int) -> keras.Model:
@@ -53,7 +53,11 @@ def pretrain(
         train = image_dataset(layout.train, image_size, binary=False, cache=True)
         val = image_dataset(layout.val, image_size, binary=False, cache=True)
         history = model.fit(
-            training_batches(train, len(layout.train), batch_size, seed, None),
+            training_batches(
+                shuffled_images(layout.train, image_size, binary=False, seed=seed, cached=train),
+                batch_size,
+                None,
+            ),
             validation_data=eval_batches(val, batch_size),
             epochs=epochs,
             shuffle=False,  # the pipeline shuffles

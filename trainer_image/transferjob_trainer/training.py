@@ -47,6 +47,7 @@ from transferjob_trainer.pipeline import (
     eval_batches,
     image_dataset,
     should_cache,
+    shuffled_images,
     static_tuning,
     training_batches,
 )
@@ -427,7 +428,14 @@ def epoch_fitter(
             training.seed,
             single_device,
         )
-    train_ds = training_batches(images.train, len(layout.train), training.batch_size, training.seed, augment)
+    shuffled = shuffled_images(
+        layout.train,
+        spec.model.image_size,
+        binary=layout.binary,
+        seed=training.seed,
+        cached=images.train if plan.cache else None,
+    )
+    train_ds = training_batches(shuffled, training.batch_size, augment)
     return fit_on_datasets(net.train_model, lambda _: train_ds, eval_batches(images.val, training.batch_size))
 
 
