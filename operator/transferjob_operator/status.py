@@ -376,6 +376,24 @@ def pod_problems(
     return problems
 
 
+#: Conditions about one pod that no longer apply once that pod is gone, whether or not they resolved.
+POD_CONDITIONS = (
+    "Unschedulable",
+    "ImagePullFailed",
+    "VolumeMountFailed",
+    "ContainerStartFailed",
+    "StartDelayed",
+)
+
+
+def _pod_gone(pods: Iterable[Json]) -> Conditions:
+    """With no live pod, a pod's problem ends because the pod was deleted (or failed), not resolved."""
+    if any(_live(p) for p in pods):
+        return {}
+    gone = ("PodDeleted", "ended without resolving: the pod was deleted before it started")
+    return dict.fromkeys(POD_CONDITIONS, gone)
+
+
 def trainer_ran(pod: Json) -> bool:
     """Whether the trainer container of this pod ever ran (a start error or a never-created container
     that was cleaned up does not count)."""
@@ -527,7 +545,7 @@ def verdict(
     if running is not None:
         pod = running["metadata"]["name"]
         return Verdict(Phase.RUNNING, {"Running": ("Running", f"pod {pod} is running")})
-    return Verdict(Phase.PENDING, pod_problems(pods, events or [], now, job))
+    return Verdict(Phase.PENDING, pod_problems(pods, events or [], now, job), closing=_pod_gone(pods))
 
 
 def restarts(job: Json | None, phase: Phase) -> int:

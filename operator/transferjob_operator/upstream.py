@@ -36,8 +36,8 @@ def _from_job(body: Mapping[str, Any] | None) -> str | None:
     return str(source) if source else None
 
 
-def _finished(body: Mapping[str, Any]) -> bool:
-    return (body.get("status") or {}).get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+def _succeeded(body: Mapping[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") == Phase.SUCCEEDED.value
 
 
 def from_job_cycle(
@@ -46,9 +46,11 @@ def from_job_cycle(
     """The loop of `fromJob`s this TransferJob is part of, starting and ending at it; None if none.
 
     Follows `fromJob` through the stored TransferJobs of its namespace. The chain ends (no cycle for
-    this job) at a job without `fromJob`, a missing one, or a finished one: a finished upstream no
-    longer waits for anything. A job that only leads *into* a loop (a -> b -> c -> b) is not a member:
-    it fails with UpstreamFailed once its upstream fails with FromJobCycle.
+    this job) at a job without `fromJob`, a missing one, or one that succeeded: its model exists, so
+    nothing before it waits. A member that already failed (the first of a loop to notice) still
+    belongs to the loop, so the others fail with FromJobCycle too, not with UpstreamFailed. A job
+    that only leads *into* a loop (a -> b -> c -> b) is not a member: it fails with UpstreamFailed
+    once its upstream fails with FromJobCycle.
     """
     namespace, name = key
     chain = [name]
@@ -57,7 +59,7 @@ def from_job_cycle(
         if current == name:
             return [*chain, name]
         upstream = store.get((namespace, current))
-        if upstream is None or _finished(upstream) or current in chain:
+        if upstream is None or _succeeded(upstream) or current in chain:
             return None
         chain.append(current)
         current = _from_job(upstream)

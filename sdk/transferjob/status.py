@@ -169,13 +169,15 @@ class Verdict:
     `conditions` are the ones the runner's own facts make True (Unschedulable, Suspended, a Failed
     the trainer did not explain, `Running` with the runner's words for a trainer that has not spoken
     yet). A Failed phase without a Failed condition means "the trainer's final event says why";
-    `retries_exhausted` says whether that failure used up the last retry.
+    `retries_exhausted` says whether that failure used up the last retry. `closing` says how
+    conditions that stop applying now close when it is not by resolving (`merge_conditions`).
     """
 
     phase: Phase
     conditions: Conditions = field(default_factory=dict)
     completion_time: dt.datetime | None = None
     retries_exhausted: bool = False
+    closing: Conditions = field(default_factory=dict)
 
 
 def success_message(progress: Progress) -> str:
@@ -310,7 +312,11 @@ def job_status(
     return TransferJobStatus(
         phase=verdict.phase,
         conditions=merge_conditions(
-            previous.conditions, conditions, now, generation, closing_conditions(verdict.phase, conditions)
+            previous.conditions,
+            conditions,
+            now,
+            generation,
+            {**verdict.closing, **closing_conditions(verdict.phase, conditions)},
         ),
         start_time=start_time or previous.start_time,
         completion_time=completion,
