@@ -99,6 +99,7 @@ class JobState:
         "created_job",
         "deferred_since",
         "due",
+        "events",
         "followers",
         "inputs",
         "parsed",
@@ -124,6 +125,8 @@ class JobState:
         self.followers: dict[str, LogFollower] = {}
         self.replayed: set[str] = set()
         self.created_job: Json | None = None
+        #: The Events last read about a pod or Job that does not start, by its uid.
+        self.events: dict[str, list[Json]] = {}
         #: What the last completed step read; the same inputs again make a step a no-op.
         self.inputs: tuple[Any, ...] | None = None
         #: When the last step's outcome expires by itself (fromJob waiting, TTL, deferral, retry).
@@ -373,7 +376,7 @@ class Reconciler:
             if gate is not None:
                 state.due = time.time() + self.interval  # waiting for fromJob: look again
         else:
-            events = await self._events(key, job, pods, now)
+            events = await self._events(key, state, job, pods, now)
             gate = status.pending_timeout(tj, job, pods, events, previous, now)
             if gate is not None:
                 await self._stop(key, state, job)
@@ -394,18 +397,26 @@ class Reconciler:
             await _call(self._write_pool, self.kube.patch_job, key[0] or "", name, patch)
             state.unposted.append(status.Transition("Normal", "JobUpdated", f"Job {name}: {patch['spec']}"))
 
-    async def _events(self, key: Key, job: Json, pods: list[Json], now: dt.datetime) -> list[Json]:
+    async def _events(
+        self, key: Key, state: JobState, job: Json, pods: list[Json], now: dt.datetime
+    ) -> list[Json]:
         """The Events that may say why the pod does not start (only for pods that wait unusually long).
 
-        A failed read costs the explanation, not the step: the status is written without it.
+        In a burst (Jobs first) and when a read fails, the Events read last time stand in: a step
+        without them would close a `VolumeMountFailed` that still applies. A failed read costs a
+        warning, not the step.
         """
-        found: list[Json] = []
-        for uid in status.event_subjects(job, pods, now):
-            try:
-                found += await _call(self._write_pool, self.kube.list_events, key[0] or "", uid)
-            except ApiException as error:
-                log.warning("%s/%s: cannot read Events: %s %s", *key, error.status, error.reason)
-        return found
+        subjects = status.event_subjects(job, pods, now)
+        state.events = {uid: state.events[uid] for uid in subjects if uid in state.events}
+        if not self.bursting:
+            for uid in subjects:
+                try:
+                    state.events[uid] = await _call(
+                        self._write_pool, self.kube.list_events, key[0] or "", uid
+                    )
+                except ApiException as error:
+                    log.warning("%s/%s: cannot read Events: %s %s", *key, error.status, error.reason)
+        return [event for found in state.events.values() for event in found]
 
     def _watch_start(self, state: JobState, tj: TransferJob, job: Json, pods: list[Json]) -> None:
         """While the pod has not started, look again: a mount failure or a refused pod changes no
@@ -414,7 +425,7 @@ class Reconciler:
         if status.starting(job, pods):
             due.append(time.time() + START_POLL_SECONDS)
         deadline = status.pending_deadline(tj, job)
-        if deadline is not None and not any(status.trainer_ran(p) for p in pods):
+        if deadline is not None and not status.job_finished(job) and not any(map(status.trainer_ran, pods)):
             due.append(deadline.timestamp())
         if due:
             state.due = min(due)

@@ -52,7 +52,7 @@ WARNING_CONDITIONS = frozenset(
 STUCK_AFTER = 300.0
 #: How long a pod may wait in ContainerCreating (or a Job without pods) before its events are read:
 #: a normal start takes less, and is then never worth an API call.
-EVENTS_AFTER = 3.0
+EVENTS_AFTER = 5.0
 
 #: What a user can do about each pod start problem, after the kubelet's or controller's own words.
 _ADVICE = {
