@@ -135,6 +135,12 @@ def test_pending_timeout_stops_a_job_whose_host_path_does_not_exist(
     wait_for(job_failed, timeout=30, what="the Job failed")
     (job,) = ps.jobs("bounded")
     assert not job["status"].get("active")
+    # Every Event the operator posted on the way is documented (docs/operator.md, "Events").
+    selector = "involvedObject.kind=TransferJob,involvedObject.name=bounded"
+    reasons = {e.reason for e in ps.core.list_namespaced_event(ps.ns, field_selector=selector).items}
+    assert {"JobCreated", "FailedMount", "JobStopped", "PendingTimeout"} <= reasons
+    documented = ops.documented_event_reasons()
+    assert reasons <= documented, reasons - documented
 
 
 def test_pending_timeout_closes_unschedulable_with_what_happened(ps: ops.Namespace, tmp_path: Path) -> None:
