@@ -5,9 +5,11 @@ backend; this module adds only what the Job and its pods say. The operator never
 follows the child Job's conditions, the reason for a failure is the most specific one available (the
 Job's deadline, the trainer's own `failed` event from the termination message, then the kernel's OOM
 kill, then the Job controller's reason with the exit code and the end of the output), and a pod that
-cannot start says why on the resource (the scheduler's message, the image pull error) instead of
-sitting in Pending silently. Pod names and exit codes appear only in the words the operator writes
-itself, never appended to the trainer's.
+cannot start says why on the resource, with what to do (the scheduler's message, the kubelet's
+container errors and its mount failures, the Job controller's refused pods, a wait with no word at
+all) instead of sitting in Pending silently; `runPolicy.pendingTimeoutSeconds` ends that wait. Pod
+names and exit codes appear only in the words the operator writes itself, never appended to the
+trainer's. Events are inputs here like pods: the reconciler reads the ones `event_subjects` asks for.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ EVENTS_AFTER = 5.0
 _ADVICE = {
     "Unschedulable": "the pod waits until a node fits: lower spec.resources or change "
     "spec.resources.nodeSelector/tolerations, or add capacity",
+    "UnboundClaim": "create the PersistentVolumeClaim that spec.data.source or spec.output.location "
+    "names (or let it bind), or delete the TransferJob; the scheduler keeps retrying",
     "ImagePullFailed": "fix spec.resources.image or the registry credentials; the kubelet keeps retrying",
     "VolumeMountFailed": "create the folder or PersistentVolumeClaim that spec.data.source, "
     "spec.output.location (for a hostPath: its parent folder) or the fromJob upstream's output names, "
@@ -183,9 +187,7 @@ def _events_about(uid: str | None, events: Iterable[Json], after: dt.datetime | 
     about = [e for e in events if uid and (e.get("involvedObject") or {}).get("uid") == uid]
     stamped = [(event_time(e), e) for e in about]
     kept = [(t, e) for t, e in stamped if after is None or (t is not None and t >= after)]
-    return [
-        e for _t, e in sorted(kept, key=lambda te: te[0] or dt.datetime.min.replace(tzinfo=dt.timezone.utc))
-    ]
+    return [e for _t, e in sorted(kept, key=lambda te: _key(te[0]))]
 
 
 def duration(seconds: float) -> str:
@@ -302,7 +304,8 @@ def _pod_problems(pod: Json, events: list[Json], now: dt.datetime, stuck_after: 
             "Unschedulable",
         ):
             detail = cond.get("message") or "the scheduler found no node for the pod"
-            problems["Unschedulable"] = ("Unschedulable", _with_advice(detail, "Unschedulable"))
+            advice = "UnboundClaim" if "persistentvolumeclaim" in detail.lower() else "Unschedulable"
+            problems["Unschedulable"] = ("Unschedulable", _with_advice(detail, advice))
     waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
     reason = waiting.get("reason")
     if reason in IMAGE_PULL_REASONS:

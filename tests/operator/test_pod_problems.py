@@ -144,6 +144,17 @@ def test_unschedulable_says_what_to_change(tj: TransferJob) -> None:
     assert "2 Insufficient nvidia.com/gpu" in message and "lower spec.resources" in message
 
 
+def test_a_missing_claim_says_to_create_it(tj: TransferJob) -> None:
+    """A PVC that does not exist keeps the pod unschedulable: the advice is the claim, not resources."""
+    said = '0/2 nodes are available: persistentvolumeclaim "models" not found. preemption: not eligible'
+    unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": said}
+    status = status_from_job_and_pods(tj, make_job(), [make_pod(conditions=[unscheduled])], Progress(), NOW)
+    kind, reason, message = _conds(status)["Unschedulable"]
+    assert (kind, reason) == ("True", "Unschedulable")
+    assert 'persistentvolumeclaim "models" not found' in message
+    assert "create the PersistentVolumeClaim" in message and "lower spec.resources" not in message
+
+
 def test_container_creating_without_a_word_for_long_says_how_long(tj: TransferJob) -> None:
     mount = Recorded("failed-mount")
     mount.events = [e for e in mount.events if e["reason"] != "FailedMount"]  # only "Scheduled" left
