@@ -193,6 +193,14 @@ class Kube:
         _drain(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
 
     @_api_errors
+    def list_events(self, namespace: str, uid: str) -> list[Json]:
+        """The core/v1 Events about one object (a training pod or Job), by its uid."""
+        response = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={uid}", _preload_content=False
+        )
+        return list(_json(response).get("items") or [])
+
+    @_api_errors
     def read_log(self, namespace: str, pod: str) -> str:
         """The trainer's whole log, for rebuilding a history that the operator did not see live."""
         response = self.core.read_namespaced_pod_log(

@@ -17,7 +17,9 @@ slim indexes (copies made by `slim`). The workers of a `workqueue.WorkQueue` tak
 This module decides what a step does and when time alone must bring the next one:
 
 * **time-driven outcomes keep timers**: `fromJob` waiting (every interval), the TTL deadline, a
-  deferred status write, an API error (retry), and a once-a-minute resync of unfinished jobs;
+  deferred status write, an API error (retry), a pod that has not started (its Events every
+  `START_POLL_SECONDS`, since a failed mount or a refused pod changes no watched object; the
+  pending timeout), and a once-a-minute resync of unfinished jobs;
 * **Jobs first**: in a burst of new TransferJobs (a Job created less than `BURST_QUIET` ago) the status
   write and the Events of jobs that are only Pending or Suspended wait (at most `MAX_DEFER`),
   so the API server's capacity goes to creating Jobs; status of running or finished jobs never waits.
@@ -48,7 +50,7 @@ from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
 from transferjob_operator.slim import fingerprint, slim_job, slim_transferjob, slim_transferjob_status
 from transferjob_operator.tracking import SharedProgress
-from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, upstream_gate
+from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, cycle_gate, from_job_cycle, upstream_gate
 from transferjob_operator.workqueue import WorkQueue
 
 Key = tuple[str | None, str]
@@ -67,6 +69,8 @@ MAX_DEFER = 30.0
 DEFERRABLE = frozenset({Phase.PENDING, Phase.SUSPENDED})
 #: A failed step (API error, API server unreachable) is retried after this long.
 RETRY_SECONDS = 2.0
+#: While a Job's pod has not started (ContainerCreating, or no pod), its Events are read this often.
+START_POLL_SECONDS = 5.0
 
 
 async def _call(pool: ThreadPoolExecutor, fn: Callable[..., R], *args: Any) -> R:
@@ -95,6 +99,7 @@ class JobState:
         "created_job",
         "deferred_since",
         "due",
+        "events",
         "followers",
         "inputs",
         "parsed",
@@ -120,6 +125,8 @@ class JobState:
         self.followers: dict[str, LogFollower] = {}
         self.replayed: set[str] = set()
         self.created_job: Json | None = None
+        #: The Events last read about a pod or Job that does not start, by its uid.
+        self.events: dict[str, list[Json]] = {}
         #: What the last completed step read; the same inputs again make a step a no-op.
         self.inputs: tuple[Any, ...] | None = None
         #: When the last step's outcome expires by itself (fromJob waiting, TTL, deferral, retry).
@@ -363,23 +370,78 @@ class Reconciler:
             return True
 
         gate: status.Gate | None = None
+        events: list[Json] = []
         if job is None:
             gate, job = await self._create(key, state, body, tj, now)
             if gate is not None:
                 state.due = time.time() + self.interval  # waiting for fromJob: look again
         else:
-            patch = jobs.job_spec_patch(tj, job)
-            if patch is not None:
-                name = job["metadata"]["name"]
-                await _call(self._write_pool, self.kube.patch_job, key[0] or "", name, patch)
-                state.unposted.append(
-                    status.Transition("Normal", "JobUpdated", f"Job {name}: {patch['spec']}")
-                )
+            events = await self._events(key, state, job, pods, now)
+            gate = status.pending_timeout(tj, job, pods, events, previous, now)
+            if gate is not None:
+                await self._stop(key, state, job)
+            else:
+                await self._pass_on(key, state, tj, job)
+                self._watch_start(state, tj, job, pods)
 
         await self._follow(key, state, pods)
         progress = state.progress.snapshot() if state.progress is not None else Progress()
-        new = status.status_from_job_and_pods(tj, job, pods, progress, now, gate)
+        new = status.status_from_job_and_pods(tj, job, pods, progress, now, gate, events)
         return await self._write(key, state, body, new, previous)
+
+    async def _pass_on(self, key: Key, state: JobState, tj: TransferJob, job: Json) -> None:
+        """Pass changes of `runPolicy.suspend` and `activeDeadlineSeconds` on to the Job."""
+        patch = jobs.job_spec_patch(tj, job)
+        if patch is not None:
+            name = job["metadata"]["name"]
+            await _call(self._write_pool, self.kube.patch_job, key[0] or "", name, patch)
+            state.unposted.append(status.Transition("Normal", "JobUpdated", f"Job {name}: {patch['spec']}"))
+
+    async def _events(
+        self, key: Key, state: JobState, job: Json, pods: list[Json], now: dt.datetime
+    ) -> list[Json]:
+        """The Events that may say why the pod does not start (only for pods that wait unusually long).
+
+        In a burst (Jobs first) and when a read fails, the Events read last time stand in: a step
+        without them would close a `VolumeMountFailed` that still applies. A failed read costs a
+        warning, not the step.
+        """
+        subjects = status.event_subjects(job, pods, now)
+        state.events = {uid: state.events[uid] for uid in subjects if uid in state.events}
+        if not self.bursting:
+            for uid in subjects:
+                try:
+                    state.events[uid] = await _call(
+                        self._write_pool, self.kube.list_events, key[0] or "", uid
+                    )
+                except ApiException as error:
+                    log.warning("%s/%s: cannot read Events: %s %s", *key, error.status, error.reason)
+        return [event for found in state.events.values() for event in found]
+
+    def _watch_start(self, state: JobState, tj: TransferJob, job: Json, pods: list[Json]) -> None:
+        """While the pod has not started, look again: a mount failure or a refused pod changes no
+        object the operator watches (only Events say so), and the pending timeout runs out by time."""
+        due = []
+        if status.starting(job, pods):
+            due.append(time.time() + START_POLL_SECONDS)
+        deadline = status.pending_deadline(tj, job)
+        if deadline is not None and not status.job_finished(job) and not any(map(status.trainer_ran, pods)):
+            due.append(deadline.timestamp())
+        if due:
+            state.due = min(due)
+
+    async def _stop(self, key: Key, state: JobState, job: Json) -> None:
+        """Stop a Job whose pod never started (pendingTimeoutSeconds): a deadline already past makes the
+        Job controller fail it and delete its pods, with no retry; the operator may not delete Jobs."""
+        if not status.job_finished(job) and job.get("spec", {}).get("activeDeadlineSeconds") != 1:
+            name = job["metadata"]["name"]
+            patch = {"spec": {"activeDeadlineSeconds": 1}}
+            await _call(self._write_pool, self.kube.patch_job, key[0] or "", name, patch)
+            state.unposted.append(
+                status.Transition(
+                    "Normal", "JobStopped", f"Job {name}: its pod did not start within pendingTimeoutSeconds"
+                )
+            )
 
     async def _create(
         self, key: Key, state: JobState, body: Json, tj: TransferJob, now: dt.datetime
@@ -388,6 +450,9 @@ class Reconciler:
         upstream = None
         source = tj.spec.model.from_job
         if source is not None:
+            cycle = from_job_cycle(key, self.store)
+            if cycle is not None:
+                return cycle_gate(cycle), None
             upstream = self.store.get((key[0], source))
         decision = upstream_gate(tj, upstream, now, self.upstream_timeout)
         if isinstance(decision, status.Gate):

@@ -5,9 +5,11 @@ backend; this module adds only what the Job and its pods say. The operator never
 follows the child Job's conditions, the reason for a failure is the most specific one available (the
 Job's deadline, the trainer's own `failed` event from the termination message, then the kernel's OOM
 kill, then the Job controller's reason with the exit code and the end of the output), and a pod that
-cannot start says why on the resource (the scheduler's message, the image pull error) instead of
-sitting in Pending silently. Pod names and exit codes appear only in the words the operator writes
-itself, never appended to the trainer's.
+cannot start says why on the resource, with what to do (the scheduler's message, the kubelet's
+container errors and its mount failures, the Job controller's refused pods, a wait with no word at
+all) instead of sitting in Pending silently; `runPolicy.pendingTimeoutSeconds` ends that wait. Pod
+names and exit codes appear only in the words the operator writes itself, never appended to the
+trainer's. Events are inputs here like pods: the reconciler reads the ones `event_subjects` asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from transferjob.models import Phase, TransferJob, TransferJobStatus
 from transferjob.progress import Failed, Finished, decode
-from transferjob.status import Progress, Verdict, job_status, merge_conditions
+from transferjob.status import Conditions, Progress, Verdict, closing_conditions, job_status, merge_conditions
 from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
 
@@ -26,11 +28,58 @@ from transferjob_operator.jobs import CONTAINER
 IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 )
+#: Container waiting reasons of a container the kubelet or the runtime cannot create or start.
+CONTAINER_ERROR_REASONS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+#: Kubelet and attach/detach controller events that keep a scheduled pod in ContainerCreating.
+MOUNT_EVENT_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
+#: The Job controller's event when the API server refuses its pod (quota, admission policy).
+FAILED_CREATE = "FailedCreate"
 
 #: Conditions that are bad news: their events are Warnings.
-WARNING_CONDITIONS = frozenset({"Failed", "Unschedulable", "ImagePullFailed"})
+WARNING_CONDITIONS = frozenset(
+    {
+        "Failed",
+        "Unschedulable",
+        "ImagePullFailed",
+        "VolumeMountFailed",
+        "ContainerStartFailed",
+        "PodCreateFailed",
+        "StartDelayed",
+    }
+)
 
-#: The final phases (the SDK's set, under the name the reconciler uses).
+#: A scheduled pod still in ContainerCreating this long after the last word about it is stuck.
+STUCK_AFTER = 300.0
+#: How long a pod may wait in ContainerCreating (or a Job without pods) before its events are read:
+#: a normal start takes less, and is then never worth an API call.
+EVENTS_AFTER = 5.0
+
+#: What a user can do about each pod start problem, after the kubelet's or controller's own words.
+_ADVICE = {
+    "Unschedulable": "the pod waits until a node fits: lower spec.resources or change "
+    "spec.resources.nodeSelector/tolerations, or add capacity",
+    "UnboundClaim": "create the PersistentVolumeClaim that spec.data.source or spec.output.location "
+    "names (or let it bind), or delete the TransferJob; the scheduler keeps retrying",
+    "ImagePullFailed": "fix spec.resources.image or the registry credentials; the kubelet keeps retrying",
+    "VolumeMountFailed": "create the folder or PersistentVolumeClaim that spec.data.source, "
+    "spec.output.location (for a hostPath: its parent folder) or the fromJob upstream's output names, "
+    "or delete the TransferJob; the kubelet keeps retrying",
+    "CreateContainerConfigError": "the kubelet cannot build the trainer container's configuration: "
+    "create the Secret or ConfigMap the message names, or fix the policy that added it; "
+    "the kubelet keeps retrying",
+    "CreateContainerError": "the container runtime cannot create the trainer container: check "
+    "spec.resources.image and the node's runtime (kubectl describe pod)",
+    "RunContainerError": "the container runtime cannot start the trainer container: check "
+    "spec.resources.image (it must be a transferjob trainer image) and the node's runtime",
+    "QuotaExceeded": "free quota in the namespace or raise it (kubectl describe resourcequota), or lower "
+    "spec.resources; the Job controller keeps retrying",
+    "FailedCreate": "fix what the message names (an admission policy, a LimitRange); the Job "
+    "controller keeps retrying",
+    "StartDelayed": "check the node and the pod (kubectl describe pod, kubectl get events)",
+}
+_BOUND = " (runPolicy.pendingTimeoutSeconds bounds the wait)"
 
 
 @dataclass(frozen=True)
@@ -117,31 +166,300 @@ def with_terminations(progress: Progress, pods: Iterable[Json]) -> Progress:
     return merged
 
 
-def pod_problems(pods: Iterable[Json]) -> dict[str, tuple[str, str]]:
-    """Why the current pod cannot start: condition type -> (reason, message)."""
-    problems: dict[str, tuple[str, str]] = {}
-    for pod in _by_creation(pods):
-        if pod.get("metadata", {}).get("deletionTimestamp") or pod.get("status", {}).get("phase") not in (
-            None,
-            "Pending",
+def _key(when: dt.datetime | None) -> dt.datetime:
+    return when or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def event_time(event: Json) -> dt.datetime | None:
+    """When an event (core/v1, possibly a series) was last observed."""
+    series = event.get("series") or {}
+    return parse_time(
+        series.get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("firstTimestamp")
+        or event.get("metadata", {}).get("creationTimestamp")
+    )
+
+
+def _events_about(uid: str | None, events: Iterable[Json], after: dt.datetime | None = None) -> list[Json]:
+    """The events about one object, oldest first (optionally only those observed after `after`)."""
+    about = [e for e in events if uid and (e.get("involvedObject") or {}).get("uid") == uid]
+    stamped = [(event_time(e), e) for e in about]
+    kept = [(t, e) for t, e in stamped if after is None or (t is not None and t >= after)]
+    return [e for _t, e in sorted(kept, key=lambda te: _key(te[0]))]
+
+
+def duration(seconds: float) -> str:
+    """A wait as a person reads it: 45s, 5m10s, 2h3m."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _with_advice(detail: str, advice_key: str) -> str:
+    return f"{detail.rstrip('.')}; {_ADVICE[advice_key]}{_BOUND}"
+
+
+def problem_detail(message: str) -> str:
+    """A pod problem condition's message without the advice `_with_advice` added."""
+    for advice in _ADVICE.values():
+        suffix = f"; {advice}{_BOUND}"
+        if message.endswith(suffix):
+            return message[: -len(suffix)]
+    return message
+
+
+def _scheduled_at(pod: Json) -> dt.datetime | None:
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            return parse_time(cond.get("lastTransitionTime")) or parse_time(
+                pod["metadata"].get("creationTimestamp")
+            )
+    return None
+
+
+def _live(pod: Json) -> bool:
+    """A pod that is not being deleted and has not ended."""
+    return not pod.get("metadata", {}).get("deletionTimestamp") and pod.get("status", {}).get("phase") in (
+        None,
+        "Pending",
+        "Running",
+    )
+
+
+def creating_since(pod: Json) -> dt.datetime | None:
+    """When a scheduled pod whose trainer container has not been created yet was scheduled; else None.
+
+    This is the kubelet's `ContainerCreating`: volumes are being mounted (or fail to), the image is
+    being pulled. A container waiting for another reason (an image pull error, a config error) has
+    got past the mounts and says why itself.
+    """
+    if not _live(pod) or pod.get("status", {}).get("phase") == "Running":
+        return None
+    scheduled = _scheduled_at(pod)
+    if scheduled is None:
+        return None
+    state = _trainer_status(pod).get("state")
+    if not state:
+        return scheduled
+    waiting = state.get("waiting")
+    if waiting is not None and waiting.get("reason") in (None, "", "ContainerCreating"):
+        return scheduled
+    return None
+
+
+def _job_started(job: Json) -> dt.datetime | None:
+    """When the Job began its current run: created, or resumed from suspend (the Job controller resets
+    `startTime` then)."""
+    return parse_time(job.get("status", {}).get("startTime"))
+
+
+def job_finished(job: Json) -> bool:
+    """Whether the Job controller has decided the Job's end (it may still be deleting pods)."""
+    return any(_condition(job, t) for t in ("Complete", "Failed", "FailureTarget"))
+
+
+def _job_active(job: Json | None) -> bool:
+    """A Job that should have a pod: not suspended, not finished."""
+    return job is not None and not job.get("spec", {}).get("suspend") and not job_finished(job)
+
+
+def starting(job: Json, pods: Iterable[Json]) -> bool:
+    """Whether the Job should have a running pod and has none yet that got past ContainerCreating."""
+    live = [p for p in pods if _live(p)]
+    return _job_active(job) and (not live or any(creating_since(p) is not None for p in live))
+
+
+def event_subjects(job: Json | None, pods: Iterable[Json], now: dt.datetime) -> list[str]:
+    """The uids whose events may explain a pod that is not starting, once the wait is no longer normal.
+
+    A pod that has been in ContainerCreating for `EVENTS_AFTER` (a failed mount says so only in an
+    event), and the Job when it has had no pod for that long (the Job controller's FailedCreate).
+    """
+    pods = list(pods)
+    uids = []
+    for pod in pods:
+        since = creating_since(pod)
+        if since is not None and (now - since).total_seconds() >= EVENTS_AFTER:
+            uids.append(str(pod["metadata"].get("uid")))
+    if job is not None and _job_active(job) and not any(_live(p) for p in pods):
+        started = _job_started(job) or parse_time(job["metadata"].get("creationTimestamp"))
+        if started is not None and (now - started).total_seconds() >= EVENTS_AFTER:
+            uids.append(str(job["metadata"].get("uid")))
+    return [uid for uid in uids if uid and uid != "None"]
+
+
+def _pod_problems(pod: Json, events: list[Json], now: dt.datetime, stuck_after: float) -> Conditions:
+    """Why this one pod is not starting: condition type -> (reason, message)."""
+    name = pod["metadata"]["name"]
+    problems: Conditions = {}
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
         ):
-            continue
-        for cond in pod.get("status", {}).get("conditions") or []:
-            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
-                "PodScheduled",
-                "False",
-                "Unschedulable",
-            ):
-                problems["Unschedulable"] = (
-                    "Unschedulable",
-                    cond.get("message") or "the scheduler found no node for the pod",
-                )
-        waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            image = pod.get("spec", {}).get("containers", [{}])[0].get("image", "")
-            detail = waiting.get("message") or waiting["reason"]
-            problems["ImagePullFailed"] = (waiting["reason"], f"image {image}: {detail}")
+            detail = cond.get("message") or "the scheduler found no node for the pod"
+            advice = "UnboundClaim" if "persistentvolumeclaim" in detail.lower() else "Unschedulable"
+            problems["Unschedulable"] = ("Unschedulable", _with_advice(detail, advice))
+    waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason in IMAGE_PULL_REASONS:
+        image = pod.get("spec", {}).get("containers", [{}])[0].get("image", "")
+        detail = f"image {image}: {waiting.get('message') or reason}"
+        problems["ImagePullFailed"] = (reason, _with_advice(detail, "ImagePullFailed"))
+    elif reason in CONTAINER_ERROR_REASONS:
+        detail = f"pod {name}: container {CONTAINER}: {waiting.get('message') or reason}"
+        problems["ContainerStartFailed"] = (reason, _with_advice(detail, reason))
+    since = creating_since(pod)
+    if since is None:
+        return problems
+    about = _events_about(pod["metadata"].get("uid"), events)
+    mounts = [e for e in about if e.get("type") == "Warning" and e.get("reason") in MOUNT_EVENT_REASONS]
+    if mounts:
+        last = mounts[-1]
+        detail = f"pod {name}: {last.get('message') or last['reason']}"
+        problems["VolumeMountFailed"] = (str(last["reason"]), _with_advice(detail, "VolumeMountFailed"))
+        return problems
+    heard = max([t for t in (event_time(e) for e in about) if t is not None] + [since])
+    if (now - heard).total_seconds() >= stuck_after:
+        detail = (
+            f"pod {name} has been in ContainerCreating for {duration((now - since).total_seconds())}, "
+            f"with no event about it for {duration((now - heard).total_seconds())}"
+        )
+        if about:
+            last = about[-1]
+            detail += f" (the last: {last.get('reason')}: {last.get('message')})"
+        problems["StartDelayed"] = ("ContainerCreating", _with_advice(detail, "StartDelayed"))
     return problems
+
+
+def _job_problems(job: Json | None, pods: list[Json], events: list[Json]) -> Conditions:
+    """Why the Job has no pod: the Job controller's FailedCreate since the newest pod was created."""
+    if job is None or not _job_active(job) or any(_live(p) for p in pods):
+        return {}
+    newest = max((parse_time(p["metadata"].get("creationTimestamp")) for p in pods), default=None, key=_key)
+    refused = [
+        e
+        for e in _events_about(job["metadata"].get("uid"), events, after=newest)
+        if e.get("type") == "Warning" and e.get("reason") == FAILED_CREATE
+    ]
+    if not refused:
+        return {}
+    message = str(refused[-1].get("message") or FAILED_CREATE)
+    reason = "QuotaExceeded" if "exceeded quota" in message else FAILED_CREATE
+    detail = f"the Job controller cannot create the training pod: {message}"
+    return {"PodCreateFailed": (reason, _with_advice(detail, reason))}
+
+
+def pod_problems(
+    pods: Iterable[Json],
+    events: Iterable[Json] = (),
+    now: dt.datetime | None = None,
+    job: Json | None = None,
+    stuck_after: float = STUCK_AFTER,
+) -> Conditions:
+    """Why the training pod is not starting: condition type -> (reason, message that says what to do).
+
+    From the pods (the scheduler's and the kubelet's words in their status), their events (mount
+    failures, which only events report; a pod in ContainerCreating with no word for `stuck_after`
+    seconds) and the Job's events (the Job controller's FailedCreate: quota, admission). The newest
+    pod's problems win.
+    """
+    pods = _by_creation(pods)
+    events = list(events)
+    problems = _job_problems(job, pods, events)
+    for pod in pods:
+        if _live(pod) and pod.get("status", {}).get("phase") != "Running":
+            problems.update(_pod_problems(pod, events, now or dt.datetime.now(dt.timezone.utc), stuck_after))
+    return problems
+
+
+#: Conditions about one pod that no longer apply once that pod is gone, whether or not they resolved.
+POD_CONDITIONS = (
+    "Unschedulable",
+    "ImagePullFailed",
+    "VolumeMountFailed",
+    "ContainerStartFailed",
+    "StartDelayed",
+)
+
+
+def _pod_gone(pods: Iterable[Json]) -> Conditions:
+    """With no live pod, a pod's problem ends because the pod was deleted (or failed), not resolved."""
+    if any(_live(p) for p in pods):
+        return {}
+    gone = ("PodDeleted", "ended without resolving: the pod was deleted before it started")
+    return dict.fromkeys(POD_CONDITIONS, gone)
+
+
+def trainer_ran(pod: Json) -> bool:
+    """Whether the trainer container of this pod ever ran (a start error or a never-created container
+    that was cleaned up does not count)."""
+    status = _trainer_status(pod)
+    if (status.get("state") or {}).get("running"):
+        return True
+    never = {"StartError", "ContainerCannotRun", "ContainerStatusUnknown"}
+    for state in (status.get("state") or {}, status.get("lastState") or {}):
+        term = state.get("terminated")
+        if term and term.get("reason") not in never:
+            return True
+    return False
+
+
+def pending_deadline(tj: TransferJob, job: Json | None) -> dt.datetime | None:
+    """When `runPolicy.pendingTimeoutSeconds` runs out for the Job's current run (None: no limit yet)."""
+    limit = tj.spec.run_policy.pending_timeout_seconds
+    if limit is None or job is None or job.get("spec", {}).get("suspend"):
+        return None
+    started = _job_started(job)
+    return started + dt.timedelta(seconds=limit) if started is not None else None
+
+
+def pending_timeout(
+    tj: TransferJob,
+    job: Json | None,
+    pods: list[Json],
+    events: list[Json],
+    previous: TransferJobStatus | None,
+    now: dt.datetime,
+) -> Gate | None:
+    """Failed/PendingTimeout when no trainer ran `pendingTimeoutSeconds` after the Job (re)started.
+
+    The clock starts when the Job starts (created, or resumed): waiting for a `fromJob` upstream does
+    not count. The message carries the last pod start problem seen: the current one, or the one the
+    previous status showed (the pods may be gone once the Job was stopped). A Job that ended before
+    the deadline ended for its own reason, which stands.
+    """
+    deadline = pending_deadline(tj, job)
+    if job is None or deadline is None or now < deadline or _condition(job, "Complete"):
+        return None
+    if any(trainer_ran(p) for p in pods):
+        return None
+    ended = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if ended is not None and _key(parse_time(ended.get("lastTransitionTime"))) < deadline:
+        return None
+    limit = tj.spec.run_policy.pending_timeout_seconds
+    problems = pod_problems(pods, events, now, job)
+    seen = [(t, r, problem_detail(m)) for t, (r, m) in sorted(problems.items())]
+    if not seen and previous is not None:
+        seen = [
+            (c.type, c.reason, problem_detail(c.message))
+            for c in previous.conditions
+            if c.status == "True" and c.type in WARNING_CONDITIONS and c.type != "Failed"
+        ]
+    last = "; ".join(f"{reason}: {detail}" for _t, reason, detail in seen)
+    message = (
+        f"the training pod did not start running within runPolicy.pendingTimeoutSeconds ({limit}s) "
+        f"of the Job starting, so the Job was stopped; "
+        + (f"last problem seen: {last}" if last else "no problem was reported")
+        + "; fix it and create the TransferJob again"
+    )
+    return Gate(Phase.FAILED, "Failed", "PendingTimeout", message)
 
 
 def _running_pod(pods: Iterable[Json]) -> Json | None:
@@ -192,12 +510,20 @@ def failure_reason(job: Json, pods: Iterable[Json]) -> tuple[str, str] | None:
     return reason, f"pod {term.pod}: trainer exited with code {term.exit_code}{detail}"
 
 
-def verdict(tj: TransferJob, job: Json | None, pods: list[Json], gate: Gate | None) -> Verdict:
-    """Where the TransferJob stands, from its Job and pods (or the gate that holds it back)."""
-    if job is None:
-        if gate is None:
-            return Verdict(Phase.PENDING)
+def verdict(
+    tj: TransferJob,
+    job: Json | None,
+    pods: list[Json],
+    gate: Gate | None,
+    events: list[Json] | None = None,
+    now: dt.datetime | None = None,
+) -> Verdict:
+    """Where the TransferJob stands, from its Job, pods and their events (or the gate that holds it
+    back or ended it: `fromJob`, a pending timeout)."""
+    if gate is not None and (job is None or gate.phase is Phase.FAILED):
         return Verdict(gate.phase, {gate.condition: (gate.reason, gate.message)})
+    if job is None:
+        return Verdict(Phase.PENDING)
     complete = _condition(job, "Complete")
     if complete is not None:
         when = parse_time(job.get("status", {}).get("completionTime") or complete.get("lastTransitionTime"))
@@ -222,7 +548,7 @@ def verdict(tj: TransferJob, job: Json | None, pods: list[Json], gate: Gate | No
     if running is not None:
         pod = running["metadata"]["name"]
         return Verdict(Phase.RUNNING, {"Running": ("Running", f"pod {pod} is running")})
-    return Verdict(Phase.PENDING, pod_problems(pods))
+    return Verdict(Phase.PENDING, pod_problems(pods, events or [], now, job), closing=_pod_gone(pods))
 
 
 def restarts(job: Json | None, phase: Phase) -> int:
@@ -243,13 +569,15 @@ def status_from_job_and_pods(
     progress: Progress,
     now: dt.datetime,
     gate: Gate | None = None,
+    events: list[Json] | None = None,
 ) -> TransferJobStatus:
     """The whole `.status` for a TransferJob: `job_status` of the trainer's events and the Job's verdict.
 
     `progress` holds the events read from the pods' logs; the final events in the pods' termination
-    messages are added here (they survive a missed log line or an operator restart).
+    messages are added here (they survive a missed log line or an operator restart). `events` are the
+    core/v1 Events about the pods and the Job that `event_subjects` asked for.
     """
-    result = verdict(tj, job, pods, gate)
+    result = verdict(tj, job, pods, gate, events, now)
     return job_status(
         with_terminations(progress, pods),
         result,
@@ -275,12 +603,16 @@ class Transition:
 def transitions(before: TransferJobStatus | None, after: TransferJobStatus) -> list[Transition]:
     """The Events for a status change: one per condition that turned True (or changed reason)."""
     old = {c.type: c for c in (before.conditions if before else [])}
+    # A condition closed by the outcome of another (a WaitingForJob ended by UpstreamFailed) gets no
+    # Event of its own: the outcome's Warning says it.
+    outcomes = {c.reason for c in after.conditions if c.status == "True"}
     events = []
     for cond in after.conditions:
         prior = old.get(cond.type)
         if cond.status != "True":
-            if prior is not None and prior.status == "True":
-                events.append(Transition("Normal", cond.reason, f"{cond.type} no longer applies"))
+            if prior is not None and prior.status == "True" and cond.reason not in outcomes:
+                message = f"{cond.type} no longer applies" + (f": {cond.message}" if cond.message else "")
+                events.append(Transition("Normal", cond.reason, message))
             continue
         if prior is None or prior.status != "True" or prior.reason != cond.reason:
             kind = "Warning" if cond.type in WARNING_CONDITIONS else "Normal"
@@ -306,11 +638,11 @@ def invalid_spec_status(
 ) -> TransferJobStatus:
     """Failed/InvalidSpec for a stored spec that the models reject (admission should have caught it)."""
     previous = previous or TransferJobStatus()
-    message = "; ".join(problems)
+    failed = {"Failed": ("InvalidSpec", "; ".join(problems))}
     return TransferJobStatus(
         phase=Phase.FAILED,
         conditions=merge_conditions(
-            previous.conditions, {"Failed": ("InvalidSpec", message)}, now, generation
+            previous.conditions, failed, now, generation, closing_conditions(Phase.FAILED, failed)
         ),
         completion_time=previous.completion_time or now,
         observed_generation=generation,

@@ -3,12 +3,15 @@
 A fine-tuning job that builds on another one waits while that one is Pending or Running (condition
 WaitingForJob), fails when it failed (UpstreamFailed) or succeeded without a model (UpstreamHasNoModel),
 and fails when it does not exist `timeout` seconds after this job was created (UpstreamNotFound), since a
-typo in `fromJob` would otherwise wait forever.
+typo in `fromJob` would otherwise wait forever. Jobs whose `fromJob`s lead back to themselves (a job
+naming itself, two naming each other, a longer loop) would wait for each other forever: each member of
+such a loop fails at once (FromJobCycle).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +29,53 @@ def _failure(upstream: dict[str, Any]) -> str:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             return f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".rstrip(": ")
     return "Failed"
+
+
+def _from_job(body: Mapping[str, Any] | None) -> str | None:
+    source = ((body or {}).get("spec") or {}).get("model", {}).get("fromJob")
+    return str(source) if source else None
+
+
+def _succeeded(body: Mapping[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") == Phase.SUCCEEDED.value
+
+
+def from_job_cycle(
+    key: tuple[str | None, str], store: Mapping[tuple[str | None, str], Any]
+) -> list[str] | None:
+    """The loop of `fromJob`s this TransferJob is part of, starting and ending at it; None if none.
+
+    Follows `fromJob` through the stored TransferJobs of its namespace. The chain ends (no cycle for
+    this job) at a job without `fromJob`, a missing one, or one that succeeded: its model exists, so
+    nothing before it waits. A member that already failed (the first of a loop to notice) still
+    belongs to the loop, so the others fail with FromJobCycle too, not with UpstreamFailed. A job
+    that only leads *into* a loop (a -> b -> c -> b) is not a member: it fails with UpstreamFailed
+    once its upstream fails with FromJobCycle.
+    """
+    namespace, name = key
+    chain = [name]
+    current = _from_job(store.get(key))
+    while current is not None:
+        if current == name:
+            return [*chain, name]
+        upstream = store.get((namespace, current))
+        if upstream is None or _succeeded(upstream) or current in chain:
+            return None
+        chain.append(current)
+        current = _from_job(upstream)
+    return None
+
+
+def cycle_gate(cycle: list[str]) -> Gate:
+    """Failed/FromJobCycle, naming the loop from this job's point of view."""
+    loop = " -> ".join(cycle)
+    return Gate(
+        Phase.FAILED,
+        "Failed",
+        "FromJobCycle",
+        f"model.fromJob forms a cycle: {loop}; no job in it can ever start: delete these TransferJobs "
+        "and create them again with a chain of fromJob that starts at a job without fromJob",
+    )
 
 
 def upstream_gate(

@@ -19,7 +19,9 @@ The runner states that as a `Verdict`; `job_status` adds the trainer's part. So 
   `BackoffLimitExceeded` and message "REASON: MESSAGE". Runner facts (pod name, exit code, the end of
   the output) are never mixed into these words; they go into the runner's own conditions and Events.
 - A condition that stops applying turns False with its resolved reason (`Running` -> `NotRunning`),
-  and a condition keeps its lastTransitionTime while its status stays the same.
+  unless the job failed or was suspended before it resolved: then it says so, with that reason
+  (a `WaitingForJob` whose upstream failed closes `UpstreamFailed`, never `UpstreamSucceeded`);
+  a condition keeps its lastTransitionTime while its status stays the same.
 """
 
 from __future__ import annotations
@@ -48,14 +50,23 @@ Conditions: TypeAlias = dict[str, tuple[str, str]]
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
-#: Condition types that describe a passing state; when one stops applying it turns False with this reason.
-RESOLVED_REASONS = {
-    "Running": "NotRunning",
-    "Suspended": "Resumed",
-    "Unschedulable": "Scheduled",
-    "ImagePullFailed": "ImagePulled",
-    "WaitingForJob": "UpstreamSucceeded",
+#: Condition types that describe a passing state: when one stops applying because it resolved (the job
+#: went on), it turns False with this reason and message. Every non-terminal condition type is here, so
+#: none is left True after it stopped applying.
+RESOLVED: dict[str, tuple[str, str]] = {
+    "Running": ("NotRunning", ""),
+    "Suspended": ("Resumed", ""),
+    "WaitingForJob": ("UpstreamSucceeded", "the fromJob upstream succeeded: the job was created"),
+    "Unschedulable": ("Scheduled", "the training pod was scheduled"),
+    "ImagePullFailed": ("ImagePulled", "the kubelet no longer reports an image pull error"),
+    "VolumeMountFailed": ("VolumesMounted", "the kubelet no longer reports a mount error"),
+    "ContainerStartFailed": ("ContainerStarted", "the kubelet no longer reports a container error"),
+    "PodCreateFailed": ("PodCreated", "the Job controller created the training pod"),
+    "StartDelayed": ("Started", "the training pod is no longer waiting in ContainerCreating"),
 }
+#: Conditions whose resolution above is true whatever ended them; the others only resolve if the job
+#: goes on, so when it fails or is suspended instead they close with that outcome's reason.
+ALWAYS_RESOLVED = frozenset({"Running", "Suspended"})
 
 
 @dataclass
@@ -158,13 +169,15 @@ class Verdict:
     `conditions` are the ones the runner's own facts make True (Unschedulable, Suspended, a Failed
     the trainer did not explain, `Running` with the runner's words for a trainer that has not spoken
     yet). A Failed phase without a Failed condition means "the trainer's final event says why";
-    `retries_exhausted` says whether that failure used up the last retry.
+    `retries_exhausted` says whether that failure used up the last retry. `closing` says how
+    conditions that stop applying now close when it is not by resolving (`merge_conditions`).
     """
 
     phase: Phase
     conditions: Conditions = field(default_factory=dict)
     completion_time: dt.datetime | None = None
     retries_exhausted: bool = False
+    closing: Conditions = field(default_factory=dict)
 
 
 def success_message(progress: Progress) -> str:
@@ -194,24 +207,32 @@ def trainer_failure(event: Failed, retries_exhausted: bool) -> tuple[str, str]:
 
 
 def merge_conditions(
-    previous: list[Condition], current: Conditions, now: dt.datetime, generation: int | None
+    previous: list[Condition],
+    current: Conditions,
+    now: dt.datetime,
+    generation: int | None,
+    closing: Conditions | None = None,
 ) -> list[Condition]:
     """Conditions, one per type: True ones from `current`, earlier True ones turned False.
 
-    A condition keeps its lastTransitionTime while its status stays the same, so `kubectl describe`
-    shows when something started, not when the operator last looked.
+    A True condition that is not in `current` turns False with the reason and message of `closing`
+    for its type when given (what ended it), else with its resolution in `RESOLVED`. A condition
+    keeps its lastTransitionTime while its status stays the same, so `kubectl describe` shows when
+    something started, not when the operator last looked.
     """
+    closing = closing or {}
     merged: dict[str, Condition] = {}
     old = {c.type: c for c in previous}
     for ctype, cond in old.items():
         if ctype in current:
             continue
-        if cond.status == "True" and ctype in RESOLVED_REASONS:
+        if cond.status == "True" and ctype in RESOLVED:
+            reason, message = closing.get(ctype) or RESOLVED[ctype]
             merged[ctype] = Condition(
                 type=ctype,
                 status="False",
-                reason=RESOLVED_REASONS[ctype],
-                message="",
+                reason=reason,
+                message=message,
                 last_transition_time=now,
                 observed_generation=generation,
             )
@@ -229,6 +250,24 @@ def merge_conditions(
             observed_generation=generation,
         )
     return [merged[t] for t in sorted(merged)]
+
+
+def closing_conditions(phase: Phase, conditions: Conditions) -> Conditions:
+    """How conditions that did not resolve close when the job failed or was suspended instead.
+
+    A `WaitingForJob` or `Unschedulable` that stops applying because the job failed (its upstream
+    failed, a pending timeout, a deadline) or was suspended (its pod deleted) did not resolve: it
+    closes with the reason of what happened, never with `UpstreamSucceeded` or `Scheduled`.
+    """
+    outcome = "Failed" if phase is Phase.FAILED else "Suspended" if phase is Phase.SUSPENDED else None
+    if outcome is None or outcome not in conditions:
+        return {}
+    reason, _message = conditions[outcome]
+    if phase is Phase.FAILED:
+        message = f"ended without resolving: the job failed ({reason})"
+    else:
+        message = f"ended without resolving: the job was suspended ({reason}), its pod deleted"
+    return {ctype: (reason, message) for ctype in RESOLVED if ctype not in ALWAYS_RESOLVED}
 
 
 def job_status(
@@ -272,7 +311,13 @@ def job_status(
         completion = verdict.completion_time or now
     return TransferJobStatus(
         phase=verdict.phase,
-        conditions=merge_conditions(previous.conditions, conditions, now, generation),
+        conditions=merge_conditions(
+            previous.conditions,
+            conditions,
+            now,
+            generation,
+            {**verdict.closing, **closing_conditions(verdict.phase, conditions)},
+        ),
         start_time=start_time or previous.start_time,
         completion_time=completion,
         job_name=job_name or previous.job_name,

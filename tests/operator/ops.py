@@ -8,6 +8,7 @@ its own namespaces, authenticated as the operator's ServiceAccount like every e2
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.controlplane import free_port as free_port  # for the metrics-port tests
 from transferjob_testing.cluster.kube import temporary_namespace, wait_for
-from transferjob_testing.harness import OperatorProcess, make_digits
+from transferjob_testing.harness import REPO_ROOT, OperatorProcess, make_digits
 
 
 def shared_digits(base: Path) -> tuple[Path, Path]:
@@ -113,6 +114,12 @@ class Namespace:
     def pods(self, name: str) -> list[dict[str, Any]]:
         items = self.core.list_namespaced_pod(self.ns, label_selector=f"transferjob.io/job-name={name}").items
         return [self.api.sanitize_for_serialization(p) for p in items]
+
+
+def documented_event_reasons() -> set[str]:
+    """Every Event reason named in the "Events" section of docs/operator.md."""
+    text = (REPO_ROOT / "docs" / "operator.md").read_text()
+    return set(re.findall(r"`(\w+)`", text.split("## Events", 1)[1].split("\n## ", 1)[0]))
 
 
 def assert_full_history(status: dict[str, Any], epochs: int) -> None:

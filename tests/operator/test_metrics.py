@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ from kubernetes import client
 from tests.operator import ops
 from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.harness import (
-    REPO_ROOT,
     OperatorProcess,
     digits_spec,
     install,
@@ -90,13 +88,8 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
     succeeded = core.list_namespaced_event(cluster.ns, field_selector=f"{selector},reason=Succeeded").items
     assert [e.reason for e in succeeded] == ["Succeeded"]
     assert "test accuracy" in succeeded[0].message
-    documented = set(re.findall(r"`(\w+)`", _events_section()))
+    documented = ops.documented_event_reasons()
     assert reasons <= documented, reasons - documented
-
-
-def _events_section() -> str:
-    text = (REPO_ROOT / "docs" / "operator.md").read_text()
-    return text.split("## Events", 1)[1].split("\n## ", 1)[0]
 
 
 def test_refused_status_patches_are_counted_and_retried_until_accepted(

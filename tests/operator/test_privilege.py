@@ -46,6 +46,8 @@ OPERATOR_MATRIX = [
     ("watch", "pods", True),
     ("get", "pods/log", True),
     ("create", "events", True),
+    ("list", "events", True),
+    ("delete", "events", False),
     ("create", "transferjobs.transferjob.io", False),
     ("delete", "jobs.batch", False),
     ("create", "pods", False),

@@ -61,7 +61,10 @@ def test_unschedulable_pod_says_why(tj: TransferJob) -> None:
     )
     status = status_from_job_and_pods(tj, make_job(), [pod], Progress(), NOW)
     assert status.phase is Phase.PENDING
-    assert _conds(status)["Unschedulable"] == ("True", "Unschedulable", message)
+    kind, reason, said = _conds(status)["Unschedulable"]
+    assert (kind, reason) == ("True", "Unschedulable")
+    assert said.startswith("0/2 nodes are available: 2 Insufficient nvidia.com/gpu; ")
+    assert "lower spec.resources" in said  # what the user can do
     assert status.job_name == "digits"
 
 

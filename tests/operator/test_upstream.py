@@ -9,7 +9,7 @@ from tests.operator.conftest import make_tj
 from transferjob.models import Phase, TransferJob
 from transferjob_operator.jobs import UpstreamModel
 from transferjob_operator.status import Gate
-from transferjob_operator.upstream import upstream_gate
+from transferjob_operator.upstream import cycle_gate, from_job_cycle, upstream_gate
 
 CREATED = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -77,3 +77,44 @@ def test_succeeded_upstream_gives_its_model() -> None:
     assert isinstance(model, UpstreamModel)
     assert model.path == "model.keras"
     assert model.location.pvc is not None and model.location.pvc.claim_name == "models"
+
+
+def _store(**from_jobs: str | None) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """Stored TransferJobs of namespace `ml` by name -> their `fromJob` (None: none)."""
+    return {
+        ("ml", name): {"spec": {"model": {"fromJob": source} if source else {}}, "status": {}}
+        for name, source in from_jobs.items()
+    }
+
+
+def test_from_job_cycles_are_named_from_each_member() -> None:
+    assert from_job_cycle(("ml", "a"), _store(a="a")) == ["a", "a"]
+    pair = _store(a="b", b="a")
+    assert from_job_cycle(("ml", "a"), pair) == ["a", "b", "a"]
+    assert from_job_cycle(("ml", "b"), pair) == ["b", "a", "b"]
+    triple = _store(a="b", b="c", c="a")
+    assert [from_job_cycle(("ml", n), triple) for n in "abc"] == [
+        ["a", "b", "c", "a"],
+        ["b", "c", "a", "b"],
+        ["c", "a", "b", "c"],
+    ]
+    gate = cycle_gate(["a", "b", "a"])
+    assert (gate.phase, gate.reason) == (Phase.FAILED, "FromJobCycle")
+    assert gate.message.startswith("model.fromJob forms a cycle: a -> b -> a; ")
+
+
+def test_chains_without_a_loop_are_not_cycles() -> None:
+    assert from_job_cycle(("ml", "a"), _store(a="b", b=None)) is None  # ends at a plain job
+    assert from_job_cycle(("ml", "a"), _store(a="b")) is None  # ends at a missing one
+    # Leads into a loop without being in it: it fails with UpstreamFailed once b does.
+    assert from_job_cycle(("ml", "a"), _store(a="b", b="c", c="b")) is None
+    assert from_job_cycle(("ml", "b"), _store(a="b", b="c", c="b")) == ["b", "c", "b"]
+    assert from_job_cycle(("ml", "a"), {**_store(a="b"), ("other", "b"): _store(b="a")[("ml", "b")]}) is None
+
+
+def test_a_succeeded_upstream_grounds_the_chain_a_failed_member_does_not() -> None:
+    store = _store(a="b", b="a")
+    store[("ml", "b")]["status"] = {"phase": "Succeeded"}  # b was made before this a existed
+    assert from_job_cycle(("ml", "a"), store) is None
+    store[("ml", "b")]["status"] = {"phase": "Failed"}  # b noticed the loop first
+    assert from_job_cycle(("ml", "a"), store) == ["a", "b", "a"]
