@@ -164,6 +164,22 @@ def test_test_metrics_binary_sigmoid_and_unpredicted_class() -> None:
     assert confusion_matrix([0, 1], [1, 1], 2).tolist() == [[0, 1], [0, 1]]
 
 
+def test_binary_test_accuracy_counts_as_validation_does() -> None:
+    """A sigmoid of exactly 0.5 is the negative class for the test metrics, for the head's own counting
+    and for Keras' BinaryAccuracy (validation during fine-tuning) alike."""
+    import keras
+
+    from transferjob_trainer.head import correct_predictions
+
+    labels = np.array([0.0, 1.0, 0.0], np.float32).reshape(-1, 1)
+    probabilities = np.array([0.5, 0.5000001, 0.4999], np.float32).reshape(-1, 1)
+    test = classification_metrics([0, 1, 0], probabilities, ["no", "yes"]).accuracy
+    head = float(correct_predictions(labels, probabilities, binary=True)) / 3
+    keras_metric = keras.metrics.BinaryAccuracy()
+    keras_metric.update_state(labels, probabilities)
+    assert test == pytest.approx(head) == pytest.approx(float(keras_metric.result())) == pytest.approx(1.0)
+
+
 # ------------------------------------------------------------------------------------- spec & paths
 
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferjob_trainer.metrics import BINARY_THRESHOLD
 from transferjob_trainer.modeling import loss_function
 
 #: Validation and test features are scored in batches of this many vectors (the head is small).
@@ -37,9 +38,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def correct_predictions(labels: tf.Tensor, predictions: tf.Tensor, binary: bool) -> tf.Tensor:
-    """How many predictions are right: Keras' binary (threshold 0.5) or sparse categorical accuracy."""
+    """How many predictions are right: Keras' binary (above 0.5) or sparse categorical accuracy."""
     if binary:
-        hits = tf.equal(tf.cast(predictions > 0.5, labels.dtype), labels)
+        hits = tf.equal(tf.cast(predictions > BINARY_THRESHOLD, labels.dtype), labels)
     else:
         hits = tf.equal(tf.argmax(predictions, axis=-1, output_type=labels.dtype), labels)
     return tf.reduce_sum(tf.cast(hits, tf.float32))

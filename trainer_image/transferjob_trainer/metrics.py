@@ -8,12 +8,16 @@ import numpy as np
 
 from transferjob.models import ClassMetrics, TestMetrics
 
+#: A sigmoid output above this is the positive class. Strictly above, as Keras' `BinaryAccuracy` counts
+#: during training and validation: the test evaluation must count the same way.
+BINARY_THRESHOLD = 0.5
+
 
 def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
     """Class indices from a sigmoid column (binary) or a softmax row."""
     probs = np.asarray(probabilities)
     if probs.ndim == 1 or probs.shape[-1] == 1:
-        return (probs.reshape(-1) >= 0.5).astype(np.int64)
+        return (probs.reshape(-1) > BINARY_THRESHOLD).astype(np.int64)
     return np.argmax(probs, axis=-1).astype(np.int64)
 
 
