@@ -34,3 +34,10 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 #: How many epochs `.status.history` keeps (the newest ones); the full curve is in the output location.
 HISTORY_LIMIT = 100
+
+#: Above this many classes, `.status.test` keeps a bounded summary (the classes with the lowest recall,
+#: no confusion matrix): a 1,000-class confusion matrix alone would pass etcd's 1.5 MiB object limit.
+#: Every figure stays in the output's metrics.json.
+STATUS_CLASS_LIMIT = 50
+#: How many of the lowest-recall classes that summary keeps.
+STATUS_WORST_CLASSES = 10

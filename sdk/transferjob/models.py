@@ -40,7 +40,14 @@ from pydantic_core import PydanticCustomError
 
 from transferjob import yamlio
 from transferjob.bases import BASES, MAX_IMAGE_SIZE, SAVED_MODEL_SUFFIXES, BaseInfo
-from transferjob.constants import API_VERSION, DEFAULT_TRAINER_IMAGE, HISTORY_LIMIT, KIND
+from transferjob.constants import (
+    API_VERSION,
+    DEFAULT_TRAINER_IMAGE,
+    HISTORY_LIMIT,
+    KIND,
+    STATUS_CLASS_LIMIT,
+    STATUS_WORST_CLASSES,
+)
 from transferjob.errors import SpecError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -786,10 +793,24 @@ class TestMetrics(ApiModel):
 
     loss: Metric = Field(description="Test loss.")
     accuracy: Metric = Field(description="Test accuracy.")
-    per_class: list[ClassMetrics] = Field(default_factory=list, description="Per-class precision/recall.")
-    confusion_matrix: list[list[int]] = Field(
-        default_factory=list, description="Rows: true class; columns: predicted class."
+    classes: int | None = Field(default=None, description="Number of classes.")
+    per_class: list[ClassMetrics] = Field(
+        default_factory=list,
+        description=f"Per-class precision/recall: every class, or with more than {STATUS_CLASS_LIMIT} "
+        f"classes the {STATUS_WORST_CLASSES} with the lowest recall (all of them are in metrics.json).",
     )
+    confusion_matrix: list[list[int]] = Field(
+        default_factory=list,
+        description=f"Rows: true class; columns: predicted class. Up to {STATUS_CLASS_LIMIT} classes "
+        "(beyond, in metrics.json only).",
+    )
+
+    def summary(self) -> TestMetrics:
+        """What `.status` keeps: everything up to `STATUS_CLASS_LIMIT` classes, else a bounded summary."""
+        if len(self.per_class) <= STATUS_CLASS_LIMIT and len(self.confusion_matrix) <= STATUS_CLASS_LIMIT:
+            return self
+        worst = sorted(self.per_class, key=lambda c: (c.recall, c.name))[:STATUS_WORST_CLASSES]
+        return self.model_copy(update={"per_class": worst, "confusion_matrix": []})
 
 
 class ModelArtifacts(ApiModel):

@@ -624,3 +624,57 @@ def test_tensorboard_scalars_are_read_back_by_event_accumulator_at_full_precisio
             events = accumulator.Scalars(tag)
             assert [e.step for e in events] == [1, 2, 3, 4], (split, tag)
             assert [e.value for e in events] == expected[split, tag], (split, tag)
+
+
+# ------------------------------------------------------------------------------------------ status size
+
+
+def test_a_thousand_classes_keep_the_status_far_below_etcds_limit(tmp_path: Path) -> None:
+    """The trainer's final event (what `.status` is made of) holds a bounded summary of the test metrics;
+    metrics.json holds every figure. etcd refuses objects over 1.5 MiB; a 1,000-class confusion matrix
+    alone is about 2 MB of JSON."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from transferjob.constants import STATUS_WORST_CLASSES, TERMINATION_MESSAGE_LIMIT
+    from transferjob.models import ModelArtifacts, Phase, TransferJobStatus
+    from transferjob.progress import termination_message
+    from transferjob.status import Progress, Verdict, job_status
+    from transferjob_trainer.training import finished_event
+
+    classes = [f"class-{i:04d}" for i in range(1000)]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(1000), 3)
+    probabilities = rng.dirichlet(np.ones(1000) * 0.05, size=len(labels)).astype(np.float32)
+    test = classification_metrics(labels, probabilities, classes)
+    assert len(json.dumps(test.to_dict())) > 1_500_000  # what used to go into .status
+    spec = parse_spec(spec_dict())
+    history = [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "valLoss": 1.0, "valAccuracy": 0.5} for e in (1, 2)]
+    state = SimpleNamespace(history=history, epochs_done=2)
+    metrics_file = tmp_path / "metrics.json"
+    artifacts = ModelArtifacts(uri=str(tmp_path / "model.keras"), metrics_uri=str(metrics_file))
+    event = finished_event(spec, SimpleNamespace(classes=classes), state, 2, test, artifacts, str(tmp_path))
+
+    full = json.loads(metrics_file.read_text())["test"]
+    assert len(full["perClass"]) == 1000 and len(full["confusionMatrix"]) == 1000
+    assert event.test.classes == 1000 and event.test.accuracy == test.accuracy
+    assert event.test.confusion_matrix == []
+    recalls = sorted(c.recall for c in test.per_class)[:STATUS_WORST_CLASSES]
+    assert [c.recall for c in event.test.per_class] == recalls  # the weakest classes, weakest first
+
+    status = job_status(
+        Progress.of([event]),
+        Verdict(Phase.SUCCEEDED),
+        spec,
+        TransferJobStatus(),
+        dt.datetime.now(dt.timezone.utc),
+    )
+    size = len(json.dumps(status.to_dict()))
+    print(f"1,000 classes: .status is {size} bytes of JSON (the full test metrics: {len(json.dumps(full))})")
+    assert size < 20_000
+    assert len(termination_message(event).encode()) <= TERMINATION_MESSAGE_LIMIT
+
+
+def test_few_classes_keep_every_figure_in_the_status() -> None:
+    test = classification_metrics([0, 1, 2], np.eye(3, dtype=np.float32), ["a", "b", "c"])
+    assert test.summary() == test and len(test.per_class) == 3 and test.classes == 3

@@ -68,6 +68,7 @@ def classification_metrics(
     accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
     return TestMetrics(
         loss=cross_entropy(labels, probabilities),
+        classes=len(classes),
         accuracy=accuracy,
         per_class=per_class,
         confusion_matrix=matrix.tolist(),

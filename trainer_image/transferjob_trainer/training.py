@@ -476,7 +476,11 @@ def finished_event(
     artifacts: ModelArtifacts,
     output: str,
 ) -> Finished:
-    """The final event, also written as metrics.json (with mode, base and classes) beside the model."""
+    """The final event, and metrics.json (with mode, base and classes) beside the model.
+
+    metrics.json holds every figure; the event, which becomes `.status`, holds the test metrics'
+    bounded summary (`TestMetrics.summary`), so a job with many classes still fits in etcd.
+    """
     history = [EpochMetrics.model_validate(h) for h in state.history]
     finished = Finished(
         epochs_run=state.epochs_done, best_epoch=kept, test=test, model=artifacts, history=history
@@ -488,7 +492,7 @@ def finished_event(
         **{k: v for k, v in finished.to_dict().items() if k != "event"},
     }
     fs.write_text(artifacts.metrics_uri or fs.join(output, "metrics.json"), json.dumps(summary, indent=1))
-    return finished
+    return finished.model_copy(update={"test": test.summary()})
 
 
 def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
