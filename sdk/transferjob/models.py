@@ -533,6 +533,18 @@ class DataSpec(ApiModel):
         default="auto",
         description="Keep decoded images (or cached features) in memory: auto does when they fit.",
     )
+    skip_invalid_images: bool = Field(
+        default=False,
+        description="Leave out image files that cannot be decoded instead of failing the job (InvalidData); "
+        "they are named in the trainer's log and counted in .status.skippedImages.",
+    )
+    max_invalid_fraction: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="With skipInvalidImages: fail as InvalidData all the same when more than this fraction "
+        "of the image files cannot be decoded (a broken copy of the data, not a few bad files).",
+    )
 
     @field_validator("class_names")
     @classmethod
@@ -850,6 +862,14 @@ class TransferJobStatus(ApiModel):
     test: TestMetrics | None = Field(default=None, description="Test-set evaluation of the final model.")
     model: ModelArtifacts | None = Field(default=None, description="Exported model and logs.")
     restarts: int | None = Field(default=None, description="Training pods that failed and were replaced.")
+    skipped_images: int | None = Field(
+        default=None, description="Image files left out as undecodable (data.skipInvalidImages)."
+    )
+    skipped_files: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="The first of the skipped files, with why each was skipped.",
+    )
     observed_generation: int | None = Field(default=None, description="Spec generation last acted on.")
 
 

@@ -38,6 +38,9 @@ class Started(ApiModel):
     val_images: int | None = None
     test_images: int | None = None
     devices: list[str] = Field(default_factory=list)
+    #: Image files left out as undecodable (`data.skipInvalidImages`), and the first of them ("path: why").
+    skipped_images: int = 0
+    skipped_files: list[str] = Field(default_factory=list)
 
 
 #: The coarse steps of a run, in order.

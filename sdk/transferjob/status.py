@@ -86,6 +86,8 @@ class Progress:
     test: TestMetrics | None = None
     model: ModelArtifacts | None = None
     failure: Failed | None = None
+    skipped_images: int = 0
+    skipped_files: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, events: Iterable[Event]) -> Progress:
@@ -118,6 +120,7 @@ class Progress:
             resumed = f" from epoch {event.initial_epoch + 1}" if event.initial_epoch else ""
             self.step = f"training {event.mode} on {event.base}{resumed}"
             self.failure = None  # a new attempt: an earlier attempt's failure no longer explains anything
+            self.skipped_images, self.skipped_files = event.skipped_images, list(event.skipped_files)
         elif isinstance(event, PhaseChanged):
             self.step = f"{event.phase}: {event.message}" if event.message else event.phase
         elif isinstance(event, EpochEnded):
@@ -329,6 +332,8 @@ def job_status(
         test=progress.test,
         model=progress.model,
         restarts=restarts or None,
+        skipped_images=progress.skipped_images or None,
+        skipped_files=progress.skipped_files,
         observed_generation=generation,
     )
 

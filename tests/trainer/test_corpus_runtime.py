@@ -95,6 +95,7 @@ def test_runtime_case(
     context = f"{case.get('why', '')}\nrc={run.rc}\nstderr: {run.stderr[-2000:]}"
     if case["expect"] == "succeed":
         assert run.rc == 0, context
+        assert run.started.skipped_images == case.get("skipped_images", 0), context
         assert (
             run.finished.test.per_class
             and sum(c.support for c in run.finished.test.per_class) == case["test_images"]

@@ -273,6 +273,81 @@ def test_image_problem_detects_broken_files(png_bytes: bytes) -> None:
     assert image_problem(bytes(broken_crc)) is not None
 
 
+def _encoded(fmt: str, mode: str = "RGB", size: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (size, size, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_truncated_jpeg_is_caught_though_pillow_verifies_it() -> None:
+    import io
+
+    from PIL import Image
+
+    jpeg = _encoded("JPEG")
+    cut = jpeg[: len(jpeg) * 2 // 3]
+    with Image.open(io.BytesIO(cut)) as image:
+        image.verify()  # Pillow's own check passes: it reads only a JPEG's headers
+    assert image_problem(jpeg) is None
+    assert image_problem(cut) == "truncated JPEG (no end-of-image marker)"
+    assert image_problem(jpeg + b"\0" * 100) is None  # padding after the marker is fine
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [("WEBP", "RGB"), ("WEBP", "RGBA"), ("PNG", "LA"), ("PNG", "L"), ("PNG", "P"), ("BMP", "RGB")],
+)
+def test_every_accepted_format_decodes_to_rgb(fmt: str, mode: str) -> None:
+    """What the check accepts, the pipeline decodes: WebP with alpha too, which TensorFlow's WebP decoder
+    refuses to convert itself."""
+    from transferjob_trainer.pipeline import decode_resize
+
+    data = _encoded(fmt, mode)
+    assert image_problem(data) is None
+    image = decode_resize(data, 32)
+    assert image.shape == (32, 32, 3) and image.dtype.name == "uint8"
+
+
+def test_invalid_images_fail_the_job_or_are_skipped_within_the_fraction(
+    tmp_path: Path, png_bytes: bytes
+) -> None:
+    from transferjob_trainer.layout import check_images
+
+    make_tree(
+        tmp_path, {"train": {"a": 50, "b": 50}, "val": {"a": 2, "b": 2}, "test": {"a": 2, "b": 2}}, png_bytes
+    )
+    (tmp_path / "train" / "a" / "bad.png").write_bytes(b"not an image")
+    strict = parse_spec(spec_dict()).data
+    with pytest.raises(InvalidDataError, match=r"1 corrupt or undecodable image file\(s\): .*bad.png"):
+        check_images(scan_layout(str(tmp_path), strict), strict)
+
+    lenient = parse_spec(spec_dict(data={"source": {"hostPath": "/d"}, "skipInvalidImages": True})).data
+    layout = check_images(scan_layout(str(tmp_path), lenient), lenient)
+    assert len(layout.train) == 100 and layout.skipped == (
+        (str(tmp_path / "train/a/bad.png"), "not an image (unrecognised header)"),
+    )
+
+    (tmp_path / "train" / "b" / "bad2.png").write_bytes(b"")  # 2 of 110 files: above the 1% default
+    with pytest.raises(
+        InvalidDataError, match=r"2 of 110 image files \(1.8%\) .* data.maxInvalidFraction \(0.01\)"
+    ):
+        check_images(scan_layout(str(tmp_path), lenient), lenient)
+
+    for f in (tmp_path / "val" / "b").iterdir():  # skipping may not leave a class without images
+        f.write_bytes(b"broken")
+    (tmp_path / "train" / "b" / "bad2.png").unlink()
+    generous = lenient.model_copy(update={"max_invalid_fraction": 0.5})
+    with pytest.raises(InvalidDataError, match=r"val/b has no decodable image left"):
+        check_images(scan_layout(str(tmp_path), generous), generous)
+
+
 def test_termination_log_written_or_skipped(tmp_path: Path) -> None:
     from transferjob.progress import Failed
 

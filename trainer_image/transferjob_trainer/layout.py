@@ -18,11 +18,20 @@ from dataclasses import dataclass
 from transferjob.models import DataSpec
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidDataError
+from transferjob_trainer.report import log
 
-#: What `keras.utils.image_dataset_from_directory` reads; other files are ignored, as there.
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-#: Formats `tf.io.decode_image` decodes (Pillow's names).
-DECODABLE_FORMATS = {"BMP", "GIF", "JPEG", "PNG", "MPO"}
+#: What `keras.utils.image_dataset_from_directory` reads, and WebP, which `tf.io.decode_image` decodes
+#: too; other files are ignored.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+#: Formats `tf.io.decode_image` decodes (Pillow's names; MPO is a JPEG with extra frames).
+DECODABLE_FORMATS = {"BMP", "GIF", "JPEG", "PNG", "MPO", "WEBP"}
+#: A JPEG ends with this marker; a file cut short (an interrupted copy or download) lacks it, and
+#: Pillow's `verify()` does not notice (it reads only the headers of a JPEG).
+JPEG_END = b"\xff\xd9"
+#: How far from the end the marker may sit (some writers pad, some cameras append data after it).
+JPEG_END_WINDOW = 4096
+#: How many skipped files a log line or `.status` names.
+MAX_NAMED_SKIPPED = 20
 #: How many bad files an error message lists before it says "and N more".
 MAX_LISTED = 5
 
@@ -49,13 +58,14 @@ class Split:
 
 @dataclass(frozen=True)
 class Layout:
-    """The classes (label order) and the three splits."""
+    """The classes (label order), the three splits, and the invalid files left out of them (path, why)."""
 
     root: str
     classes: tuple[str, ...]
     train: Split
     val: Split
     test: Split
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def binary(self) -> bool:
@@ -63,6 +73,23 @@ class Layout:
 
     def all_files(self) -> list[str]:
         return [*self.train.files, *self.val.files, *self.test.files]
+
+    def without(self, invalid: Sequence[tuple[str, str]]) -> Layout:
+        """This layout minus the `invalid` files (path, why); every class keeps an image in every split."""
+        drop = {path for path, _ in invalid}
+        splits = []
+        for split in (self.train, self.val, self.test):
+            kept = [(f, label) for f, label in zip(split.files, split.labels, strict=True) if f not in drop]
+            reduced = Split(split.name, split.folder, tuple(f for f, _ in kept), tuple(la for _, la in kept))
+            for cls, count in zip(self.classes, reduced.counts(len(self.classes)), strict=True):
+                if count == 0:
+                    raise InvalidDataError(
+                        f"class folder {fs.join(split.folder, cls)} has no decodable image left once the "
+                        "invalid ones are skipped"
+                    )
+            splits.append(reduced)
+        train, val, test = splits
+        return Layout(self.root, self.classes, train, val, test, skipped=(*self.skipped, *invalid))
 
     def digest(self) -> str:
         """A hash of the file list relative to the root: checkpoints are only reused for the same data."""
@@ -146,18 +173,19 @@ def scan_layout(root: str, data: DataSpec) -> Layout:
         raise InvalidDataError(f"train folder {train_folder} does not exist")
     classes = resolve_classes(_subfolders(train_folder), data.class_names, train_folder)
     strict = data.class_names is None
-    splits = [
+    train, val, test = (
         scan_split(root, split, folder, classes, strict)
         for split, folder in (("train", data.train_dir), ("val", data.val_dir), ("test", data.test_dir))
-    ]
-    return Layout(root, tuple(classes), *splits)
+    )
+    return Layout(root, tuple(classes), train, val, test)
 
 
 def image_problem(data: bytes) -> str | None:
     """Why these bytes are not an image TensorFlow can decode, or None when they are.
 
     Pillow identifies the format from the header and `verify()` walks the file's structure (for PNG
-    every chunk's CRC), without decoding pixels; truncated or garbage files fail here.
+    every chunk's CRC), without decoding pixels; truncated or garbage files fail here. A JPEG's
+    structure is only checked up to its scan data, so a JPEG must also end with its end marker.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -172,7 +200,9 @@ def image_problem(data: bytes) -> str | None:
     except Exception as error:  # Pillow raises many types for broken files
         return f"corrupt {error.__class__.__name__}: {error}".strip()
     if fmt not in DECODABLE_FORMATS:
-        return f"{fmt} images cannot be decoded (use PNG, JPEG, GIF or BMP)"
+        return f"{fmt} images cannot be decoded (use PNG, JPEG, GIF, BMP or WebP)"
+    if fmt in ("JPEG", "MPO") and JPEG_END not in data[-JPEG_END_WINDOW:]:
+        return "truncated JPEG (no end-of-image marker)"
     return None
 
 
@@ -183,11 +213,38 @@ def _check_one(path: str) -> tuple[str, str | None]:
         return path, f"unreadable: {error}"
 
 
-def check_images(paths: Iterable[str], workers: int = 8) -> None:
-    """Raise InvalidDataError listing the files that are not decodable images."""
+def invalid_images(paths: Iterable[str], workers: int = 8) -> list[tuple[str, str]]:
+    """(path, why) for each file that is not a decodable image; each file read once, in parallel."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        bad = [(p, why) for p, why in pool.map(_check_one, paths) if why is not None]
-    if bad:
-        listed = "; ".join(f"{p}: {why}" for p, why in bad[:MAX_LISTED])
-        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
-        raise InvalidDataError(f"{len(bad)} corrupt or undecodable image file(s): {listed}{more}")
+        return [(p, why) for p, why in pool.map(_check_one, paths) if why is not None]
+
+
+def _listed(bad: Sequence[tuple[str, str]]) -> str:
+    listed = "; ".join(f"{p}: {why}" for p, why in bad[:MAX_LISTED])
+    more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+    return f"{listed}{more}"
+
+
+def check_images(layout: Layout, data: DataSpec) -> Layout:
+    """The layout to train on (`skipped` lists the files left out of it), or InvalidDataError.
+
+    Any invalid file fails the job unless `data.skipInvalidImages`; then the invalid files are left out,
+    unless they are more than `data.maxInvalidFraction` of all images (a broken copy of the data set,
+    not a few bad files) or leave a class of a split without images.
+    """
+    total = len(layout.all_files())
+    bad = invalid_images(layout.all_files())
+    if not bad:
+        return layout
+    if not data.skip_invalid_images:
+        raise InvalidDataError(f"{len(bad)} corrupt or undecodable image file(s): {_listed(bad)}")
+    if len(bad) > data.max_invalid_fraction * total:
+        raise InvalidDataError(
+            f"{len(bad)} of {total} image files ({len(bad) / total:.1%}) are corrupt or undecodable, more "
+            f"than data.maxInvalidFraction ({data.max_invalid_fraction:g}) allows: {_listed(bad)}"
+        )
+    for path, why in bad[:MAX_NAMED_SKIPPED]:
+        log(f"skipping {path}: {why}")
+    if len(bad) > MAX_NAMED_SKIPPED:
+        log(f"skipping {len(bad) - MAX_NAMED_SKIPPED} more invalid image file(s)")
+    return layout.without(bad)

@@ -73,8 +73,17 @@ def _label_tensor(labels: Sequence[int], binary: bool) -> tf.Tensor:
 
 
 def decode_resize(data: tf.Tensor, size: int) -> tf.Tensor:
-    """Encoded bytes -> uint8 [size, size, 3], bilinear like `image_dataset_from_directory`."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    """Encoded bytes -> uint8 [size, size, 3], bilinear like `image_dataset_from_directory`.
+
+    Decoded with the file's own channels, then made RGB here: TensorFlow's WebP decoder refuses to
+    convert (an RGBA WebP with `channels=3` fails); grey (with or without alpha) is repeated to three
+    channels and an alpha channel is dropped, as the PNG decoder does with `channels=3`.
+    """
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    image = tf.cond(
+        tf.shape(image)[-1] < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1), lambda: image[..., :3]
+    )
+    image.set_shape([None, None, 3])
     image = tf.image.resize(image, [size, size], method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 

@@ -73,8 +73,7 @@ def fingerprint(spec: TransferJobSpec, layout: Layout) -> str:
 def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
     """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
     reporter.phase("loading", f"checking images in {paths.data_root}")
-    layout = scan_layout(paths.data_root, spec.data)
-    check_images(layout.all_files())
+    layout = check_images(scan_layout(paths.data_root, spec.data), spec.data)
 
     from transferjob_trainer.training import train
 

@@ -34,7 +34,7 @@ from transferjob_trainer.export import export
 from transferjob_trainer.features import feature_cache
 from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
 from transferjob_trainer.inference import Inference, inference_function, run_inference, serving_function
-from transferjob_trainer.layout import Layout, Split
+from transferjob_trainer.layout import MAX_NAMED_SKIPPED, Layout, Split
 from transferjob_trainer.metrics import classification_metrics
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
@@ -370,6 +370,8 @@ def started_event(
         val_images=len(layout.val),
         test_images=len(layout.test),
         devices=devices,
+        skipped_images=len(layout.skipped),
+        skipped_files=[f"{path}: {why}" for path, why in layout.skipped[:MAX_NAMED_SKIPPED]],
     )
 
 
