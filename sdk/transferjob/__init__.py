@@ -19,7 +19,14 @@ checks this order with import-linter (the contracts are in pyproject.toml).
 - `bases`, `constants`, `types`: facts and names everything agrees on.
 """
 
-from transferjob.client import EpochCompleted, JobEvent, PhaseChanged, TransferJobClient, WatchEvent
+from transferjob.client import (
+    EpochCompleted,
+    JobEvent,
+    PhaseChanged,
+    StepAdvanced,
+    TransferJobClient,
+    WatchEvent,
+)
 from transferjob.errors import (
     BackendError,
     JobExistsError,
@@ -80,6 +87,7 @@ __all__ = [
     "ResourcesSpec",
     "RunPolicy",
     "SpecError",
+    "StepAdvanced",
     "TestMetrics",
     "Toleration",
     "TrainingSpec",

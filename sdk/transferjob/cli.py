@@ -20,7 +20,15 @@ import yaml
 from pydantic import ValidationError
 
 from transferjob import yamlio
-from transferjob.client import EpochCompleted, PhaseChanged, TransferJobClient, WatchEvent, format_metrics
+from transferjob.client import (
+    EpochCompleted,
+    PhaseChanged,
+    StepAdvanced,
+    TransferJobClient,
+    WatchEvent,
+    format_metrics,
+    format_step,
+)
 from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, TransferJobError
 from transferjob.models import Phase, TransferJob, describe_validation_error
 
@@ -257,6 +265,8 @@ def _follow_plain(events: Iterable[WatchEvent], out: TextIO) -> PhaseChanged | N
 def _describe(event: WatchEvent) -> str:
     if isinstance(event, EpochCompleted):
         return f"epoch {event.epoch}/{event.epochs or '?'}  {format_metrics(event.metrics)}"
+    if isinstance(event, StepAdvanced):
+        return format_step(event.progress)
     reason = f" ({event.reason}: {event.message})" if event.reason and event.message else ""
     return f"phase {event.phase.value}{reason}"
 
@@ -281,6 +291,8 @@ def _follow_live(events: Iterable[WatchEvent], out: TextIO) -> PhaseChanged | No
                 cells = [m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.seconds]
                 table.add_row(str(event.epoch), *("-" if v is None else f"{v:.4f}" for v in cells))
                 progress.update(task, completed=event.epoch, total=event.epochs)
+            elif isinstance(event, StepAdvanced):
+                progress.update(task, description=format_step(event.progress))
             else:
                 progress.update(task, description=event.phase.value, total=event.status.epochs)
                 if event.finished:

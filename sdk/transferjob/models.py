@@ -836,6 +836,20 @@ class ModelArtifacts(ApiModel):
     )
 
 
+class StepProgressStatus(ApiModel):
+    """How far the step under way has got, from the trainer's `progress` events (about every 10 s)."""
+
+    step: str = Field(description="loading (the image check), features or training.")
+    percent: float = Field(description="Share of the step done, 0-100 (training: of the current epoch).")
+    epoch: int | None = Field(default=None, description="The epoch under way, when training.")
+    images_per_second: float | None = Field(default=None, description="Throughput of the step so far.")
+    remaining_seconds: int | None = Field(
+        default=None,
+        description="Estimated seconds until the step ends (training: until the last planned epoch ends; "
+        "early stopping may end it sooner).",
+    )
+
+
 class TransferJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
@@ -853,6 +867,9 @@ class TransferJobStatus(ApiModel):
     epoch: int | None = Field(default=None, description="Last finished epoch.")
     epochs: int | None = Field(default=None, description="Epochs planned.")
     metrics: EpochMetrics | None = Field(default=None, description="The latest epoch's metrics.")
+    progress: StepProgressStatus | None = Field(
+        default=None, description="How far the step under way has got, while Running."
+    )
     history: list[EpochMetrics] = Field(
         default_factory=list,
         max_length=HISTORY_LIMIT,

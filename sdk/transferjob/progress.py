@@ -8,6 +8,8 @@ subprocess. Lines that are not protocol events (a user's print, a library's chat
 Events (`event` field):
 - `started`: the run began (or resumed: `initialEpoch` > 0), with the planned `epochs` and data sizes.
 - `phase`: a coarse step began: `loading`, `features`, `training`, `evaluating`, `exporting`.
+- `progress`: how far a long step has got (images done of total, images/s, seconds left), at most
+  every `TJ_PROGRESS_SECONDS` (10) seconds per step.
 - `epoch`: one epoch finished, with all its metrics.
 - `finished`: success: best epoch, test metrics, where the model went.
 - `failed`: a reason (`InvalidSpec`, `InvalidData`, `TrainingError`, ...), a message, and whether a retry
@@ -55,6 +57,21 @@ class PhaseChanged(ApiModel):
     message: str = ""
 
 
+class StepProgress(ApiModel):
+    """How far a long step has got (the image check, the feature pass, fine-tuning's epochs), sent at a
+    bounded rate so that a long epoch does not look hung."""
+
+    event: Literal["progress"] = "progress"
+    step: StepName
+    done: int = Field(description="Images through the step so far (in this epoch, when training).")
+    total: int = Field(description="Images the step has (per epoch, when training).")
+    epoch: int | None = Field(default=None, description="The epoch under way, from 1, when training.")
+    images_per_second: float | None = None
+    remaining_seconds: float | None = Field(
+        default=None, description="Until the step ends at this rate (training: the last planned epoch)."
+    )
+
+
 class EpochEnded(ApiModel):
     """One epoch finished; `metrics.epoch` counts from 1."""
 
@@ -83,16 +100,17 @@ class Failed(ApiModel):
     permanent: bool = False
 
 
-Event = Annotated[Started | PhaseChanged | EpochEnded | Finished | Failed, Field(discriminator="event")]
+AnyEvent = Started | PhaseChanged | StepProgress | EpochEnded | Finished | Failed
+Event = Annotated[AnyEvent, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 
 
-def encode(event: Started | PhaseChanged | EpochEnded | Finished | Failed) -> str:
+def encode(event: AnyEvent) -> str:
     """One protocol line (without the newline)."""
     return json.dumps(event.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
-def decode(line: str | bytes) -> Started | PhaseChanged | EpochEnded | Finished | Failed | None:
+def decode(line: str | bytes) -> AnyEvent | None:
     """The event on a line, or None when the line is not a protocol event."""
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     text = text.strip()

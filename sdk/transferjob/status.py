@@ -38,13 +38,14 @@ from transferjob.models import (
     EpochMetrics,
     ModelArtifacts,
     Phase,
+    StepProgressStatus,
     TestMetrics,
     TransferJobSpec,
     TransferJobStatus,
 )
-from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, decode
+from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, StepProgress, decode
 
-Event: TypeAlias = Started | PhaseChanged | EpochEnded | Finished | Failed
+Event: TypeAlias = Started | PhaseChanged | StepProgress | EpochEnded | Finished | Failed
 #: The conditions that are True now: type -> (reason, message).
 Conditions: TypeAlias = dict[str, tuple[str, str]]
 
@@ -88,6 +89,8 @@ class Progress:
     failure: Failed | None = None
     skipped_images: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    #: The latest `progress` event of the step under way; None once another step began or the run ended.
+    step_progress: StepProgress | None = None
 
     @classmethod
     def of(cls, events: Iterable[Event]) -> Progress:
@@ -115,7 +118,11 @@ class Progress:
 
     def apply(self, event: Event) -> None:
         """Fold one event in; applying the same event again changes nothing."""
-        if isinstance(event, Started):
+        if not isinstance(event, StepProgress | EpochEnded):
+            self.step_progress = None
+        if isinstance(event, StepProgress):
+            self.step_progress = event
+        elif isinstance(event, Started):
             self.epochs = event.epochs
             resumed = f" from epoch {event.initial_epoch + 1}" if event.initial_epoch else ""
             self.step = f"training {event.mode} on {event.base}{resumed}"
@@ -327,6 +334,7 @@ def job_status(
         epoch=progress.epoch,
         epochs=progress.epochs or spec.training.epochs,
         metrics=progress.latest,
+        progress=step_progress(progress.step_progress) if verdict.phase is Phase.RUNNING else None,
         history=history,
         best_epoch=best,
         test=progress.test,
@@ -335,6 +343,19 @@ def job_status(
         skipped_images=progress.skipped_images or None,
         skipped_files=progress.skipped_files,
         observed_generation=generation,
+    )
+
+
+def step_progress(event: StepProgress | None) -> StepProgressStatus | None:
+    """The `progress` event as `.status.progress`: a percentage and whole seconds, as people read them."""
+    if event is None or event.total <= 0:
+        return None
+    return StepProgressStatus(
+        step=event.step,
+        percent=round(100.0 * min(event.done, event.total) / event.total, 1),
+        epoch=event.epoch,
+        images_per_second=round(event.images_per_second, 1) if event.images_per_second else None,
+        remaining_seconds=round(event.remaining_seconds) if event.remaining_seconds is not None else None,
     )
 
 

@@ -753,3 +753,28 @@ def test_a_thousand_classes_keep_the_status_far_below_etcds_limit(tmp_path: Path
 def test_few_classes_keep_every_figure_in_the_status() -> None:
     test = classification_metrics([0, 1, 2], np.eye(3, dtype=np.float32), ["a", "b", "c"])
     assert test.summary() == test and len(test.per_class) == 3 and test.classes == 3
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+
+def test_step_meter_reports_at_a_bounded_rate_with_rate_and_time_left() -> None:
+    from transferjob.progress import StepProgress
+    from transferjob_trainer.report import StepMeter
+
+    now = [0.0]
+    sent: list[StepProgress] = []
+    meter = StepMeter(sent.append, "training", 1000, interval=10.0, clock=lambda: now[0])
+    meter.new_epoch(1, epochs_left=2)
+    for _ in range(100):  # 100 batches of 10 images, one every 0.5 s: 50 s in all
+        now[0] += 0.5
+        meter.advance(10)
+    assert len(sent) == 5  # at 10, 20, 30, 40 and 50 s: never more than one per interval
+    last = sent[-1]
+    assert (last.done, last.total, last.epoch) == (1000, 1000, 1)
+    assert last.images_per_second == 20.0
+    assert last.remaining_seconds == 100.0  # two more epochs of 1000 images at 20 images/s
+    meter.new_epoch(2, epochs_left=1)
+    now[0] += 10
+    meter.advance(5000)  # never more than the step has
+    assert sent[-1].done == 1000 and sent[-1].epoch == 2

@@ -29,7 +29,8 @@ def _modules(roots: list[Path]) -> list[tuple[Path, ast.Module]]:
 
 
 def test_watch_events_and_errors_are_exported() -> None:
-    for name in ("PhaseChanged", "EpochCompleted", "WatchEvent", "JobEvent", "SpecError", "TransferJobError"):
+    names = ("PhaseChanged", "EpochCompleted", "StepAdvanced", "WatchEvent", "JobEvent", "SpecError")
+    for name in (*names, "TransferJobError"):
         assert name in transferjob.__all__, name
         assert hasattr(transferjob, name), name
     assert issubclass(transferjob.SpecError, TransferJobError)

@@ -19,8 +19,9 @@ import tensorflow as tf
 from transferjob_trainer.pipeline import Augmenter
 from transferjob_trainer.report import log
 
-#: Runs the base over a dataset of float32 image batches; returns the features of every image, in order.
-Extract = Callable[[tf.data.Dataset], np.ndarray]
+#: Runs the base over a dataset of float32 image batches, calling back with each batch's size; returns
+#: the features of every image, in order.
+Extract = Callable[[tf.data.Dataset, Callable[[int], None]], np.ndarray]
 
 
 def compute_features(
@@ -29,6 +30,7 @@ def compute_features(
     views: int,
     augment: Augmenter | None,
     batch_size: int,
+    on_batch: Callable[[int], None],
 ) -> np.ndarray:
     """Pooled base features of every image: [views, n, d]; each view a fresh random augmentation."""
     out = []
@@ -37,7 +39,7 @@ def compute_features(
         if augment is not None:
             ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
         started = time.perf_counter()
-        features = extract(ds.map(lambda x, y: x).prefetch(tf.data.AUTOTUNE))
+        features = extract(ds.map(lambda x, y: x).prefetch(tf.data.AUTOTUNE), on_batch)
         log(f"features view {view + 1}/{views}: {features.shape} in {time.perf_counter() - started:.1f}s")
         out.append(np.asarray(features, dtype=np.float32))
     return np.stack(out)
@@ -51,15 +53,21 @@ def feature_cache(
     views: int,
     augment: Augmenter | None,
     batch_size: int,
+    on_batch: Callable[[int], None] = lambda _: None,
 ) -> dict[str, np.ndarray]:
-    """Training views, validation and test features; unaugmented splits go through the base in one pass."""
+    """Training views, validation and test features; unaugmented splits go through the base in one pass.
+
+    `on_batch(images)` is called after every batch, for progress reports.
+    """
     n_train = int(train.cardinality())
     n_val = int(val.cardinality())
     if augment is None:
-        both = compute_features(extract, train.concatenate(val).concatenate(test), 1, None, batch_size)[0]
+        both = compute_features(
+            extract, train.concatenate(val).concatenate(test), 1, None, batch_size, on_batch
+        )[0]
         train_views = both[None, :n_train]
         rest = both[n_train:]
     else:
-        train_views = compute_features(extract, train, views, augment, batch_size)
-        rest = compute_features(extract, val.concatenate(test), 1, None, batch_size)[0]
+        train_views = compute_features(extract, train, views, augment, batch_size, on_batch)
+        rest = compute_features(extract, val.concatenate(test), 1, None, batch_size, on_batch)[0]
     return {"train": train_views, "val": rest[:n_val], "test": rest[n_val:]}

@@ -9,6 +9,7 @@ Keras' `predict` instead, which spreads the batches over them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import keras
@@ -40,7 +41,13 @@ def serving_function(extract: Inference, head: keras.Model) -> Inference:
     return tf.function(lambda images: head(extract(images), training=False), input_signature=[signature])
 
 
-def run_inference(fn: Inference, batches: tf.data.Dataset) -> np.ndarray:
-    """`fn` over every batch of images, outputs concatenated as float32."""
-    outputs = [np.asarray(fn(batch), dtype=np.float32) for batch in batches]
+def run_inference(
+    fn: Inference, batches: tf.data.Dataset, on_batch: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """`fn` over every batch of images, outputs concatenated as float32; `on_batch(images)` after each."""
+    outputs = []
+    for batch in batches:
+        outputs.append(np.asarray(fn(batch), dtype=np.float32))
+        if on_batch is not None:
+            on_batch(len(outputs[-1]))
     return np.concatenate(outputs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -213,10 +213,21 @@ def _check_one(path: str) -> tuple[str, str | None]:
         return path, f"unreadable: {error}"
 
 
-def invalid_images(paths: Iterable[str], workers: int = 8) -> list[tuple[str, str]]:
-    """(path, why) for each file that is not a decodable image; each file read once, in parallel."""
+def invalid_images(
+    paths: Iterable[str], workers: int = 8, on_checked: Callable[[int], None] | None = None
+) -> list[tuple[str, str]]:
+    """(path, why) for each file that is not a decodable image; each file read once, in parallel.
+
+    `on_checked(1)` is called as each file's check completes (in order), for progress reports.
+    """
+    bad = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [(p, why) for p, why in pool.map(_check_one, paths) if why is not None]
+        for path, why in pool.map(_check_one, paths):
+            if why is not None:
+                bad.append((path, why))
+            if on_checked is not None:
+                on_checked(1)
+    return bad
 
 
 def _listed(bad: Sequence[tuple[str, str]]) -> str:
@@ -225,7 +236,7 @@ def _listed(bad: Sequence[tuple[str, str]]) -> str:
     return f"{listed}{more}"
 
 
-def check_images(layout: Layout, data: DataSpec) -> Layout:
+def check_images(layout: Layout, data: DataSpec, on_checked: Callable[[int], None] | None = None) -> Layout:
     """The layout to train on (`skipped` lists the files left out of it), or InvalidDataError.
 
     Any invalid file fails the job unless `data.skipInvalidImages`; then the invalid files are left out,
@@ -233,7 +244,7 @@ def check_images(layout: Layout, data: DataSpec) -> Layout:
     not a few bad files) or leave a class of a split without images.
     """
     total = len(layout.all_files())
-    bad = invalid_images(layout.all_files())
+    bad = invalid_images(layout.all_files(), on_checked=on_checked)
     if not bad:
         return layout
     if not data.skip_invalid_images:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import TextIO
 
 from transferjob.constants import TERMINATION_MESSAGE_PATH
@@ -20,11 +22,15 @@ from transferjob.progress import (
     PhaseChanged,
     Started,
     StepName,
+    StepProgress,
     encode,
     termination_message,
 )
 
-Event = Started | PhaseChanged | EpochEnded | Finished | Failed
+Event = Started | PhaseChanged | StepProgress | EpochEnded | Finished | Failed
+
+#: Seconds between two `progress` events of a step; `TJ_PROGRESS_SECONDS` overrides (0: every update).
+PROGRESS_SECONDS = 10.0
 
 
 def log(message: str) -> None:
@@ -77,3 +83,63 @@ class Reporter:
         self.final = event
         self.emit(event)
         write_termination_log(self._termination_log, event)
+
+
+def progress_interval() -> float:
+    """`TJ_PROGRESS_SECONDS`, else `PROGRESS_SECONDS`."""
+    try:
+        return max(0.0, float(os.environ.get("TJ_PROGRESS_SECONDS", PROGRESS_SECONDS)))
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
+class StepMeter:
+    """Counts images through a long step and sends a `progress` event at most every `interval` seconds.
+
+    A step of training spans `epochs_left` more epochs of `total` images after the current one, so the
+    estimate of the remaining time covers the planned run (early stopping may end it sooner).
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[StepProgress], None],
+        step: StepName,
+        total: int,
+        *,
+        epoch: int | None = None,
+        epochs_left: int = 0,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._emit, self.step, self.total = emit, step, total
+        self.epoch, self.epochs_left = epoch, epochs_left
+        self.interval = progress_interval() if interval is None else interval
+        self._clock = clock
+        self.done = 0
+        self._started = self._last = clock()
+
+    def new_epoch(self, epoch: int, epochs_left: int) -> None:
+        """Training moved on to `epoch` (from 1): the count starts again, the clock does not."""
+        self.epoch, self.epochs_left, self.done = epoch, epochs_left, 0
+        self._started = self._clock()
+
+    def advance(self, images: int) -> None:
+        """`images` more went through; report if `interval` has passed since the last report."""
+        self.done = min(self.total, self.done + images)
+        now = self._clock()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self._started
+        rate = self.done / elapsed if elapsed > 0 and self.done else None
+        left = self.total - self.done + self.epochs_left * self.total
+        self._emit(
+            StepProgress(
+                step=self.step,
+                done=self.done,
+                total=self.total,
+                epoch=self.epoch,
+                images_per_second=rate,
+                remaining_seconds=left / rate if rate else None,
+            )
+        )

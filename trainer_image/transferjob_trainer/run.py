@@ -21,7 +21,7 @@ from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError
 from transferjob_trainer.layout import Layout, check_images, scan_layout
 from transferjob_trainer.paths import RunPaths
-from transferjob_trainer.report import Reporter
+from transferjob_trainer.report import Reporter, StepMeter
 
 
 def spec_from_document(document: Any) -> TransferJobSpec:
@@ -73,7 +73,9 @@ def fingerprint(spec: TransferJobSpec, layout: Layout) -> str:
 def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
     """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
     reporter.phase("loading", f"checking images in {paths.data_root}")
-    layout = check_images(scan_layout(paths.data_root, spec.data), spec.data)
+    layout = scan_layout(paths.data_root, spec.data)
+    meter = StepMeter(reporter.emit, "loading", len(layout.all_files()))
+    layout = check_images(layout, spec.data, on_checked=meter.advance)
 
     from transferjob_trainer.training import train
 

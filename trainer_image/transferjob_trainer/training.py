@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -51,7 +52,7 @@ from transferjob_trainer.pipeline import (
     static_tuning,
     training_batches,
 )
-from transferjob_trainer.report import Reporter, log
+from transferjob_trainer.report import Reporter, StepMeter, log
 from transferjob_trainer.stopping import kept_epoch, step
 from transferjob_trainer.tensorboard_log import TensorBoardLog
 
@@ -160,7 +161,10 @@ def fit_on_features(
 
 
 def fit_on_datasets(
-    model: keras.Model, train_for_epoch: Callable[[int], tf.data.Dataset], val: tf.data.Dataset
+    model: keras.Model,
+    train_for_epoch: Callable[[int], tf.data.Dataset],
+    val: tf.data.Dataset,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> FitOneEpoch:
     """One `fit` call per epoch on the dataset for that epoch (datasets shuffle and augment themselves)."""
 
@@ -172,10 +176,36 @@ def fit_on_datasets(
             validation_data=val,
             shuffle=False,
             verbose=0,
+            callbacks=callbacks,
         )
         return {k: float(v[-1]) for k, v in history.history.items()}
 
     return fit_one_epoch
+
+
+class CountBatches(keras.callbacks.Callback):
+    """Calls `on_batch(images)` after each batch of Keras' `predict` (the batch's nominal size)."""
+
+    def __init__(self, on_batch: Callable[[int], None], batch_size: int) -> None:
+        super().__init__()
+        self.on_batch, self.batch_size = on_batch, batch_size
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.on_batch(self.batch_size)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Feeds a `StepMeter` from `fit`: a new count each epoch, a batch's images after each batch."""
+
+    def __init__(self, meter: StepMeter, batch_size: int, epochs: int) -> None:
+        super().__init__()
+        self.meter, self.batch_size, self.epochs = meter, batch_size, epochs
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.meter.new_epoch(epoch + 1, max(0, self.epochs - epoch - 1))
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.meter.advance(self.batch_size)
 
 
 def train_epochs(
@@ -395,16 +425,24 @@ def extract_features(
     if extract is not None:
         extract.get_concrete_function()  # traced while the images may still be decoding
     images.wait()  # the caches are full before any pipeline reads them
+    n_train = int(images.train.cardinality())
+    total = views * n_train + int(images.val.cardinality()) + int(images.test.cardinality())
+    meter = StepMeter(reporter.emit, "features", total)
     return feature_cache(
-        (lambda batches: run_inference(extract, batches))
+        (lambda batches, on_batch: run_inference(extract, batches, on_batch))
         if extract is not None
-        else (lambda batches: extractor.predict(batches, verbose=0)),
+        else (
+            lambda batches, on_batch: extractor.predict(
+                batches, verbose=0, callbacks=[CountBatches(on_batch, spec.training.batch_size)]
+            )
+        ),
         images.train,
         images.val,
         images.test,
         views,
         augment,
         spec.training.batch_size,
+        meter.advance,
     )
 
 
@@ -417,8 +455,13 @@ def epoch_fitter(
     images: Images,
     augment: Augmenter | None,
     single_device: bool,
+    reporter: Reporter,
 ) -> FitOneEpoch:
-    """One epoch of training: the head on cached features, or the whole model on augmented images."""
+    """One epoch of training: the head on cached features, or the whole model on augmented images.
+
+    Fine-tuning reports its progress inside each epoch (an epoch over many images takes long); the
+    head's epochs on cached features take seconds and report only as they end.
+    """
     training = spec.training
     if plan.feature_extraction:
         return fit_on_features(
@@ -438,7 +481,13 @@ def epoch_fitter(
         cached=images.train if plan.cache else None,
     )
     train_ds = training_batches(shuffled, training.batch_size, augment)
-    return fit_on_datasets(net.train_model, lambda _: train_ds, eval_batches(images.val, training.batch_size))
+    meter = StepMeter(reporter.emit, "training", len(layout.train))
+    return fit_on_datasets(
+        net.train_model,
+        lambda _: train_ds,
+        eval_batches(images.val, training.batch_size),
+        [EpochProgress(meter, training.batch_size, plan.epochs)],
+    )
 
 
 def restore_kept_epoch(state: RunState, store: CheckpointStore, net: Network, spec: TransferJobSpec) -> int:
@@ -516,7 +565,9 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             features = saved
             images.wait()
         if plan.remaining:
-            fit_one_epoch = epoch_fitter(spec, layout, plan, net, features, images, augment, single_device)
+            fit_one_epoch = epoch_fitter(
+                spec, layout, plan, net, features, images, augment, single_device, reporter
+            )
             reporter.phase("training", f"epochs {state.epochs_done + 1}-{plan.epochs}")
             board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
             state = train_epochs(spec, state, store, net.train_model, fit_one_epoch, board, reporter)
