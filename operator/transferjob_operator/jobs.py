@@ -41,6 +41,7 @@ SPEC_ANNOTATION = f"{GROUP}/spec"
 DATA_MOUNT = "/data"
 OUTPUT_MOUNT = "/output"
 INIT_MOUNT = "/init"
+WEIGHTS_MOUNT = "/keras"
 SCRATCH_MOUNT = "/scratch"
 
 #: The non-root identity the training pod runs as (Pod Security "restricted" wants a numeric one).
@@ -237,19 +238,26 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
         init = upstream.path if upstream.location.uri is not None else posixpath.join(init_dir, upstream.path)
         args += ["--init-model", init]
 
+    env = [
+        {"name": "HOME", "value": SCRATCH_MOUNT},
+        {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if spec.model.weights_cache is not None:
+        # Read-write: Keras ignores a cache folder it cannot write to (and downloads into /tmp instead).
+        cache = _mount_location(volumes, "weights", spec.model.weights_cache, WEIGHTS_MOUNT, read_only=False)
+        env.append({"name": "KERAS_HOME", "value": cache})
+
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.resources.image,
         "imagePullPolicy": spec.resources.image_pull_policy,
         "command": list(TRAINER_COMMAND),
         "args": args,
-        # HOME and TMPDIR on the scratch volume: Keras caches weights under ~/.keras, exports go through
-        # temporary files, and the root filesystem is read-only.
-        "env": [
-            {"name": "HOME", "value": SCRATCH_MOUNT},
-            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
-            {"name": "PYTHONUNBUFFERED", "value": "1"},
-        ],
+        # HOME and TMPDIR on the scratch volume: Keras caches weights under ~/.keras (unless KERAS_HOME
+        # names model.weightsCache), exports go through temporary files, and the root filesystem is
+        # read-only.
+        "env": env,
         "volumeMounts": volumes.mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -371,6 +371,12 @@ class ModelSpec(ApiModel):
             ".imageSize",
         ),
         Rule(
+            "!has(self.weightsCache) || !has(self.weightsCache.uri)",
+            "weightsCache must be a pvc or a hostPath: Keras reads and writes its cache as local files",
+            lambda m: m.weights_cache is None or m.weights_cache.uri is None,
+            ".weightsCache",
+        ),
+        Rule(
             "!(has(self.fromJob) && has(self.fromModel))",
             "fromJob and fromModel are mutually exclusive",
             lambda m: m.from_job is None or m.from_model is None,
@@ -454,6 +460,13 @@ class ModelSpec(ApiModel):
         description="FineTuning only: path/URI of a saved Keras model (base + head) to fine-tune.",
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="The classifier trained on the features.")
+    weights_cache: Location | None = Field(
+        default=None,
+        description="A folder (pvc or hostPath, mounted read-write) that Keras keeps downloaded weights in, "
+        "as under KERAS_HOME (files in its models/ sub-folder): imagenet weights found there are loaded "
+        "without any download, missing ones are downloaded into it once for every later job. Pre-seed it "
+        "for clusters without internet access.",
+    )
 
 
 class AugmentationSpec(ApiModel):

@@ -318,3 +318,31 @@ def test_upstream_model_paths() -> None:
         }
     )
     assert _arg(build_job(tj, upstream), "--init-model") == "gs://b/a/model.keras"
+
+
+BASE_SPEC = {
+    "data": {"source": {"hostPath": "/srv/digits"}},
+    "output": {"location": {"hostPath": "/srv/models/fe"}},
+}
+
+
+def test_weights_cache_is_mounted_read_write_as_keras_home() -> None:
+    """Keras reads its cache only from a folder it can write to, so the mount is read-write; the pod's
+    KERAS_HOME names it, so `weights: imagenet` loads from it and downloads only what is missing."""
+    for cache, source in (
+        (
+            {"pvc": {"claimName": "keras-weights", "subPath": "v3"}},
+            {"persistentVolumeClaim": {"claimName": "keras-weights"}},
+        ),
+        ({"hostPath": "/var/cache/keras"}, {"hostPath": {"path": "/var/cache/keras", "type": "Directory"}}),
+    ):
+        tj = make_tj({**BASE_SPEC, "model": {"weightsCache": cache}})
+        job = build_job(tj)
+        pod = job["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "weights")
+        assert {k: v for k, v in volume.items() if k != "name"} == source
+        mount = next(m for m in _container(job)["volumeMounts"] if m["name"] == "weights")
+        assert mount["readOnly"] is False and mount["mountPath"] == "/keras"
+        env = {e["name"]: e["value"] for e in _container(job)["env"]}
+        assert env["KERAS_HOME"] == ("/keras/v3" if "pvc" in cache else "/keras")
+    assert "KERAS_HOME" not in {e["name"] for e in _container(build_job(make_tj(BASE_SPEC)))["env"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import yaml
@@ -21,7 +22,7 @@ from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError
 from transferjob_trainer.layout import Layout, check_images, scan_layout
 from transferjob_trainer.paths import RunPaths
-from transferjob_trainer.report import Reporter, StepMeter
+from transferjob_trainer.report import Reporter, StepMeter, log
 
 
 def spec_from_document(document: Any) -> TransferJobSpec:
@@ -70,6 +71,30 @@ def fingerprint(spec: TransferJobSpec, layout: Layout) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
+def use_weights_cache(spec: TransferJobSpec) -> None:
+    """Point Keras at `model.weightsCache` (before Keras is imported: it reads KERAS_HOME once).
+
+    In a pod the operator mounts the cache and sets KERAS_HOME itself; a local run uses the hostPath.
+    """
+    cache = spec.model.weights_cache
+    if cache is None:
+        return
+    if "KERAS_HOME" not in os.environ:
+        if cache.host_path is None:
+            raise InvalidSpecError(
+                "model.weightsCache: a pvc cache needs a cluster (the operator mounts it); use a hostPath"
+            )
+        os.environ["KERAS_HOME"] = cache.host_path
+    home = os.environ["KERAS_HOME"]
+    if not os.path.isdir(home) or not os.access(home, os.W_OK):
+        raise InvalidSpecError(
+            f"model.weightsCache: {home} is not a folder the trainer can write to, and Keras uses a "
+            "cache folder only when it can write to it (else it downloads into /tmp); make it a folder "
+            "writable by the trainer's user"
+        )
+    log(f"weights cache: {home}/models")
+
+
 def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
     """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
     reporter.phase("loading", f"checking images in {paths.data_root}")
@@ -77,6 +102,7 @@ def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
     meter = StepMeter(reporter.emit, "loading", len(layout.all_files()))
     layout = check_images(layout, spec.data, on_checked=meter.advance)
 
+    use_weights_cache(spec)
     from transferjob_trainer.training import train
 
     return train(spec, paths, layout, fingerprint(spec, layout), reporter)
