@@ -109,10 +109,13 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
             # A nested object with no required fields defaults to its own defaults, so they apply when it
             # is left out. Written out in full (not `{}`): the API server validates a default, CEL rules
             # included, without applying the nested defaults first. A required child needs no default.
+            # An optional (nullable) object stays absent when left out: `weightsCache: {}` would mean
+            # something else than no cache.
             if (
                 child.get("type") == "object"
                 and "properties" in child
                 and not child.get("required")
+                and not child.get("nullable")
                 and name not in required
             ):
                 child.setdefault("default", _object_default(child))

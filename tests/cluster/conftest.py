@@ -12,7 +12,7 @@ from kubernetes import client
 
 from tests.cluster.admission import DryRun, create_transferjob
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.cluster.kube import wait_until_served
 
 CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
 
@@ -24,12 +24,7 @@ def crd_namespace(repo_root: Path, api_client: client.ApiClient, apply_yaml: Any
     core = client.CoreV1Api(api_client)
     namespace = f"admission-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace}})
-    custom = client.CustomObjectsApi(api_client)
-    wait_for(
-        lambda: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL) is not None,
-        timeout=30,
-        what="TransferJob API served",
-    )
+    wait_until_served(api_client, GROUP, VERSION, PLURAL, namespace)
     yield namespace
     core.delete_namespace(namespace)
 

@@ -17,7 +17,7 @@ from kubernetes import client
 
 from tests.unit.test_models import minimal_spec
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.cluster.kube import wait_until_served
 
 CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
 
@@ -25,13 +25,8 @@ CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
 @pytest.fixture(scope="module")
 def custom(repo_root: Path, api_client: client.ApiClient, apply_yaml: Callable[..., Any]) -> Iterator[Any]:
     apply_yaml(repo_root / CRD)
-    api = client.CustomObjectsApi(api_client)
-    wait_for(
-        lambda: api.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL) is not None,
-        timeout=30,
-        what="TransferJob API served",
-    )
-    yield api
+    wait_until_served(api_client, GROUP, VERSION, PLURAL, "default")
+    yield client.CustomObjectsApi(api_client)
 
 
 def _dry_run_create(custom: Any, fine_tune_at: Any) -> str | None:

@@ -96,6 +96,28 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
 
 
+def wait_until_served(api_client: Any, group: str, version: str, plural: str, namespace: str) -> None:
+    """Return once the API server serves a just-applied custom resource: listing it works.
+
+    Right after a CRD is created the API server answers 404 for its resources until the CRD is
+    Established and its handler installed; that 404 means "not yet", not an error.
+    """
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api_client)
+
+    def served() -> bool:
+        try:
+            custom.list_namespaced_custom_object(group, version, namespace, plural)
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(served, timeout=30, what=f"{plural}.{group}/{version} served")
+
+
 @contextlib.contextmanager
 def temporary_namespace(
     api: client.ApiClient, prefix: str, labels: dict[str, str] | None = None
