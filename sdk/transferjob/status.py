@@ -55,6 +55,7 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 #: went on), it turns False with this reason and message. Every non-terminal condition type is here, so
 #: none is left True after it stopped applying.
 RESOLVED: dict[str, tuple[str, str]] = {
+    "Starting": ("Started", "the trainer started"),
     "Running": ("NotRunning", ""),
     "Suspended": ("Resumed", ""),
     "WaitingForJob": ("UpstreamSucceeded", "the fromJob upstream succeeded: the job was created"),
@@ -65,6 +66,13 @@ RESOLVED: dict[str, tuple[str, str]] = {
     "PodCreateFailed": ("PodCreated", "the Job controller created the training pod"),
     "StartDelayed": ("Started", "the training pod is no longer waiting in ContainerCreating"),
 }
+#: The condition of a Pending job that nothing holds back (no upstream to wait for, no pod problem).
+STARTING = (
+    "Starting",
+    "the trainer has not started yet and nothing reports a problem; if this lasts, `kubectl describe pod` "
+    "shows the pod's events (runPolicy.pendingTimeoutSeconds bounds the wait)",
+)
+
 #: Conditions whose resolution above is true whatever ended them; the others only resolve if the job
 #: goes on, so when it fails or is suspended instead they close with that outcome's reason.
 ALWAYS_RESOLVED = frozenset({"Running", "Suspended"})
@@ -310,6 +318,9 @@ def job_status(
             if progress.failure is not None
             else ("Failed", "the training failed")
         )
+    elif verdict.phase is Phase.PENDING and not conditions:
+        # No state without a reason: a job on its way that nothing holds back says so too.
+        conditions["Starting"] = STARTING
 
     history = progress.recent_history()
     best = progress.best_epoch

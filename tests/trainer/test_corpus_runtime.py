@@ -21,6 +21,8 @@ from transferjob.constants import EXIT_PERMANENT
 
 from .conftest import Digits, SourceModels, make_spec
 
+pytestmark = pytest.mark.trainer
+
 CASES: list[dict[str, Any]] = yamlio.load(
     (Path(__file__).resolve().parents[1] / "corpus" / "runtime.yaml").read_text()
 )
