@@ -37,6 +37,10 @@ MOUNT_EVENT_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
 #: The Job controller's event when the API server refuses its pod (quota, admission policy).
 FAILED_CREATE = "FailedCreate"
 
+#: Conditions that post no Event: a job on its way to start is not news, and its start is the Running
+#: Event.
+SILENT_CONDITIONS = frozenset({"Starting"})
+
 #: Conditions that are bad news: their events are Warnings.
 WARNING_CONDITIONS = frozenset(
     {
@@ -608,6 +612,8 @@ def transitions(before: TransferJobStatus | None, after: TransferJobStatus) -> l
     outcomes = {c.reason for c in after.conditions if c.status == "True"}
     events = []
     for cond in after.conditions:
+        if cond.type in SILENT_CONDITIONS:
+            continue
         prior = old.get(cond.type)
         if cond.status != "True":
             if prior is not None and prior.status == "True" and cond.reason not in outcomes:

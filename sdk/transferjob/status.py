@@ -66,7 +66,7 @@ RESOLVED: dict[str, tuple[str, str]] = {
     "PodCreateFailed": ("PodCreated", "the Job controller created the training pod"),
     "StartDelayed": ("Started", "the training pod is no longer waiting in ContainerCreating"),
 }
-#: The condition of a Pending job that nothing holds back (no upstream to wait for, no pod problem).
+#: The condition of a Pending job on its way to start, while nothing reports a problem.
 STARTING = (
     "Starting",
     "the trainer has not started yet and nothing reports a problem; if this lasts, `kubectl describe pod` "
@@ -318,9 +318,15 @@ def job_status(
             if progress.failure is not None
             else ("Failed", "the training failed")
         )
-    elif verdict.phase is Phase.PENDING and not conditions:
-        # No state without a reason: a job on its way that nothing holds back says so too.
-        conditions["Starting"] = STARTING
+    elif verdict.phase is Phase.PENDING and "WaitingForJob" not in conditions:
+        # No state without a reason: a job on its way to start says so, problems or not (they have
+        # conditions of their own); it closes as Started once the trainer runs.
+        problems = sorted(conditions)
+        conditions["Starting"] = (
+            ("Starting", f"the trainer has not started yet: see the {', '.join(problems)} condition")
+            if problems
+            else STARTING
+        )
 
     history = progress.recent_history()
     best = progress.best_epoch
