@@ -1,4 +1,4 @@
-"""Shared fixtures: the digits written once per session, a pretrained source network, a trainer runner.
+"""Shared fixtures: the digits written once per session, pretrained source networks, a trainer runner.
 
 Every end-to-end test runs the real CLI (`python -m transferjob_trainer`) in a subprocess, exactly as the
 operator and the local backend do, and reads its protocol lines.
@@ -26,6 +26,9 @@ IMAGE_SIZE = 32
 #: The split of the wide-test target set: 314 test images of digits 5-9, so that one image is 0.32 % of
 #: the test accuracy (the default split leaves 135: one image is 0.74 %).
 WIDE_TEST_SPLIT = (0.5, 0.15, 0.35)
+#: Renderings of each training image of the nuisance source (digits 0-4): 3060 training images.
+NUISANCE_SOURCE_VARIANTS = 4
+NUISANCE_SOURCE_EPOCHS = 20
 
 
 @dataclass
@@ -173,3 +176,36 @@ def make_spec(
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value}
     return spec
+
+
+@dataclass(frozen=True)
+class NuisanceModels:
+    """Digits rendered with nuisance (`write_digits(nuisance=True)`) and the source pretrained on them."""
+
+    target: Path  # digits 5-9 with nuisance, split WIDE_TEST_SPLIT (448 train, 134 val, 314 test images)
+    pretrained: Path  # small CNN trained on digits 0-4 with nuisance (NUISANCE_SOURCE_VARIANTS each)
+    untrained: Path  # the same architecture, random init: the from-scratch baseline
+    pretrain_val_accuracy: float
+
+
+@pytest.fixture(scope="session")
+def nuisance_models(tmp_path_factory: pytest.TempPathFactory) -> NuisanceModels:
+    """Write the nuisance digits and pretrain on 0-4 once per session (about 2 minutes on 2 CPU cores)."""
+    from transferjob_trainer.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("nuisance")
+    source, target = root / "d04", root / "d59"
+    write_digits(
+        source, digits=range(5), size=IMAGE_SIZE, seed=0, nuisance=True, variants=NUISANCE_SOURCE_VARIANTS
+    )
+    write_digits(target, digits=range(5, 10), size=IMAGE_SIZE, seed=0, split=WIDE_TEST_SPLIT, nuisance=True)
+    summary = pretrain(
+        str(source), str(root / "source.keras"), epochs=NUISANCE_SOURCE_EPOCHS, image_size=IMAGE_SIZE, seed=0
+    )
+    pretrain(str(source), str(root / "scratch.keras"), epochs=0, image_size=IMAGE_SIZE, seed=1)
+    return NuisanceModels(
+        target,
+        root / "source.keras",
+        root / "scratch.keras",
+        float(summary["valAccuracy"]),  # type: ignore[arg-type]
+    )
