@@ -237,7 +237,9 @@ def specs(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
         path, node = draw(st.sampled_from(FIELDS))
         action = draw(st.sampled_from(["replace", "replace", "replace", "replace", "drop", "unknown"]))
         if action == "replace":
-            _put(spec, path, draw(values(node)))
+            # A copy: sampled values (WRONG's dicts, st.just({})) are shared objects, and later
+            # changes write into what was put here.
+            _put(spec, path, copy.deepcopy(draw(values(node))))
         elif action == "drop":
             _drop(spec, path)
         else:
