@@ -7,24 +7,15 @@ that fails here is either a bug (fix the product) or a wrong expectation (fix th
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.cluster.admission import DryRun, create_transferjob
-from tests.cluster.test_spec_parity import same_field
-from transferjob import yamlio
+from tests.cluster.admission import DryRun, create_transferjob, load_corpus, merged, same_field, sdk_verdict
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob.errors import SpecError
-from transferjob.models import parse_spec
-
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-DELETE = "<delete>"
 
 #: The good spec every admission case starts from.
 BASE_SPEC: dict[str, Any] = {
@@ -33,35 +24,8 @@ BASE_SPEC: dict[str, Any] = {
 }
 
 
-def load(name: str) -> list[dict[str, Any]]:
-    cases = yamlio.load((CORPUS / name).read_text())
-    assert isinstance(cases, list) and cases, name
-    return cases
-
-
-def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `changes` merged in, recursively; a change of `<delete>` removes the key."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if value == DELETE:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-ADMISSION = load("admission.yaml")
-UPDATES = load("updates.yaml")
-
-
-def sdk_verdict(spec: dict[str, Any]) -> str | None:
-    try:
-        parse_spec(copy.deepcopy(spec))
-    except SpecError as error:
-        return str(error)
-    return None
+ADMISSION = load_corpus("admission.yaml")
+UPDATES = load_corpus("updates.yaml")
 
 
 @pytest.mark.parametrize("case", ADMISSION, ids=[c["id"] for c in ADMISSION])

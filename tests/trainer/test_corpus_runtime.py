@@ -15,17 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.test_corpus import merged
-from transferjob import yamlio
+from tests.cluster.admission import load_corpus, merged
 from transferjob.constants import EXIT_PERMANENT
 
 from .conftest import Digits, SourceModels, make_spec
 
 pytestmark = pytest.mark.trainer
 
-CASES: list[dict[str, Any]] = yamlio.load(
-    (Path(__file__).resolve().parents[1] / "corpus" / "runtime.yaml").read_text()
-)
+CASES = load_corpus("runtime.yaml")
 
 
 def _first(root: Path, pattern: str) -> Path:

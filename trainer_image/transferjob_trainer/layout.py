@@ -243,8 +243,9 @@ def check_images(layout: Layout, data: DataSpec, on_checked: Callable[[int], Non
     unless they are more than `data.maxInvalidFraction` of all images (a broken copy of the data set,
     not a few bad files) or leave a class of a split without images.
     """
-    total = len(layout.all_files())
-    bad = invalid_images(layout.all_files(), on_checked=on_checked)
+    files = layout.all_files()
+    total = len(files)
+    bad = invalid_images(files, on_checked=on_checked)
     if not bad:
         return layout
     if not data.skip_invalid_images:
