@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,29 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@contextlib.contextmanager
+def serving_operator(
+    api: client.ApiClient,
+    admin_kubeconfig: Path,
+    root: Path,
+    extra_args: tuple[str, ...] = (),
+    namespaces: tuple[str, ...] = (),
+) -> Iterator[OperatorProcess]:
+    """The CRD and RBAC installed, and an operator running as its ServiceAccount until the block ends.
+
+    What a test module's operator fixture does: files (kubeconfig, log) go under `root`, and the log's
+    path is printed at the end, for the output of a failing test.
+    """
+    install(api)
+    kubeconfig = service_account_kubeconfig(api, admin_kubeconfig, root / "kubeconfig")
+    process = OperatorProcess(kubeconfig, root / "operator.log", extra_args, namespaces).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"operator log: {process.log_path}")
 
 
 #: A split for comparing two models on the digits: 314 test images of digits 5-9 (one is 0.32 % of

@@ -22,9 +22,8 @@ from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
     features_then_finetune,
-    install,
     make_digits,
-    service_account_kubeconfig,
+    serving_operator,
     transferjob,
 )
 
@@ -42,16 +41,12 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def operator(
     api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install(api_client)
     root = tmp_path_factory.mktemp("operator")
-    sa_kubeconfig = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
     # Only the namespaces of the `namespace` fixture: other test modules run operators of their own.
-    process = OperatorProcess(
-        sa_kubeconfig, root / "operator.log", ("--from-job-timeout", "120"), namespaces=("tj-test-*",)
-    ).start()
-    yield process
-    process.stop()
-    print(f"operator log: {process.log_path}")
+    with serving_operator(
+        api_client, kubeconfig, root, ("--from-job-timeout", "120"), namespaces=("tj-test-*",)
+    ) as process:
+        yield process
 
 
 class Cluster:

@@ -29,8 +29,7 @@ from transferjob_testing.cluster.pki import Pki
 from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
-    install,
-    service_account_kubeconfig,
+    serving_operator,
     transferjob,
 )
 
@@ -43,15 +42,10 @@ FROM_JOB_TIMEOUT = 20
 def ps_operator(
     api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install(api_client)
     root = tmp_path_factory.mktemp("podstart-operator")
-    sa = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
-    process = ops.operator(
-        sa, root / "operator.log", "tj-ps-*", "--from-job-timeout", str(FROM_JOB_TIMEOUT)
-    ).start()
-    yield process
-    process.stop()
-    print(f"operator log: {process.log_path}")
+    args = ("--interval", "0.5", "--from-job-timeout", str(FROM_JOB_TIMEOUT))
+    with serving_operator(api_client, kubeconfig, root, args, namespaces=("tj-ps-*",)) as process:
+        yield process
 
 
 @pytest.fixture()

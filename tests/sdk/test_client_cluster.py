@@ -30,7 +30,7 @@ from transferjob_testing.harness import (
     digits_spec,
     install,
     make_digits,
-    service_account_kubeconfig,
+    serving_operator,
 )
 
 pytestmark = pytest.mark.cluster
@@ -45,11 +45,8 @@ def crd(api_client: Any) -> None:
 def operator(
     crd: None, api_client: Any, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    root = tmp_path_factory.mktemp("sdk-operator")
-    sa_kubeconfig = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
-    process = OperatorProcess(sa_kubeconfig, root / "operator.log").start()
-    yield process
-    process.stop()
+    with serving_operator(api_client, kubeconfig, tmp_path_factory.mktemp("sdk-operator")) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
