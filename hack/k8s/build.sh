@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Build the test control-plane binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
-# from the Go modules pinned in hack/k8s/go.mod, into a cache OUTSIDE the repository:
+# Build the test cluster's binaries from the Go modules pinned in hack/k8s/go.mod, into a cache OUTSIDE
+# the repository:
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/transferjob/k8s-<version>/bin
 # A binary that already exists there, or that KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> provide, is not
 # built again, so a second run is instant. Prints the cache bin directory on success.
+#   build.sh                 the control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+#   build.sh node            a real node: kubelet, kube-proxy, kubectl and the TEST-ONLY fake GPU device plugin
+#   build.sh all             both
 set -euo pipefail
+
+control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+node=(kubelet kube-proxy kubectl test-only-fake-gpu-plugin)
+case "${1:-control-plane}" in
+    control-plane) wanted=("${control_plane[@]}") ;;
+    node) wanted=("${node[@]}") ;;
+    all) wanted=("${control_plane[@]}" "${node[@]}") ;;
+    *) echo "usage: $0 [control-plane|node|all]" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$here/go.mod")
@@ -19,11 +31,11 @@ provided() { # $1 = binary name: is it already available from the environment or
 }
 
 missing=()
-for name in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+for name in "${wanted[@]}"; do
     provided "$name" || missing+=("$name")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "control-plane binaries ready (Kubernetes ${version}): ${KUBEBUILDER_ASSETS:+KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS and }$bin" >&2
+    echo "${wanted[*]} ready (Kubernetes ${version}): ${KUBEBUILDER_ASSETS:+KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS and }$bin" >&2
     echo "$bin"
     exit 0
 fi
@@ -42,7 +54,15 @@ tmp=$(mktemp -d "$bin/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 # One `go build` for all packages: shared dependencies compile once. -trimpath/-s -w keep binaries lean.
-(cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -ldflags "-s -w" -o "$tmp/" "${pkgs[@]}")
+# The version variables are what the Kubernetes release build stamps; without them a binary reports
+# v0.0.0-master+$Format:%H$, which `kubectl version` and version-skew checks cannot parse.
+minor=${version#v1.}; minor=${minor%%.*}
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+(cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
 for name in "${missing[@]}"; do mv -f "$tmp/$name" "$bin/$name"; done
 echo "built ${missing[*]} in $(( $(date +%s) - start ))s" >&2
 echo "$bin"
