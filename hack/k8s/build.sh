@@ -5,12 +5,13 @@
 # A binary that already exists there, or that KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> provide, is not
 # built again, so a second run is instant. Prints the cache bin directory on success.
 #   build.sh                 the control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-#   build.sh node            a real node: kubelet, kube-proxy, kubectl and the TEST-ONLY fake GPU device plugin
+#   build.sh node            a real node: kubelet, kube-proxy, kubectl, crictl and the TEST-ONLY fake GPU
+#                            device plugin
 #   build.sh all             both
 set -euo pipefail
 
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
-node=(kubelet kube-proxy kubectl test-only-fake-gpu-plugin)
+node=(kubelet kube-proxy kubectl crictl test-only-fake-gpu-plugin)
 case "${1:-control-plane}" in
     control-plane) wanted=("${control_plane[@]}") ;;
     node) wanted=("${node[@]}") ;;
@@ -46,8 +47,10 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
+# crictl is not part of Kubernetes' module; it installs from cri-tools (the newest tag the proxy serves).
+CRICTL_VERSION=v1.34.0
 pkgs=()
-for name in "${missing[@]}"; do pkgs+=("./cmd/$name"); done
+for name in "${missing[@]}"; do [[ $name == crictl ]] || pkgs+=("./cmd/$name"); done
 echo "building ${missing[*]} (Kubernetes ${version}) into $bin; the first build takes a while..." >&2
 mkdir -p "$bin"
 tmp=$(mktemp -d "$bin/.build.XXXXXX")
@@ -62,7 +65,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-(cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+if [[ ${#pkgs[@]} -gt 0 ]]; then
+    (cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+fi
+if [[ " ${missing[*]} " == *" crictl "* ]]; then
+    GOBIN="$tmp" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+fi
 for name in "${missing[@]}"; do mv -f "$tmp/$name" "$bin/$name"; done
 echo "built ${missing[*]} in $(( $(date +%s) - start ))s" >&2
 echo "$bin"

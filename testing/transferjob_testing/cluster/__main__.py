@@ -25,8 +25,9 @@ def _running(root: Path) -> bool:
     state = root / "state.json"
     if not state.exists():
         return False
-    cp = ControlPlane(root)
-    cp.ports = json.loads(state.read_text())["ports"]
+    saved = json.loads(state.read_text())
+    cp = ControlPlane(root, address=saved.get("address", "127.0.0.1"))
+    cp.ports = saved["ports"]
     try:
         return _http_ok(f"{cp.server}/readyz", cp._admin_ssl())
     except OSError:

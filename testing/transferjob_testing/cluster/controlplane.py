@@ -3,6 +3,9 @@
 Everything binds to 127.0.0.1 on free ports; certificates and the service-account signing key are
 generated per control-plane directory; the service ClusterIP range exists only on paper (no
 component routes to it: endpoint reconciliation is off and the node-IPAM controller is disabled).
+A control plane for a real node (``address`` = the node bridge's IP, see `node.py`) binds its API
+server there instead, so that pods reach it through the ``kubernetes`` Service, whose endpoint the
+API server then keeps up to date itself.
 State (ports, pids) is written to ``<root>/state.json`` so that a different process (``make
 cluster-down``) can stop what ``make cluster-up`` started.
 """
@@ -169,6 +172,7 @@ class ControlPlane:
     binaries: ControlPlaneBinaries | None = None
     service_cidr: str = SERVICE_CIDR
     detach: bool = False  # True: components outlive this process (make cluster-up)
+    address: str = LOOPBACK  # where the API server binds and advertises itself
     ports: dict[str, int] = field(default_factory=dict)
     _components: list[_Component] = field(default_factory=list)
 
@@ -179,7 +183,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://{LOOPBACK}:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     @property
     def pki(self) -> Pki:
@@ -223,7 +227,7 @@ class ControlPlane:
         api = pki.issue(
             "apiserver",
             "kube-apiserver",
-            ips=(LOOPBACK, _first_ip(self.service_cidr)),
+            ips=tuple(dict.fromkeys((LOOPBACK, self.address, _first_ip(self.service_cidr)))),
             dns=(
                 "localhost",
                 "kubernetes",
@@ -275,14 +279,14 @@ class ControlPlane:
             [
                 str(binaries.kube_apiserver),
                 f"--etcd-servers=http://{LOOPBACK}:{p['etcd']}",
-                f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={p['apiserver']}",
                 f"--cert-dir={d}",
                 f"--tls-cert-file={api.cert}",
                 f"--tls-private-key-file={api.key}",
                 f"--client-ca-file={pki.ca.cert}",
-                f"--service-account-issuer=https://{LOOPBACK}:{p['apiserver']}",
+                f"--service-account-issuer=https://{self.address}:{p['apiserver']}",
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
                 f"--service-cluster-ip-range={self.service_cidr}",
@@ -294,8 +298,8 @@ class ControlPlane:
                 f"--kubelet-client-key={kubelet_client.key}",
                 f"--kubelet-certificate-authority={pki.ca.cert}",
                 "--kubelet-preferred-address-types=InternalIP",
-                # 127.0.0.1 is not a valid Endpoints address, and nothing needs the endpoints
-                "--endpoint-reconciler-type=none",
+                # 127.0.0.1 is not a valid Endpoints address, and without a real node nothing needs them
+                *(["--endpoint-reconciler-type=none"] if self.address == LOOPBACK else []),
                 "--profiling=false",
                 "--v=1",
             ],
@@ -402,6 +406,7 @@ class ControlPlane:
     def _write_state(self) -> None:
         state = {
             "server": self.server,
+            "address": self.address,
             "kubeconfig": str(self.kubeconfig),
             "ports": self.ports,
             "components": [{"name": c.name, "pid": c.pid, "binary": c.args[0]} for c in self._components],

@@ -1,0 +1,643 @@
+"""A real Kubernetes node on this machine: containerd + runc, a CNI bridge, kube-proxy and the kubelet.
+
+The node joins a control plane whose API server binds the bridge's own address (`ControlPlane(address=
+NODE_IP)`), so that pods reach it through the ``kubernetes`` Service that kube-proxy programs. It is a
+host-wide singleton (one containerd, one kubelet, fixed iptables chains), so its sockets and state live
+under `RUN_DIR` and only one node may be up at a time; `RealNode.stop` and `teardown_from_state` (what
+``make cluster-down`` runs from another process) stop every process and undo every change to the host
+that the kubelet, kube-proxy, CNI and we made:
+
+- the bridge `BRIDGE` and its pods' veths and network namespaces;
+- our nftables table (`NFT_TABLE`): a forward-hook chain that lets traffic move only between pods on the
+  bridge and an input-hook chain that lets pods reach only the bridge's own address, so nothing a pod
+  sends leaves the machine or reaches another address on it (the CNI bridge is ``ipMasq: false``);
+- the sysctls the kubelet and the bridge plugin set (``vm.overcommit_memory``, ``kernel.panic``,
+  ``kernel.panic_on_oops``, ``net.ipv4.ip_forward``), restored to their values from before;
+- the iptables chains of the kubelet and kube-proxy, the ``/kubepods`` cgroups, mounts under the
+  kubelet's root folder, ``/var/lib/kubelet/device-plugins`` and ``/var/log/containers``.
+
+Only Debian packages (containerd, runc, containernetworking-plugins, nftables, iptables) and the
+binaries of ``hack/k8s/build.sh node`` are used. GPUs come from the TEST-ONLY fake device plugin
+(``hack/k8s/cmd/test-only-fake-gpu-plugin``), through the kubelet's real device-plugin API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferjob_testing.cluster.binaries import cache_bin_dir
+from transferjob_testing.cluster.controlplane import (
+    LOOPBACK,
+    ControlPlane,
+    ControlPlaneError,
+    _tail,
+    die_with_parent,
+    free_port,
+    stop_pid,
+    write_kubeconfig,
+)
+
+BRIDGE = "tj0"
+POD_CIDR = "10.244.0.0/24"
+NODE_IP = "10.244.0.1"
+"""The bridge's address: the node's InternalIP, where the API server, kubelet and NodePorts listen."""
+NODE_NAME = "tj-node"
+RUN_DIR = Path("/run/transferjob-node")
+"""Sockets and the state file: short paths (unix sockets allow 108 bytes) that every process agrees on."""
+NFT_TABLE = "transferjob"
+KUBELET_DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
+"""Fixed by the kubelet (``pluginapi.DevicePluginPath``), whatever its ``--root-dir``."""
+SYSCTLS = (
+    "vm.overcommit_memory",
+    "kernel.panic",
+    "kernel.panic_on_oops",
+    "net.ipv4.ip_forward",
+)
+"""What the kubelet (``protectKernelDefaults: false``) and the CNI bridge (``isGateway``) change."""
+HOST_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"))
+"""Folders the kubelet creates at fixed places: removed on the way down if they did not exist before."""
+DEB_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "nftables", "iptables", "conntrack")
+CNI_BIN = Path("/usr/lib/cni")
+
+
+class NodeError(RuntimeError):
+    """The real node could not start (with the reason and the tail of the failing component's log)."""
+
+
+def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise NodeError(
+            f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks for a real node: root, Debian packages, the node binaries."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("a real node needs root (containerd, the kubelet and the bridge network)")
+    for tool in ("containerd", "runc", "nft", "iptables", "ctr"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} is not installed (apt-get install {' '.join(DEB_PACKAGES)})")
+    for plugin in ("bridge", "host-local", "loopback"):
+        if not (CNI_BIN / plugin).exists():
+            problems.append(
+                f"the CNI plugin {CNI_BIN / plugin} is missing (apt-get install containernetworking-plugins)"
+            )
+    for binary in ("kubelet", "kube-proxy", "crictl", "test-only-fake-gpu-plugin"):
+        if not (cache_bin_dir() / binary).exists():
+            problems.append(f"{cache_bin_dir() / binary} is missing (hack/k8s/build.sh node)")
+    return problems
+
+
+def _read_sysctl(name: str) -> str:
+    return Path("/proc/sys", *name.split(".")).read_text().strip()
+
+
+def _write_sysctl(name: str, value: str) -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/sys", *name.split(".")).write_text(value)
+
+
+def nft_ruleset() -> str:
+    """Pods may talk to each other and to the bridge's own address, and to nothing else.
+
+    ``forward``: bridge-to-bridge is accepted, anything else forwarded into or out of the bridge is dropped
+    (priority -300: before any other filter on the machine can accept it). ``input``: a packet from the
+    bridge to one of the machine's own addresses is dropped unless it is for the bridge's address, so a pod
+    cannot reach services that listen on the host's other interfaces either. Service ClusterIPs are
+    translated by kube-proxy in prerouting, before either hook sees the packet.
+    """
+    return f"""
+table inet {NFT_TABLE} {{
+    chain forward {{
+        type filter hook forward priority -300; policy accept;
+        iifname "{BRIDGE}" oifname "{BRIDGE}" accept
+        iifname "{BRIDGE}" counter drop comment "pods reach nothing outside the bridge"
+        oifname "{BRIDGE}" counter drop comment "nothing outside the bridge reaches pods"
+    }}
+    chain input {{
+        type filter hook input priority -300; policy accept;
+        iifname "{BRIDGE}" ip daddr {POD_CIDR} accept
+        iifname "{BRIDGE}" counter drop comment "pods reach only the bridge's own address on this machine"
+    }}
+}}
+"""
+
+
+def cni_config(ipam_dir: Path) -> dict[str, Any]:
+    """The CNI network: the standard bridge plugin, no masquerading, addresses from ``POD_CIDR``."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "transferjob",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
+                    "dataDir": str(ipam_dir),
+                },
+            }
+        ],
+    }
+
+
+def containerd_config(root: Path, image_root: Path, pause_image: str) -> str:
+    """containerd 1.6 (config version 2) for the kubelet: runc on cgroupfs, our CNI network and pause image.
+
+    ``restrict_oom_score_adj``: without CAP_SYS_RESOURCE (this VM) runc cannot lower ``oom_score_adj`` and
+    every sandbox fails with "can't get final child's PID from pipe: EOF". Images live in ``image_root``
+    (a cache that outlives the node) so that a restart does not import them again.
+    """
+    return f"""version = 2
+root = "{image_root}"
+state = "{RUN_DIR / "containerd"}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+]
+
+[grpc]
+  address = "{RUN_DIR / "containerd.sock"}"
+
+[ttrpc]
+  address = "{RUN_DIR / "containerd.sock.ttrpc"}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root / "containerd-opt"}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_image}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN}"
+    conf_dir = "{root / "cni" / "net.d"}"
+"""
+
+
+def kubelet_config(root: Path, ca: Path, cert: Path, key: Path, healthz_port: int) -> dict[str, Any]:
+    """The kubelet's configuration file: cgroup v1 with cgroupfs, containerd, webhook auth, no DNS."""
+    socket = f"unix://{RUN_DIR / 'containerd.sock'}"
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "failCgroupV1": False,  # this VM has the cgroup v1 hierarchy
+        "cgroupDriver": "cgroupfs",  # no systemd
+        "containerRuntimeEndpoint": socket,
+        "imageServiceEndpoint": socket,
+        "address": NODE_IP,
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": LOOPBACK,
+        "healthzPort": healthz_port,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(ca)},
+        },
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": str(cert),
+        "tlsPrivateKeyFile": str(key),
+        # No nameserver: nothing outside this machine may be asked anything.
+        "resolvConf": str(root / "resolv.conf"),
+        "podLogsDir": str(root / "pod-logs"),
+        "failSwapOn": False,
+        # Tests fill the disk with images and checkpoints; never evict or garbage-collect for space here.
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "10s",
+        "nodeStatusUpdateFrequency": "5s",
+        "shutdownGracePeriod": "0s",
+        "registerNode": True,
+    }
+
+
+def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) -> dict[str, Any]:
+    """kube-proxy in iptables mode, serving NodePorts on the bridge address only."""
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": NODE_IP,
+        "healthzBindAddress": f"{LOOPBACK}:{healthz_port}",
+        "metricsBindAddress": f"{LOOPBACK}:{metrics_port}",
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+        "conntrack": {"maxPerCore": 0},  # leave the host's nf_conntrack_max alone
+        "iptables": {"localhostNodePorts": False},
+    }
+
+
+@dataclass
+class _Proc:
+    name: str
+    args: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class RealNode:
+    """One real node under ``root`` (configs, certificates, logs).
+
+    `prepare` makes the bridge (the API server must bind its address, so it comes first); `join` starts
+    the node's processes against a control plane started after it. ``gpus`` fake (TEST-ONLY)
+    ``nvidia.com/gpu`` devices are advertised through the device-plugin API; ``image_archives`` are
+    imported into containerd before the kubelet starts.
+    """
+
+    root: Path
+    pause_image: str
+    image_archives: list[Path] = field(default_factory=list)
+    gpus: int = 2
+    detach: bool = False
+    cp: ControlPlane | None = None
+    _procs: list[_Proc] = field(default_factory=list)
+    _state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def containerd_address(self) -> str:
+        return str(RUN_DIR / "containerd.sock")
+
+    @property
+    def state_file(self) -> Path:
+        return RUN_DIR / "state.json"
+
+    # ------------------------------------------------------------------ start
+    def prepare(self) -> RealNode:
+        """Clear a node a killed run left behind, record the host state to restore, make the network."""
+        problems = missing_prerequisites()
+        if problems:
+            raise NodeError("cannot start a real node:\n  " + "\n  ".join(problems))
+        teardown_from_state()
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        self._state = {
+            "root": str(self.root),
+            "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
+            "created": [str(p) for p in HOST_PATHS if not p.exists()],
+            "nft_tables": _nft_tables(),
+            "pids": [],
+        }
+        self._save()
+        try:
+            setup_network()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def join(self, cp: ControlPlane, timeout: float = 120.0) -> RealNode:
+        """Start containerd, the kubelet, kube-proxy and the device plugin; return once Ready with GPUs."""
+        if cp.address != NODE_IP:
+            raise NodeError(f"the control plane must bind the bridge address {NODE_IP}, not {cp.address}")
+        self.cp = cp
+        deadline = time.monotonic() + timeout
+        try:
+            self._start_containerd(deadline)
+            self.import_images(self.image_archives)
+            self._start_kubelet(cp)
+            self._start_kube_proxy(cp)
+            self._start_device_plugin()
+            self._wait_ready(cp, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _save(self) -> None:
+        self._state["pids"] = [
+            {"name": p.name, "pid": p.proc.pid, "binary": p.args[0]}
+            for p in self._procs
+            if p.proc is not None
+        ]
+        self.state_file.write_text(json.dumps(self._state, indent=2))
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
+        log = self.root / "logs" / f"{name}.log"
+        p = _Proc(name, args, log)
+        with log.open("ab") as out:
+            p.proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=self.detach,
+                preexec_fn=None if self.detach else die_with_parent,
+            )
+        self._procs.append(p)
+        self._save()
+        return p
+
+    def _check_alive(self, p: _Proc) -> None:
+        if p.proc is not None and p.proc.poll() is not None:
+            raise NodeError(f"{p.name} exited with {p.proc.returncode}:\n{_tail(p.log)}")
+
+    def _wait(self, p: _Proc, check: Any, deadline: float, what: str) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive(p)
+            if check():
+                return
+            time.sleep(0.1)
+        raise NodeError(f"timed out waiting for {what}:\n{_tail(p.log)}")
+
+    def _start_containerd(self, deadline: float) -> None:
+        image_root = cache_bin_dir().parent / "containerd"
+        image_root.mkdir(parents=True, exist_ok=True)
+        cni_dir = self.root / "cni" / "net.d"
+        cni_dir.mkdir(parents=True, exist_ok=True)
+        (cni_dir / "10-transferjob.conflist").write_text(
+            json.dumps(cni_config(self.root / "cni" / "ipam"), indent=2)
+        )
+        config = self.root / "containerd.toml"
+        config.write_text(containerd_config(self.root, image_root, self.pause_image))
+        p = self._spawn("containerd", ["containerd", "--config", str(config)])
+        self._wait(
+            p,
+            lambda: _sh("ctr", "--address", self.containerd_address, "version", check=False).returncode == 0,
+            deadline,
+            "containerd",
+        )
+
+    def import_images(self, archives: list[Path]) -> None:
+        """Import OCI/docker archives into containerd's ``k8s.io`` namespace (where the kubelet looks)."""
+        for archive in archives:
+            _sh(
+                "ctr",
+                "--address",
+                self.containerd_address,
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--no-unpack",
+                str(archive),
+            )
+
+    def _start_kubelet(self, cp: ControlPlane) -> None:
+        pki = cp.pki
+        client = pki.issue(
+            f"kubelet-{NODE_NAME}-client", f"system:node:{NODE_NAME}", organizations=("system:nodes",)
+        )
+        serving = pki.issue(
+            f"kubelet-{NODE_NAME}-serving", NODE_NAME, ips=(NODE_IP,), dns=(NODE_NAME,), server=True
+        )
+        kubeconfig = write_kubeconfig(
+            self.root / "kubelet.kubeconfig", cp.server, pki.ca.cert, client, f"system:node:{NODE_NAME}"
+        )
+        (self.root / "resolv.conf").write_text(
+            "# no nameserver: pods may not resolve or reach anything outside\n"
+        )
+        config = self.root / "kubelet.yaml"
+        config.write_text(
+            yaml.safe_dump(kubelet_config(self.root, pki.ca.cert, serving.cert, serving.key, free_port()))
+        )
+        self._spawn(
+            "kubelet",
+            [
+                str(cache_bin_dir() / "kubelet"),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.root / 'kubelet'}",
+                f"--cert-dir={self.root / 'kubelet-pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                "--v=1",
+            ],
+        )
+
+    def _start_kube_proxy(self, cp: ControlPlane) -> None:
+        pki = cp.pki
+        cert = pki.issue("kube-proxy", "system:kube-proxy")
+        kubeconfig = write_kubeconfig(
+            self.root / "kube-proxy.kubeconfig", cp.server, pki.ca.cert, cert, "system:kube-proxy"
+        )
+        config = self.root / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump(kube_proxy_config(kubeconfig, free_port(), free_port())))
+        self._spawn("kube-proxy", [str(cache_bin_dir() / "kube-proxy"), f"--config={config}", "--v=1"])
+
+    def _start_device_plugin(self) -> None:
+        self._spawn(
+            "test-only-fake-gpu-plugin",
+            [str(cache_bin_dir() / "test-only-fake-gpu-plugin"), f"--devices={self.gpus}"],
+        )
+
+    def _wait_ready(self, cp: ControlPlane, deadline: float) -> None:
+        """Ready, and the kubelet counts the fake GPUs (so a GPU pod is admitted, not rejected)."""
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        core = client.CoreV1Api(api)
+        try:
+            while time.monotonic() < deadline:
+                for p in self._procs:
+                    self._check_alive(p)
+                with contextlib.suppress(client.ApiException):
+                    status = core.read_node(NODE_NAME).status
+                    assert status is not None
+                    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+                    gpus = (status.allocatable or {}).get("nvidia.com/gpu", "0")
+                    if ready and int(gpus) == self.gpus:
+                        return
+                time.sleep(0.2)
+        finally:
+            api.close()
+        kubelet = next(p for p in self._procs if p.name == "kubelet")
+        raise NodeError(
+            f"node {NODE_NAME} was not Ready with {self.gpus} GPUs in time:\n{_tail(kubelet.log)}"
+        )
+
+    # ------------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop every process and restore the host (see the module docstring)."""
+        teardown_from_state()
+        self._procs.clear()
+
+
+def setup_network() -> None:
+    """The bridge with the node address, and the nftables table that keeps pod traffic on the bridge."""
+    if _sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    _sh("ip", "addr", "replace", f"{NODE_IP}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
+    _sh("ip", "link", "set", BRIDGE, "up")
+    _sh("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+    subprocess.run(["nft", "-f", "-"], input=nft_ruleset(), text=True, check=True, capture_output=True)
+
+
+def teardown_from_state() -> bool:
+    """Stop a node that this or another process started, and restore the host; False if none was up."""
+    state_file = RUN_DIR / "state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    root = Path(state["root"])
+    pids = {p["name"]: p for p in state.get("pids", [])}
+
+    def stop(name: str) -> None:
+        if name in pids:
+            stop_pid(int(pids[name]["pid"]), str(pids[name]["binary"]), grace=10)
+
+    stop("test-only-fake-gpu-plugin")
+    stop("kubelet")  # first, or it would start the pods again
+    sock = RUN_DIR / "containerd.sock"
+    crictl = cache_bin_dir() / "crictl"
+    if sock.exists() and crictl.exists():
+        # Stops every pod sandbox: containers die, CNI DEL releases addresses and removes the veths.
+        subprocess.run(
+            [str(crictl), f"--runtime-endpoint=unix://{sock}", "--timeout=30s", "rmp", "--all", "--force"],
+            capture_output=True,
+            check=False,
+        )
+    stop("kube-proxy")
+    kube_proxy_config_file = root / "kube-proxy.yaml"
+    if kube_proxy_config_file.exists() and (cache_bin_dir() / "kube-proxy").exists():
+        subprocess.run(
+            [str(cache_bin_dir() / "kube-proxy"), f"--config={kube_proxy_config_file}", "--cleanup"],
+            capture_output=True,
+            check=False,
+        )
+    stop("containerd")
+    _kill_shims(str(sock))
+    _unmount_under((root, RUN_DIR))
+    _remove_kubepods_cgroups()
+    _remove_iptables_chains()
+    _sh("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+    _remove_new_empty_tables(state.get("nft_tables", []))
+    _sh("ip", "link", "del", BRIDGE, check=False)
+    for name, value in state.get("sysctls", {}).items():
+        _write_sysctl(name, value)
+    shutil.rmtree(KUBELET_DEVICE_PLUGINS, ignore_errors=True)
+    for path in state.get("created", []):
+        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(root / "cni" / "ipam", ignore_errors=True)
+    state_file.unlink(missing_ok=True)
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    return True
+
+
+def _nft_tables() -> list[str]:
+    """``family name`` of every nftables table (iptables-nft keeps the iptables tables there too)."""
+    out = _sh("nft", "list", "tables", check=False).stdout
+    return [line.removeprefix("table ").strip() for line in out.splitlines() if line.startswith("table ")]
+
+
+def _remove_new_empty_tables(before: list[str]) -> None:
+    """Tables that iptables-nft made for the kubelet or kube-proxy and that hold no rule any more."""
+    for table in _nft_tables():
+        if table in before:
+            continue
+        listing = _sh("nft", "list", "table", *table.split(), check=False).stdout.splitlines()
+        body = [line.strip() for line in listing if line.strip() and not line.lstrip().startswith("#")]
+        structural = ("table ", "chain ", "type ", "}")
+        if all(line.startswith(structural) for line in body):
+            _sh("nft", "delete", "table", *table.split(), check=False)
+
+
+def _kill_shims(address: str) -> None:
+    """containerd-shim-runc-v2 processes of our containerd outlive it; they hold pod containers."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and address.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), 9)
+
+
+def _unmount_under(prefixes: tuple[Path, ...]) -> None:
+    """Lazy-unmount everything mounted below our folders (pod volumes, netns, rootfs), deepest first."""
+    mounts = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
+            mounts.append(target)
+    for target in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
+def _remove_kubepods_cgroups() -> None:
+    """The kubelet's QoS hierarchy (``/kubepods/...``) in every cgroup v1 controller; children first."""
+    base = Path("/sys/fs/cgroup")
+    for controller in base.iterdir():
+        top = controller / "kubepods"
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for d in [*dirs, top]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _remove_iptables_chains() -> None:
+    """Every ``KUBE-*`` chain of the kubelet and kube-proxy and the rules that jump to them (IPv4, IPv6)."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listing = _sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
+            chains = [line.split()[1] for line in listing if line.startswith("-N KUBE-")]
+            for line in listing:
+                parts = shlex.split(line)
+                if (
+                    parts[:1] == ["-A"]
+                    and not parts[1].startswith("KUBE-")
+                    and any(c in parts for c in chains)
+                ):
+                    _sh(tool, "-w", "-t", table, "-D", *parts[1:], check=False)
+            for chain in chains:
+                _sh(tool, "-w", "-t", table, "-F", chain, check=False)
+            for chain in chains:
+                _sh(tool, "-w", "-t", table, "-X", chain, check=False)
+
+
+__all__ = [
+    "BRIDGE",
+    "NODE_IP",
+    "NODE_NAME",
+    "POD_CIDR",
+    "ControlPlaneError",
+    "NodeError",
+    "RealNode",
+    "missing_prerequisites",
+    "teardown_from_state",
+]
