@@ -19,6 +19,7 @@ import time
 import kopf
 from kubernetes import client, config
 
+from transferjob.constants import DEFAULT_TRAINER_IMAGE
 from transferjob_operator import handlers, metrics
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT
 
@@ -77,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="seconds between status updates of one TransferJob (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--trainer-image",
+        default=os.environ.get("TJ_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
+        metavar="IMAGE",
+        help="the trainer image of TransferJobs whose spec.resources.image is unset "
+        "(default: $TJ_TRAINER_IMAGE, else %(default)s)",
     )
     parser.add_argument(
         "--from-job-timeout",
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval,
             upstream_timeout=args.from_job_timeout,
             peering_lifetime=args.peering_lifetime,
+            trainer_image=args.trainer_image,
         )
     )
     if args.metrics_port is not None:

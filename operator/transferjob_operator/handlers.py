@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from transferjob.constants import GROUP, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.constants import DEFAULT_TRAINER_IMAGE, GROUP, LABEL_JOB_NAME, PLURAL, VERSION
 from transferjob.types import Json
 from transferjob_operator import metrics
 from transferjob_operator.kube import Kube
@@ -43,6 +43,7 @@ class OperatorConfig:
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     peering_lifetime: int = 15
     workers: int = 32
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
 
 
 CONFIG = OperatorConfig()
@@ -115,7 +116,9 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     # A replica that dies without saying goodbye (SIGKILL, node loss) counts as gone this long after
     # its last keep-alive; only then does a paused replica take over. kopf's default is 60 s.
     settings.peering.lifetime = CONFIG.peering_lifetime
-    RECONCILER = Reconciler(_kube(), CONFIG.interval, CONFIG.upstream_timeout, CONFIG.workers)
+    RECONCILER = Reconciler(
+        _kube(), CONFIG.interval, CONFIG.upstream_timeout, CONFIG.workers, trainer_image=CONFIG.trainer_image
+    )
     RECONCILER.start()
     PAUSE.follow(RECONCILER)
     logger.info("transferjob operator starting: status every %.1fs", CONFIG.interval)

@@ -19,6 +19,7 @@ from typing import Any
 
 from transferjob.constants import (
     API_VERSION,
+    DEFAULT_TRAINER_IMAGE,
     EXIT_PERMANENT,
     GROUP,
     KIND,
@@ -213,8 +214,14 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[str, Any]:
-    """The training Job for a TransferJob (and, for `fromJob`, the model it starts from)."""
+def build_job(
+    tj: TransferJob, upstream: UpstreamModel | None = None, trainer_image: str = DEFAULT_TRAINER_IMAGE
+) -> dict[str, Any]:
+    """The training Job for a TransferJob (and, for `fromJob`, the model it starts from).
+
+    `trainer_image` is the operator's default image, for specs that name none: a platform team sets it
+    once (a registry mirror, a pinned digest) instead of every user writing it into every spec.
+    """
     name = tj.metadata.name or ""
     spec = tj.spec
     volumes = _Volumes()
@@ -250,7 +257,7 @@ def build_job(tj: TransferJob, upstream: UpstreamModel | None = None) -> dict[st
 
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.resources.image,
+        "image": spec.resources.image or trainer_image,
         "imagePullPolicy": spec.resources.image_pull_policy,
         "command": list(TRAINER_COMMAND),
         "args": args,

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from kubernetes.client.rest import ApiException
 
+from transferjob.constants import DEFAULT_TRAINER_IMAGE
 from transferjob.errors import SpecError
 from transferjob.models import Phase, TransferJob, TransferJobStatus, parse_spec
 from transferjob.status import TERMINAL_PHASES, Progress
@@ -167,8 +168,10 @@ class Reconciler:
         upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
         workers: int = 32,
         reporter: str = "transferjob-operator",
+        trainer_image: str = DEFAULT_TRAINER_IMAGE,
     ) -> None:
         self.kube = kube
+        self.trainer_image = trainer_image
         self.interval = interval
         self.upstream_timeout = upstream_timeout
         self.reporter = reporter
@@ -459,7 +462,7 @@ class Reconciler:
             return decision, None
         self._creating += 1
         try:
-            manifest = jobs.build_job(tj, decision)
+            manifest = jobs.build_job(tj, decision, self.trainer_image)
             created_job, created = await _call(self._create_pool, self.kube.ensure, manifest, state.uid)
         except ConflictError as error:
             return status.Gate(Phase.FAILED, "Failed", "JobConflict", str(error)), None

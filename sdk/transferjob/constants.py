@@ -15,7 +15,8 @@ SINGULAR = "transferjob"
 SHORT_NAMES = ["tj"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-#: The trainer image a TransferJob runs unless `spec.resources.image` says otherwise.
+#: The trainer image a TransferJob runs unless `spec.resources.image` or the operator's --trainer-image
+#: (TJ_TRAINER_IMAGE) says otherwise.
 DEFAULT_TRAINER_IMAGE = "ghcr.io/transferjob/trainer:0.1.0"
 
 #: Exit code the trainer uses for errors that no retry can fix (bad spec, missing, empty or corrupt

@@ -651,8 +651,12 @@ class ResourcesSpec(ApiModel):
     priority_class_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="PriorityClass of the pod."
     )
-    image: str = Field(
-        default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512, description="Trainer container image."
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Trainer container image. Unset: the operator's default (its --trainer-image, "
+        f"{DEFAULT_TRAINER_IMAGE} unless the platform team points it at its own registry).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy."

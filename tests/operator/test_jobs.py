@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.operator.conftest import make_tj
-from transferjob.constants import EXIT_PERMANENT, LABEL_JOB_NAME, LABEL_KUEUE_QUEUE
+from transferjob.constants import DEFAULT_TRAINER_IMAGE, EXIT_PERMANENT, LABEL_JOB_NAME, LABEL_KUEUE_QUEUE
 from transferjob.models import Location, TransferJob
 from transferjob_operator.jobs import (
     UpstreamModel,
@@ -224,6 +224,11 @@ def test_resources_placement_and_run_policy() -> None:
     assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
     assert _container(job)["resources"]["requests"] == limits
     assert _container(job)["image"] == "registry.local/trainer:dev"
+    # The spec's image wins over the operator's default.
+    assert (
+        _container(build_job(tj, trainer_image="mirror.local/trainer:1"))["image"]
+        == "registry.local/trainer:dev"
+    )
     assert pod["nodeSelector"] == {"gpu": "a100"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "training"
@@ -346,3 +351,13 @@ def test_weights_cache_is_mounted_read_write_as_keras_home() -> None:
         env = {e["name"]: e["value"] for e in _container(job)["env"]}
         assert env["KERAS_HOME"] == ("/keras/v3" if "pvc" in cache else "/keras")
     assert "KERAS_HOME" not in {e["name"] for e in _container(build_job(make_tj(BASE_SPEC)))["env"]}
+
+
+def test_unset_image_is_the_operators_default() -> None:
+    """A spec without resources.image runs the operator's --trainer-image, else the release image."""
+    tj = make_tj({"data": {"source": {"hostPath": "/d"}}, "output": {"location": {"hostPath": "/o"}}})
+    assert tj.spec.resources.image is None
+    assert _container(build_job(tj))["image"] == DEFAULT_TRAINER_IMAGE
+    assert (
+        _container(build_job(tj, trainer_image="mirror.local/trainer:1"))["image"] == "mirror.local/trainer:1"
+    )
