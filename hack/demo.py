@@ -1,12 +1,15 @@
 """`make demo`: the TransferJob story on a laptop, from nothing to two trained models and back to nothing.
 
-1. A real control plane on loopback (etcd, kube-apiserver, controller manager, scheduler) and the test
-   node agent, which runs pods as local processes (see docs/test-control-plane.md).
-2. The CRD, the operator's RBAC, and the operator itself, running with its ServiceAccount's token.
-3. The digits: 5-9 at 32x32 to learn, and a small CNN pretrained on 0-4 as the source network.
+1. A real single-node cluster on this machine (docs/real-node.md): our control plane, containerd, the
+   kubelet, kube-proxy and a TEST-ONLY fake GPU plugin, with our trainer and operator images built
+   from their Dockerfiles (cached after the first run) and imported. It needs root.
+2. The operator installed as a platform team would: `kubectl apply -k hack/local-images` (manifests/
+   with the local image names), two replicas in the restricted `transferjob-system` namespace.
+3. The digits: 5-9 at 32x32 to learn, and a small CNN pretrained on 0-4 as the source network, on
+   PersistentVolumes.
 4. A FeatureExtraction TransferJob, then a FineTuning one that builds on it (`model.fromJob`), with each
-   epoch's metrics printed as the operator writes them into `.status`.
-5. `kubectl get tj`, then everything is stopped and removed (also on Ctrl-C).
+   epoch's metrics printed as the operator writes them into `.status`, and `kubectl get pods -o wide`.
+5. `kubectl get tj`, then everything is stopped, removed and the host restored (also on Ctrl-C).
 
 Run from the repository root: `python hack/demo.py [--keep DIR]`.
 """
@@ -15,27 +18,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client
 
 from transferjob import Phase, TransferJobClient, TransferJobStatus
 from transferjob.client import EpochCompleted
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing.cluster.agent_process import start_agent
-from transferjob_testing.cluster.controlplane import ControlPlane
-from transferjob_testing.harness import (
-    WIDE_TEST_SPLIT,
-    OperatorProcess,
-    features_then_finetune,
-    install,
-    make_digits,
-    service_account_kubeconfig,
-    transferjob,
-)
+from transferjob_testing.cluster.node import missing_prerequisites
+from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary, operator_logs
+from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only, static_volume
+from transferjob_testing.harness import WIDE_TEST_SPLIT, digits_spec, make_digits, transferjob
 
 NAMESPACE = "demo"
 
@@ -48,9 +43,15 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def follow(tj: TransferJobClient, name: str, timeout: float = 900.0) -> TransferJobStatus:
-    """Print phase changes and each epoch as the operator writes them into `.status` (a watch, not polls)."""
+def follow(
+    tj: TransferJobClient, name: str, cluster: RealCluster, timeout: float = 900.0
+) -> TransferJobStatus:
+    """Print phase changes and each epoch as the operator writes them into `.status` (a watch, not polls).
+
+    When the job starts running, `kubectl get pods -o wide` shows its pod on the node.
+    """
     final = TransferJobStatus()
+    shown = False
     for event in tj.watch(name, timeout=timeout):
         if isinstance(event, EpochCompleted):
             m = event.metrics
@@ -63,6 +64,9 @@ def follow(tj: TransferJobClient, name: str, timeout: float = 900.0) -> Transfer
             continue
         why = f"  ({event.reason}: {event.message})" if event.message else ""
         print(f"   {name}: {event.phase.value}{why}", flush=True)
+        if event.phase is Phase.RUNNING and not shown:
+            shown = True
+            print(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
         final = event.status
     return final
 
@@ -82,21 +86,23 @@ def compare(features: TransferJobStatus, finetune: TransferJobStatus) -> str:
     )
 
 
-def print_table(custom: client.CustomObjectsApi, kubeconfig: Path) -> None:
-    """`kubectl get tj`, or the same columns from the API where kubectl is not installed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "tj", "-n", NAMESPACE], check=False)
-        return
-    items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
-    print(f"{'NAME':<10} {'PHASE':<10} {'MODE':<18} {'EPOCH':<6} {'VAL-ACC':<8} TEST-ACC")
-    for item in items:
-        status = item.get("status", {})
-        print(
-            f"{item['metadata']['name']:<10} {status.get('phase', ''):<10} {item['spec']['mode']:<18} "
-            f"{status.get('epoch', ''):<6} {status.get('metrics', {}).get('valAccuracy', ''):<8} "
-            f"{status.get('test', {}).get('accuracy', '')}"
-        )
+def specs(data: Path, source: Path) -> tuple[dict[str, object], dict[str, object]]:
+    """The reference workflow on two claims: `datasets` (the digits and the source model) and `models`."""
+    data_source = {"pvc": {"claimName": "datasets", "subPath": data.name}}
+    base = f"/data/{source.name}"  # the source model lies beside the digits, on the same volume
+    features = digits_spec(
+        data_source, {"pvc": {"claimName": "models", "subPath": "features"}}, base, epochs=5
+    )
+    finetune = digits_spec(
+        data_source,
+        {"pvc": {"claimName": "models", "subPath": "finetune"}},
+        base,
+        epochs=5,
+        mode="FineTuning",
+        model={"fromJob": "features", "fineTuneAt": "conv3"},
+        training={"learningRate": 0.0001},
+    )
+    return features, finetune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,59 +111,60 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=Path, help="work in this folder and keep it (default: a temporary one)"
     )
     args = parser.parse_args(argv)
+    problems = missing_prerequisites()
+    if problems:
+        print("the demo runs on a real node, which this machine cannot start:", file=sys.stderr)
+        print("  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
     root = (args.keep or Path(tempfile.mkdtemp(prefix="tj-demo-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    cp = ControlPlane(root / "cluster")
-    agent = None
-    operator = None
+    cluster = RealCluster(root / "cluster", gpus=2)
     try:
-        say(f"starting a control plane in {root / 'cluster'}")
-        cp.start()
-        agent = start_agent(
-            cp.kubeconfig, root / "node-agent", cp.pki.dir, nodes=1, gpus=2, cpu="4", memory="16Gi"
-        )
-        agent.wait_ready(cp.kubeconfig)
-        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        say("building our images (cached after the first run) and starting a real node")
+        cluster.start()
+        print(cluster.kubectl("get", "nodes", "-o", "wide").stdout, flush=True)
+        api = cluster.api
 
-        say("installing the CRD and the operator's RBAC; starting the operator as its ServiceAccount")
-        install(api)
-        sa_kubeconfig = service_account_kubeconfig(api, cp.kubeconfig, root / "operator.kubeconfig")
-        operator = OperatorProcess(sa_kubeconfig, root / "operator.log").start()
-        print(f"   operator log: {operator.log_path}")
+        say("installing the operator: kubectl apply -k hack/local-images")
+        install_operator(cluster)
+        print(cluster.kubectl("get", "pods", "-n", "transferjob-system", "-o", "wide").stdout, flush=True)
 
         say("preparing digits 5-9 (32x32) and a small CNN pretrained on digits 0-4 (takes a minute)")
         data, source = make_digits(root / "data", split=WIDE_TEST_SPLIT)
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        custom = client.CustomObjectsApi(api)
+        share_read_only(root / "data")
         models = root / "models"
-        models.mkdir(exist_ok=True)  # output hostPaths mount their parent folder, which must exist
+        hand_to_trainer(models)
+        client.CoreV1Api(api).create_namespace(
+            {"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+        )
+        static_volume(api, NAMESPACE, "datasets", root / "data")
+        static_volume(api, NAMESPACE, "models", models)
+        custom = client.CustomObjectsApi(api)
+        fe, ft = specs(data, source)
 
         say("feature extraction: a new head on the frozen pretrained CNN")
-        fe, ft = features_then_finetune(data, models, str(source), epochs=5)
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("features", fe))
 
         say("fine-tuning from it (model.fromJob: features); it waits until features has succeeded")
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("finetune", ft))
-        tj = TransferJobClient(namespace=NAMESPACE, kubeconfig=cp.kubeconfig)
-        results = [follow(tj, "features"), follow(tj, "finetune")]
+        tj = TransferJobClient(namespace=NAMESPACE, kubeconfig=cluster.kubeconfig)
+        results = [follow(tj, "features", cluster), follow(tj, "finetune", cluster)]
 
-        say("kubectl get tj")
-        print_table(custom, cp.kubeconfig)
+        say(f"{kubectl_binary()} get tj,pods -o wide")
+        print(cluster.kubectl("get", "tj,pods", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
         ok = all(r.phase is Phase.SUCCEEDED for r in results)
         if ok:
             say(compare(*results))
+        else:
+            print(operator_logs(cluster))
         say("done" if ok else "a TransferJob failed: see the conditions above and the operator log")
         return 0 if ok else 1
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
-        say("tearing down")
-        if operator is not None:
-            operator.stop()
-        if agent is not None:
-            agent.stop()
-        cp.stop()
+        say("tearing down: the node's pods and processes stop, the host's network and settings are restored")
+        cluster.stop()
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 

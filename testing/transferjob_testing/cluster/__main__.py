@@ -1,8 +1,11 @@
-"""``python -m transferjob_testing.cluster up|down|status``: the control plane of ``make cluster-up``.
+"""``python -m transferjob_testing.cluster up|down|status``: the cluster of ``make cluster-up``.
 
-``up`` leaves etcd, kube-apiserver, kube-controller-manager, kube-scheduler and one node agent running
-in the background (their own sessions), writes the admin kubeconfig to ``<root>/kubeconfig`` and prints
-how to use it. ``down`` stops them using the pids recorded under ``<root>``.
+``up`` leaves a real single-node cluster running in the background (`real.RealCluster`: etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler, containerd, the kubelet, kube-proxy and the
+TEST-ONLY fake GPU plugin, with our images imported), writes the admin kubeconfig to
+``<root>/kubeconfig`` and prints how to use it; ``--operator`` also installs the operator from
+``hack/local-images``. ``up --agent`` starts the process node agent instead, for machines where we are
+not root. ``down`` stops whichever runs and restores the host.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from transferjob_testing.cluster.agent_process import agent_from_state, start_agent
 from transferjob_testing.cluster.binaries import REPO_ROOT, BinariesMissingError
 from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
+from transferjob_testing.cluster.node import NODE_NAME, missing_prerequisites, teardown_from_state
+from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary
 
 DEFAULT_ROOT = REPO_ROOT / ".local" / "cluster"
 
@@ -36,12 +41,14 @@ def _running(root: Path) -> bool:
 
 def up(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
-    if _running(root):
-        print(f"control plane already running; kubeconfig: {root / 'kubeconfig'}")
+    if _running(root / "cp") or _running(root):
+        print(f"cluster already running; kubeconfig: {root / 'kubeconfig'}")
         return 0
     down(args, quiet=True)
     if root.exists():
         shutil.rmtree(root)
+    if not args.agent:
+        return _up_real(root, args)
     t0 = time.monotonic()
     try:
         cp = ControlPlane(root, detach=True).start()
@@ -66,8 +73,42 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_real(root: Path, args: argparse.Namespace) -> int:
+    problems = missing_prerequisites()
+    if problems:
+        print("cannot start a real node:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(
+            "(make cluster-up installs them; `up --agent` runs the process node agent instead)",
+            file=sys.stderr,
+        )
+        return 2
+    t0 = time.monotonic()
+    cluster = RealCluster(root, gpus=args.gpus, detach=True).start()
+    t1 = time.monotonic()
+    kubeconfig = root / "kubeconfig"
+    kubeconfig.unlink(missing_ok=True)
+    kubeconfig.symlink_to(cluster.kubeconfig)
+    print(f"real node {NODE_NAME} Ready in {t1 - t0:.1f}s (images built and imported included)")
+    if args.operator:
+        install_operator(cluster)
+        print(f"operator installed from hack/local-images in {time.monotonic() - t1:.1f}s")
+    print(cluster.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
+    print(f"kubeconfig: {kubeconfig}")
+    print(f"  export KUBECONFIG={kubeconfig}")
+    print(f"  {kubectl_binary()} --kubeconfig {kubeconfig} get pods -A -o wide")
+    print(f"logs: {root / 'cp' / 'logs'} and {root / 'node' / 'logs'}")
+    return 0
+
+
 def down(args: argparse.Namespace, quiet: bool = False) -> int:
     root: Path = args.root.resolve()
+    node_stopped = teardown_from_state()
+    cp_stopped = ControlPlane.stop_from_state(root / "cp")
+    if node_stopped or cp_stopped:
+        (root / "kubeconfig").unlink(missing_ok=True)
+        if not quiet:
+            print("real node and control plane stopped; host state restored")
+        return 0
     agent = agent_from_state(root / "node-agent")
     if agent is not None:
         agent.stop()
@@ -80,7 +121,7 @@ def down(args: argparse.Namespace, quiet: bool = False) -> int:
 
 def status(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
-    ok = _running(root)
+    ok = _running(root / "cp") or _running(root)
     print(f"running; kubeconfig: {root / 'kubeconfig'}" if ok else "not running")
     return 0 if ok else 1
 
@@ -89,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m transferjob_testing.cluster")
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu per node")
+    p.add_argument("--agent", action="store_true", help="the process node agent instead of a real node")
+    p.add_argument("--operator", action="store_true", help="install the operator (hack/local-images)")
+    p.add_argument("--nodes", type=int, default=1, help="agent nodes (--agent)")
+    p.add_argument("--gpus", type=int, default=2, help="nvidia.com/gpu per node (TEST-ONLY fake devices)")
     args = p.parse_args(argv)
     return {"up": up, "down": down, "status": status}[args.command](args)
 

@@ -29,7 +29,9 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,9 @@ NODE_IP = "10.244.0.1"
 NODE_NAME = "tj-node"
 RUN_DIR = Path("/run/transferjob-node")
 """Sockets and the state file: short paths (unix sockets allow 108 bytes) that every process agrees on."""
+KUBELET_ROOT = Path("/var/lib/transferjob-node/kubelet")
+"""The kubelet's ``--root-dir``: pod volumes and its sockets, whose paths must stay under 108 bytes (a
+pytest temporary folder is too deep) and which should not live in RAM (``/run``)."""
 NFT_TABLE = "transferjob"
 KUBELET_DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 """Fixed by the kubelet (``pluginapi.DevicePluginPath``), whatever its ``--root-dir``."""
@@ -239,6 +244,9 @@ def kubelet_config(root: Path, ca: Path, cert: Path, key: Path, healthz_port: in
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
+        # CPU limits are not enforced as CFS quotas: the tests' training pods request a share of the two
+        # cores to be scheduled side by side, and each may still use both while the others wait.
+        "cpuCFSQuota": False,
         "syncFrequency": "10s",
         "fileCheckFrequency": "10s",
         "nodeStatusUpdateFrequency": "5s",
@@ -279,13 +287,13 @@ class RealNode:
 
     `prepare` makes the bridge (the API server must bind its address, so it comes first); `join` starts
     the node's processes against a control plane started after it. ``gpus`` fake (TEST-ONLY)
-    ``nvidia.com/gpu`` devices are advertised through the device-plugin API; ``image_archives`` are
-    imported into containerd before the kubelet starts.
+    ``nvidia.com/gpu`` devices are advertised through the device-plugin API; ``load_images`` is called
+    with containerd's address once it runs, before the kubelet starts (the pause image must be there).
     """
 
     root: Path
     pause_image: str
-    image_archives: list[Path] = field(default_factory=list)
+    load_images: Callable[[str], None] | None = None
     gpus: int = 2
     detach: bool = False
     cp: ControlPlane | None = None
@@ -333,7 +341,8 @@ class RealNode:
         deadline = time.monotonic() + timeout
         try:
             self._start_containerd(deadline)
-            self.import_images(self.image_archives)
+            if self.load_images is not None:
+                self.load_images(self.containerd_address)
             self._start_kubelet(cp)
             self._start_kube_proxy(cp)
             self._start_device_plugin()
@@ -398,21 +407,6 @@ class RealNode:
             "containerd",
         )
 
-    def import_images(self, archives: list[Path]) -> None:
-        """Import OCI/docker archives into containerd's ``k8s.io`` namespace (where the kubelet looks)."""
-        for archive in archives:
-            _sh(
-                "ctr",
-                "--address",
-                self.containerd_address,
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                "--no-unpack",
-                str(archive),
-            )
-
     def _start_kubelet(self, cp: ControlPlane) -> None:
         pki = cp.pki
         client = pki.issue(
@@ -437,7 +431,7 @@ class RealNode:
                 str(cache_bin_dir() / "kubelet"),
                 f"--config={config}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={self.root / 'kubelet'}",
+                f"--root-dir={KUBELET_ROOT}",
                 f"--cert-dir={self.root / 'kubelet-pki'}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={NODE_IP}",
@@ -537,7 +531,7 @@ def teardown_from_state() -> bool:
         )
     stop("containerd")
     _kill_shims(str(sock))
-    _unmount_under((root, RUN_DIR))
+    _unmount_under((root, RUN_DIR, KUBELET_ROOT))
     _remove_kubepods_cgroups()
     _remove_iptables_chains()
     _sh("nft", "delete", "table", "inet", NFT_TABLE, check=False)
@@ -546,6 +540,7 @@ def teardown_from_state() -> bool:
     for name, value in state.get("sysctls", {}).items():
         _write_sysctl(name, value)
     shutil.rmtree(KUBELET_DEVICE_PLUGINS, ignore_errors=True)
+    _remove_unmounted_tree(KUBELET_ROOT.parent)
     for path in state.get("created", []):
         shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(root / "cni" / "ipam", ignore_errors=True)
@@ -588,13 +583,26 @@ def _kill_shims(address: str) -> None:
 
 def _unmount_under(prefixes: tuple[Path, ...]) -> None:
     """Lazy-unmount everything mounted below our folders (pod volumes, netns, rootfs), deepest first."""
-    mounts = []
-    for line in Path("/proc/mounts").read_text().splitlines():
-        target = line.split()[1].replace("\\040", " ")
-        if any(target == str(p) or target.startswith(f"{p}/") for p in prefixes):
-            mounts.append(target)
+    mounts = [target for p in prefixes for target in _mounts_under(p)]
     for target in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    targets = [
+        line.split()[1].replace("\\040", " ") for line in Path("/proc/mounts").read_text().splitlines()
+    ]
+    return [t for t in targets if t == str(path) or t.startswith(f"{path}/")]
+
+
+def _remove_unmounted_tree(path: Path) -> None:
+    """Remove the kubelet's folder, but never through a mount: a pod's hostPath or PV bind-mounts the
+    user's own data there, and deleting through it would delete the data."""
+    left = _mounts_under(path)
+    if left:
+        print(f"real node: not removing {path}: still mounted below it: {', '.join(left)}", file=sys.stderr)
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_kubepods_cgroups() -> None:
