@@ -153,6 +153,9 @@ def cni_config(ipam_dir: Path) -> dict[str, Any]:
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": True,
+                # The default route through the bridge: Service addresses (kube-proxy's DNAT in the
+                # host's prerouting) are outside the pod subnet; our nftables table drops the rest.
+                "isDefaultGateway": True,
                 "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
