@@ -110,6 +110,30 @@ def api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def ensure_peering(api: client.ApiClient, name: str, namespaces: list[str]) -> None:
+    """Create the peering object ``--peering`` names, if missing (kopf waits, paused, until it exists).
+
+    Not in manifests/: a custom resource cannot be applied in the same ``kubectl apply -k`` as its CRD
+    ("ensure CRDs are installed first"), so the operator makes its own. Cluster-wide operators share a
+    ClusterKopfPeering; namespaced ones a KopfPeering in each namespace named exactly (a glob names none).
+    """
+    custom = client.CustomObjectsApi(api)
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
+    try:
+        if not namespaces:
+            custom.create_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"}
+            )
+        for namespace in namespaces:
+            if not any(ch in namespace for ch in "*?[!"):
+                custom.create_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"}
+                )
+    except client.ApiException as error:
+        if error.status != 409:  # 409: another replica (or an admin) made it first
+            raise
+
+
 def seniority_priority(started: float, jitter: int) -> int:
     """A peering priority that is higher the earlier the replica started, ties broken by `jitter`.
 
@@ -166,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.metrics_port is not None:
         metrics.serve(args.metrics_address, args.metrics_port)
+    if args.peering is not None:
+        assert handlers.CONFIG.api is not None
+        ensure_peering(handlers.CONFIG.api, args.peering, args.namespace)
     priority = args.priority
     if priority is None and args.peering is not None:
         priority = seniority_priority(time.time(), random.randrange(1_000_000))
