@@ -38,10 +38,10 @@ test-unit: install ## Unit tests only (no control plane, no TensorFlow training)
 include $(wildcard mk/*.mk)
 
 .PHONY: test
-test: install cluster-binaries ## The whole suite: lint, CRD drift, unit, trainer, control-plane and end-to-end tests.
+test: install cluster-binaries node-prereqs images ## The whole suite: lint, CRD drift, unit, trainer, control-plane, real-node and end-to-end tests.
 	$(MAKE) lint
 	$(PY) -m pytest tests
 
 .PHONY: demo
-demo: install cluster-binaries ## Local control plane + operator + digits feature extraction then fine-tuning.
+demo: node-prereqs images ## A real node + the operator from manifests/ + digits feature extraction then fine-tuning.
 	$(PY) hack/demo.py

@@ -27,6 +27,10 @@ node-packages: ## apt-get install what a real node and the image builds need (sk
 .PHONY: node-prereqs
 node-prereqs: install cluster-binaries node-binaries node-packages
 
+.PHONY: images
+images: install node-packages ## Build the trainer, operator and pause images with buildah (cached by a hash of their inputs).
+	@$(PY) -m transferjob_testing.images build
+
 .PHONY: cluster-up
 cluster-up: node-prereqs ## Start the real single-node cluster; kubeconfig in .local/cluster/kubeconfig.
 	@$(PY) -m transferjob_testing.cluster up --root $(CLUSTER_ROOT)
