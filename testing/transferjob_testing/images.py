@@ -31,9 +31,10 @@ a mount point, and no image contains the build host's settings.
 
 Where things live (outside the repository, like the Go builds of ``hack/k8s/build.sh``):
 ``${XDG_CACHE_HOME:-~/.cache}/transferjob/buildah`` is the buildah storage (its own ``--root``, apart from
-any other buildah or podman on the machine) and ``.../transferjob/images`` holds one OCI archive per
-image (``<name>-<hash>.tar``, zstd layers), what :func:`import_images` hands to containerd, and the build
-logs. Builds take a file lock there, so two processes never build at once.
+any other buildah or podman on the machine) and ``.../transferjob/images`` holds the OCI archives
+(``<name>-<hash>.tar``, zstd layers, the newest few of each image) that :func:`import_images` hands to
+containerd, and the build logs. Builds take a file lock there, so two processes (or two checkouts, which
+share the cache) never build at once.
 
 Building needs root and ``buildah``, ``debootstrap``, ``runc``, ``gcc`` and ``go``; importing needs
 ``ctr`` (containerd). ``python -m transferjob_testing.images build [--print-refs]`` builds what is
@@ -94,6 +95,9 @@ EXTERNALLY_MANAGED = "usr/lib/python3*/EXTERNALLY-MANAGED"
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 #: Bump when the steps of a base change in a way the constants above do not show.
 BASE_RECIPE = 1
+
+#: Archives kept per image (each trainer archive is about 370 MB).
+KEPT_ARCHIVES = 3
 
 PAUSE_CFLAGS = ("-Os", "-Wall", "-Werror", "-static")
 #: The user upstream's pause image runs as.
@@ -425,7 +429,11 @@ class _Builder:
         return proc.returncode == 0
 
     def export(self, recipe: _Recipe) -> Path:
-        """Write the image's archive (atomically: an archive that exists is complete); drop older ones."""
+        """Write the image's archive (atomically: an archive that exists is complete).
+
+        Of the archives of this image, the ``KEPT_ARCHIVES`` newest stay: checkouts (worktrees) that share
+        the cache but differ build different tags, and must not keep deleting each other's archive.
+        """
         archive = archive_path(recipe.ref)
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
@@ -440,9 +448,9 @@ class _Builder:
             )
         )
         partial.rename(archive)
-        for old in archive.parent.glob(f"{recipe.name}-*.tar"):
-            if old != archive:
-                old.unlink()
+        archives = sorted(archive.parent.glob(f"{recipe.name}-*.tar"), key=lambda a: a.stat().st_mtime)
+        for old in archives[:-KEPT_ARCHIVES]:
+            old.unlink(missing_ok=True)
         return archive
 
     def ensure(self, recipe: _Recipe) -> None:
