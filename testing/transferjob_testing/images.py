@@ -68,6 +68,8 @@ OPERATOR_DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"
 K8S_GO_MODULE_DIR = REPO_ROOT / "hack" / "k8s"
 
 REGISTRY = "localhost/transferjob"
+#: This module's name for `python -m` (``__name__`` is ``__main__`` there).
+MODULE = "transferjob_testing.images"
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_PIP_CONF = Path("/etc/pip.conf")
@@ -150,7 +152,7 @@ def archive_path(ref: str) -> Path:
     repository, _, tag = ref.rpartition(":")
     prefix = REGISTRY + "/"
     if not repository.startswith(prefix) or not tag:
-        raise ValueError(f"{ref} is not an image built by {__name__} ({prefix}<name>:<tag>)")
+        raise ValueError(f"{ref} is not an image built by {MODULE} ({prefix}<name>:<tag>)")
     return archive_dir() / f"{repository[len(prefix) :]}-{tag}.tar"
 
 
@@ -487,10 +489,15 @@ BUILD_TOOLS = {
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock(progress: TextIO) -> Iterator[None]:
+    """One build at a time per cache: two would build the same bases twice, or race on an archive."""
     archive_dir().mkdir(parents=True, exist_ok=True)
     with (archive_dir() / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"images: waiting for another build to finish ({lock.name})", file=progress, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
@@ -512,7 +519,7 @@ def build_images(progress: TextIO = sys.stderr) -> ProjectImages:
         if os.geteuid() != 0:
             raise ImageBuildError("building the images needs root (debootstrap, buildah's overlay storage)")
         builder = _Builder(progress)
-        with _build_lock():
+        with _build_lock(progress):
             for recipe in recipes:
                 builder.ensure(recipe)
     trainer, operator, pause = (BuiltImage(r.name, r.ref, archive_path(r.ref)) for r in recipes)
@@ -536,7 +543,7 @@ def import_images(containerd_address: str, refs: Iterable[str], namespace: str =
             continue
         archive = archive_path(ref)
         if not archive.is_file():
-            raise ImageBuildError(f"{ref}: no archive at {archive}; build it (python -m {__name__} build)")
+            raise ImageBuildError(f"{ref}: no archive at {archive}; build it (python -m {MODULE} build)")
         proc = subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageBuildError(f"ctr images import {archive} failed:\n{proc.stdout}{proc.stderr}")
@@ -604,9 +611,8 @@ def run_in_image(
 
 def image_config(ref: str) -> dict[str, Any]:
     """The OCI image configuration (``User``, ``Entrypoint``, ``Env``, ...) of an image in the store."""
-    config: dict[str, Any] = json.loads(_checked(buildah("inspect", "--type", "image", ref)))["OCIv1"][
-        "config"
-    ]
+    inspected = json.loads(_checked(buildah("inspect", "--type", "image", ref)))
+    config: dict[str, Any] = inspected["OCIv1"]["config"]
     return config
 
 
@@ -629,7 +635,7 @@ def _checked(cmd: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build what is missing (cached by a hash of the inputs)")
     build.add_argument("--print-refs", action="store_true", help="print the refs as JSON on stdout")
