@@ -31,9 +31,10 @@ a mount point, and no image contains the build host's settings.
 
 Where things live (outside the repository, like the Go builds of ``hack/k8s/build.sh``):
 ``${XDG_CACHE_HOME:-~/.cache}/transferjob/buildah`` is the buildah storage (its own ``--root``, apart from
-any other buildah or podman on the machine) and ``.../transferjob/images`` holds one OCI archive per
-image (``<name>-<hash>.tar``, zstd layers), what :func:`import_images` hands to containerd, and the build
-logs. Builds take a file lock there, so two processes never build at once.
+any other buildah or podman on the machine) and ``.../transferjob/images`` holds the OCI archives
+(``<name>-<hash>.tar``, zstd layers, the newest few of each image) that :func:`import_images` hands to
+containerd, and the build logs. Builds take a file lock there, so two processes (or two checkouts, which
+share the cache) never build at once.
 
 Building needs root and ``buildah``, ``debootstrap``, ``runc``, ``gcc`` and ``go``; importing needs
 ``ctr`` (containerd). ``python -m transferjob_testing.images build [--print-refs]`` builds what is
@@ -67,6 +68,8 @@ OPERATOR_DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"
 K8S_GO_MODULE_DIR = REPO_ROOT / "hack" / "k8s"
 
 REGISTRY = "localhost/transferjob"
+#: This module's name for `python -m` (``__name__`` is ``__main__`` there).
+MODULE = "transferjob_testing.images"
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_PIP_CONF = Path("/etc/pip.conf")
@@ -94,6 +97,9 @@ EXTERNALLY_MANAGED = "usr/lib/python3*/EXTERNALLY-MANAGED"
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 #: Bump when the steps of a base change in a way the constants above do not show.
 BASE_RECIPE = 1
+
+#: Archives kept per image (each trainer archive is about 370 MB).
+KEPT_ARCHIVES = 3
 
 PAUSE_CFLAGS = ("-Os", "-Wall", "-Werror", "-static")
 #: The user upstream's pause image runs as.
@@ -146,7 +152,7 @@ def archive_path(ref: str) -> Path:
     repository, _, tag = ref.rpartition(":")
     prefix = REGISTRY + "/"
     if not repository.startswith(prefix) or not tag:
-        raise ValueError(f"{ref} is not an image built by {__name__} ({prefix}<name>:<tag>)")
+        raise ValueError(f"{ref} is not an image built by {MODULE} ({prefix}<name>:<tag>)")
     return archive_dir() / f"{repository[len(prefix) :]}-{tag}.tar"
 
 
@@ -425,7 +431,11 @@ class _Builder:
         return proc.returncode == 0
 
     def export(self, recipe: _Recipe) -> Path:
-        """Write the image's archive (atomically: an archive that exists is complete); drop older ones."""
+        """Write the image's archive (atomically: an archive that exists is complete).
+
+        Of the archives of this image, the ``KEPT_ARCHIVES`` newest stay: checkouts (worktrees) that share
+        the cache but differ build different tags, and must not keep deleting each other's archive.
+        """
         archive = archive_path(recipe.ref)
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
@@ -440,9 +450,9 @@ class _Builder:
             )
         )
         partial.rename(archive)
-        for old in archive.parent.glob(f"{recipe.name}-*.tar"):
-            if old != archive:
-                old.unlink()
+        archives = sorted(archive.parent.glob(f"{recipe.name}-*.tar"), key=lambda a: a.stat().st_mtime)
+        for old in archives[:-KEPT_ARCHIVES]:
+            old.unlink(missing_ok=True)
         return archive
 
     def ensure(self, recipe: _Recipe) -> None:
@@ -479,10 +489,15 @@ BUILD_TOOLS = {
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock(progress: TextIO) -> Iterator[None]:
+    """One build at a time per cache: two would build the same bases twice, or race on an archive."""
     archive_dir().mkdir(parents=True, exist_ok=True)
     with (archive_dir() / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"images: waiting for another build to finish ({lock.name})", file=progress, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
@@ -504,7 +519,7 @@ def build_images(progress: TextIO = sys.stderr) -> ProjectImages:
         if os.geteuid() != 0:
             raise ImageBuildError("building the images needs root (debootstrap, buildah's overlay storage)")
         builder = _Builder(progress)
-        with _build_lock():
+        with _build_lock(progress):
             for recipe in recipes:
                 builder.ensure(recipe)
     trainer, operator, pause = (BuiltImage(r.name, r.ref, archive_path(r.ref)) for r in recipes)
@@ -528,7 +543,7 @@ def import_images(containerd_address: str, refs: Iterable[str], namespace: str =
             continue
         archive = archive_path(ref)
         if not archive.is_file():
-            raise ImageBuildError(f"{ref}: no archive at {archive}; build it (python -m {__name__} build)")
+            raise ImageBuildError(f"{ref}: no archive at {archive}; build it (python -m {MODULE} build)")
         proc = subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageBuildError(f"ctr images import {archive} failed:\n{proc.stdout}{proc.stderr}")
@@ -596,9 +611,8 @@ def run_in_image(
 
 def image_config(ref: str) -> dict[str, Any]:
     """The OCI image configuration (``User``, ``Entrypoint``, ``Env``, ...) of an image in the store."""
-    config: dict[str, Any] = json.loads(_checked(buildah("inspect", "--type", "image", ref)))["OCIv1"][
-        "config"
-    ]
+    inspected = json.loads(_checked(buildah("inspect", "--type", "image", ref)))
+    config: dict[str, Any] = inspected["OCIv1"]["config"]
     return config
 
 
@@ -621,7 +635,7 @@ def _checked(cmd: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build what is missing (cached by a hash of the inputs)")
     build.add_argument("--print-refs", action="store_true", help="print the refs as JSON on stdout")
