@@ -5,8 +5,8 @@ capabilities, a numeric non-root user), so an image that cannot start, lacks a d
 outside its volumes fails here, before any cluster test. The session fixture builds what is missing
 (minutes the first time: a Debian rootfs and TensorFlow from the package index; nothing once built).
 
-Marked ``cluster``: like the cluster tier they need root and the node's tools (buildah, debootstrap,
-runc), and ``TJ_SKIP_CLUSTER=1`` skips them.
+Marked ``node``: like the real-node tier they need root and the node's tools (buildah, debootstrap,
+runc), and ``TJ_SKIP_NODE=1`` skips them.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from transferjob_testing.images import (
     tensorflow_version,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.node
 
 
 @pytest.fixture(scope="session")
 def project_images() -> ProjectImages:
-    if os.environ.get("TJ_SKIP_CLUSTER") == "1":
-        pytest.skip("TJ_SKIP_CLUSTER=1: image tests skipped on request")
+    if os.environ.get("TJ_SKIP_NODE") == "1":
+        pytest.skip("TJ_SKIP_NODE=1: image tests skipped on request")
     problem = ""
     try:
         return build_images()
