@@ -1,13 +1,14 @@
 """The real node: a single-node cluster whose kubelet runs our own images in containerd.
 
 Fixtures (scope):
-* ``real_cluster`` (session) -> :class:`RealCluster`: the control plane on the bridge address and the
+* ``real_cluster`` (package) -> :class:`RealCluster`: the control plane on the bridge address and the
   real node ``tj-node`` (4 TEST-ONLY fake ``nvidia.com/gpu``), our images built (cached) and imported.
-  Stopped at the end of the session, which restores the host.
-* ``real_api`` (session) -> its admin ``ApiClient``.
+  Stopped after the last test of this folder (its processes would only load the machine for the
+  tests after it), which restores the host.
+* ``real_api`` (package) -> its admin ``ApiClient``.
 * ``real_namespace`` (function) -> a fresh namespace enforcing Pod Security "restricted", deleted
   afterwards with its static volumes.
-* ``probe_image`` (session) -> our operator image (Debian + python3, non-root), for pods that probe
+* ``probe_image`` (package) -> our operator image (Debian + python3, non-root), for pods that probe
   the node.
 
 The node needs root, Debian's containerd/runc/CNI plugins/nftables and the node binaries: ``make test``
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.node)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
     if os.environ.get("TJ_SKIP_NODE") == "1":
         pytest.skip("TJ_SKIP_NODE=1: real-node tests skipped on request")
@@ -52,7 +53,7 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
         cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_api(real_cluster: RealCluster) -> Any:
     return real_cluster.api
 
@@ -65,6 +66,6 @@ def real_namespace(real_api: Any) -> Iterator[str]:
     delete_static_volumes(real_api, name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def probe_image(real_cluster: RealCluster) -> str:
     return str(real_cluster.images.operator.ref)
