@@ -30,7 +30,7 @@ from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.node import missing_prerequisites
 from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary, operator_logs
 from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only, static_volume
-from transferjob_testing.harness import WIDE_TEST_SPLIT, digits_spec, make_digits, transferjob
+from transferjob_testing.harness import WIDE_TEST_SPLIT, claim_specs, make_digits, transferjob
 
 NAMESPACE = "demo"
 
@@ -86,25 +86,6 @@ def compare(features: TransferJobStatus, finetune: TransferJobStatus) -> str:
     )
 
 
-def specs(data: Path, source: Path) -> tuple[dict[str, object], dict[str, object]]:
-    """The reference workflow on two claims: `datasets` (the digits and the source model) and `models`."""
-    data_source = {"pvc": {"claimName": "datasets", "subPath": data.name}}
-    base = f"/data/{source.name}"  # the source model lies beside the digits, on the same volume
-    features = digits_spec(
-        data_source, {"pvc": {"claimName": "models", "subPath": "features"}}, base, epochs=5
-    )
-    finetune = digits_spec(
-        data_source,
-        {"pvc": {"claimName": "models", "subPath": "finetune"}},
-        base,
-        epochs=5,
-        mode="FineTuning",
-        model={"fromJob": "features", "fineTuneAt": "conv3"},
-        training={"learningRate": 0.0001},
-    )
-    return features, finetune
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -140,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         static_volume(api, NAMESPACE, "datasets", root / "data")
         static_volume(api, NAMESPACE, "models", models)
         custom = client.CustomObjectsApi(api)
-        fe, ft = specs(data, source)
+        fe, ft = claim_specs(data.name, source.name, epochs=5)
 
         say("feature extraction: a new head on the frozen pretrained CNN")
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("features", fe))

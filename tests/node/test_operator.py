@@ -26,7 +26,7 @@ from transferjob_testing.cluster.real import (
     operator_pods,
 )
 from transferjob_testing.cluster.volumes import TRAINER_UID, hand_to_trainer, share_read_only, static_volume
-from transferjob_testing.harness import digits_spec, make_digits, transferjob
+from transferjob_testing.harness import claim_specs, digits_spec, make_digits, transferjob
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -125,14 +125,7 @@ def test_feature_extraction_then_fine_tuning_in_our_trainer_image(
     hand_to_trainer(models)
     static_volume(jobs.cluster.api, jobs.ns, "datasets", data.parent)
     static_volume(jobs.cluster.api, jobs.ns, "models", models)
-    base = f"/data/{source.name}"  # the source model lies beside the data, on the same volume
-    spec = digits_spec(
-        {"pvc": {"claimName": "datasets", "subPath": data.name}},
-        {"pvc": {"claimName": "models", "subPath": "features"}},
-        base,
-        epochs=3,
-        resources={"cpu": "1", "memory": "2Gi", "gpus": 1},
-    )
+    spec, finetune = claim_specs(data.name, source.name, epochs=3, cpu="1", memory="2Gi", gpus=1)
     jobs.create("features", spec)
     done = jobs.wait_phase("features", "Succeeded")
     assert done["test"]["accuracy"] > 0.5, done
@@ -146,16 +139,6 @@ def test_feature_extraction_then_fine_tuning_in_our_trainer_image(
     assert os.stat(exported).st_uid == TRAINER_UID
     assert (exported / "model.keras").stat().st_uid == TRAINER_UID
 
-    finetune = digits_spec(
-        {"pvc": {"claimName": "datasets", "subPath": data.name}},
-        {"pvc": {"claimName": "models", "subPath": "finetune"}},
-        base,
-        epochs=2,
-        mode="FineTuning",
-        model={"fromJob": "features", "fineTuneAt": "conv3"},
-        training={"learningRate": 0.0001},
-        resources={"cpu": "1", "memory": "2Gi", "gpus": 1},
-    )
     jobs.create("finetune", finetune)
     tuned = jobs.wait_phase("finetune", "Succeeded")
     assert tuned["test"]["accuracy"] > 0.5, tuned

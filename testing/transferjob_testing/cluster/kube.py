@@ -67,11 +67,11 @@ def apply_yaml(
 
 
 def kubectl(
-    kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60.0
+    kubeconfig: Path, *args: str, check: bool = True, timeout: float = 60.0, binary: str = "kubectl"
 ) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the test cluster and capture its output (``check`` raises with stderr)."""
     proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        [binary, "--kubeconfig", str(kubeconfig), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -19,6 +19,7 @@ from kubernetes import client, config
 
 from transferjob_testing.cluster.binaries import REPO_ROOT, cache_bin_dir
 from transferjob_testing.cluster.controlplane import ControlPlane
+from transferjob_testing.cluster.kube import kubectl
 from transferjob_testing.cluster.node import NODE_IP, RealNode
 from transferjob_testing.images import ProjectImages, build_images, import_images
 
@@ -115,16 +116,8 @@ class RealCluster:
     def kubectl(
         self, *args: str, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [kubectl_binary(), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-        return proc
+        """kubectl of the cluster's own version (`kubectl_binary`) with the admin kubeconfig."""
+        return kubectl(self.kubeconfig, *args, check=check, timeout=timeout, binary=kubectl_binary())
 
 
 def install_operator(cluster: RealCluster, timeout: float = 180.0) -> None:
