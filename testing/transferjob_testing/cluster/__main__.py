@@ -20,7 +20,12 @@ from pathlib import Path
 from transferjob_testing.cluster.agent_process import agent_from_state, start_agent
 from transferjob_testing.cluster.binaries import REPO_ROOT, BinariesMissingError
 from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
-from transferjob_testing.cluster.node import NODE_NAME, missing_prerequisites, teardown_from_state
+from transferjob_testing.cluster.node import (
+    NODE_NAME,
+    missing_prerequisites,
+    running_node,
+    teardown_from_state,
+)
 from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary
 
 DEFAULT_ROOT = REPO_ROOT / ".local" / "cluster"
@@ -44,6 +49,10 @@ def up(args: argparse.Namespace) -> int:
     if _running(root / "cp") or _running(root):
         print(f"cluster already running; kubeconfig: {root / 'kubeconfig'}")
         return 0
+    owner = running_node()
+    if owner and not args.agent:
+        print(f"a real node is already up on this machine ({owner}); stop it first", file=sys.stderr)
+        return 1
     down(args, quiet=True)
     if root.exists():
         shutil.rmtree(root)

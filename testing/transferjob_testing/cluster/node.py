@@ -43,6 +43,7 @@ from transferjob_testing.cluster.controlplane import (
     LOOPBACK,
     ControlPlane,
     ControlPlaneError,
+    _pid_alive,
     _tail,
     die_with_parent,
     free_port,
@@ -317,7 +318,13 @@ class RealNode:
         problems = missing_prerequisites()
         if problems:
             raise NodeError("cannot start a real node:\n  " + "\n  ".join(problems))
-        teardown_from_state()
+        owner = running_node()
+        if owner:
+            raise NodeError(
+                f"a real node is already up on this machine ({owner}); there can be one only "
+                "(one containerd, one kubelet): stop it first (make cluster-down)"
+            )
+        teardown_from_state()  # what a killed run left behind
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
@@ -498,6 +505,18 @@ def setup_network() -> None:
     _sh("ip", "link", "set", BRIDGE, "up")
     _sh("nft", "delete", "table", "inet", NFT_TABLE, check=False)
     subprocess.run(["nft", "-f", "-"], input=nft_ruleset(), text=True, check=True, capture_output=True)
+
+
+def running_node() -> str:
+    """Who runs the real node of this machine, if any process of it is alive ("" when none is)."""
+    state_file = RUN_DIR / "state.json"
+    if not state_file.exists():
+        return ""
+    state = json.loads(state_file.read_text())
+    alive = [p for p in state.get("pids", []) if _pid_alive(int(p["pid"]), str(p["binary"]))]
+    return ", ".join(f"{p['name']} pid {p['pid']}" for p in alive) + (
+        f"; root {state['root']}" if alive else ""
+    )
 
 
 def teardown_from_state() -> bool:
