@@ -15,10 +15,19 @@ Fixtures (scope):
 * ``apply_yaml`` (session) -> ``apply_yaml(path_or_yaml_text, namespace=None) -> list[dict]``
   (server-side apply).
 * ``kubectl`` (session) -> ``kubectl(*args, check=True) -> CompletedProcess[str]`` with the kubeconfig set.
+* ``real_cluster`` (session) -> :class:`RealCluster`: the control plane on the node bridge's address and
+  the real node ``tj-node`` (4 TEST-ONLY fake ``nvidia.com/gpu``), our images built (cached) and
+  imported (docs/real-node.md). Its teardown fails the run if the host is not as it was before.
+* ``node_namespace`` (function) -> a fresh ``tj-test-*`` namespace of the real cluster, deleted afterwards
+  with its static volumes.
+* ``real_api`` (session) -> its admin ``ApiClient``; ``real_kubectl`` (session) -> kubectl of the
+  cluster's version against it; ``probe_image`` (session) -> our operator image (Debian + python3,
+  non-root), for pods that probe the node.
 
 Environment: ``TJ_SKIP_CLUSTER=1`` skips cluster tests; otherwise missing binaries make them FAIL
-with instructions. Tests under ``tests/cluster/`` get the ``cluster`` marker automatically, so
-``pytest -m "not cluster"`` deselects them.
+with instructions. ``TJ_SKIP_NODE=1`` skips what needs the real node (root, containerd, our images);
+otherwise what it lacks makes them fail. Tests under ``tests/cluster/`` get the ``cluster`` marker
+automatically, so ``pytest -m "not cluster"`` deselects them.
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneE
 from transferjob_testing.cluster.kube import apply_yaml as _apply_yaml
 from transferjob_testing.cluster.kube import kubectl as _kubectl
 from transferjob_testing.cluster.kube import temporary_namespace
+from transferjob_testing.cluster.node import host_state, missing_prerequisites
+from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import delete_static_volumes
+from transferjob_testing.images import build_images
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
@@ -161,3 +174,46 @@ def kubectl(kubeconfig: Path) -> Callable[..., Any]:
         return _kubectl(kubeconfig, *args, check=check)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    if os.environ.get("TJ_SKIP_NODE") == "1":
+        pytest.skip("TJ_SKIP_NODE=1: real-node tests skipped on request")
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail("the real node cannot start:\n  " + "\n  ".join(problems), pytrace=False)
+    build_images()  # first: a build may touch the host's firewall, which the snapshot must not see
+    before = host_state()
+    cluster = RealCluster(tmp_path_factory.mktemp("real-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+    after = host_state()
+    assert after == before, f"the real node's teardown left the host changed: {after} != {before}"
+
+
+@pytest.fixture(scope="session")
+def real_api(real_cluster: RealCluster) -> Any:
+    return real_cluster.api
+
+
+@pytest.fixture(scope="session")
+def real_kubectl(real_cluster: RealCluster) -> Callable[..., Any]:
+    def run(*args: str, check: bool = True) -> Any:
+        return real_cluster.kubectl(*args, check=check)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def probe_image(real_cluster: RealCluster) -> str:
+    return str(real_cluster.images.operator.ref)
+
+
+@pytest.fixture()
+def node_namespace(real_api: Any) -> Iterator[str]:
+    with temporary_namespace(real_api, "tj-test", {"transferjob.io/test": "true"}) as name:
+        yield name
+    delete_static_volumes(real_api, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from kubernetes import client
 from transferjob.constants import CRD_NAME
 from transferjob_testing.cluster.controlplane import free_port, stop_process
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
+from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"
@@ -237,6 +239,24 @@ def make_digits(root: Path, epochs: int = 6, split: str | None = None) -> tuple[
             ]
         )
     return target, model
+
+
+POD_BASE = "/data/source.keras"
+"""The source model as a training pod on the real node sees it: `pod_data` copies it into the data
+folder, which the pod mounts at /data."""
+
+
+def pod_data(folder: Path, source: Path) -> Path:
+    """A data folder (a hostPath or a PV) the trainer's UID can read in its pod, the source model in it."""
+    shutil.copy(source, folder / "source.keras")
+    share_read_only(folder)
+    return folder
+
+
+def pod_output(parent: Path, name: str = "out") -> Path:
+    """`parent/name` as an output hostPath: the pod mounts `parent`, which the trainer's UID must own."""
+    hand_to_trainer(parent)
+    return parent / name
 
 
 def _run(args: list[str]) -> None:

@@ -1,56 +1,31 @@
 """Up and down: the real node starts in seconds and its teardown leaves the host as it found it.
 
-This module runs before the other real-node modules (file order) and starts a cluster of its own: the
-node is a host-wide singleton, so the session's ``real_cluster`` must not be up yet. It is not: nothing
-collected before ``tests/node/`` asks for it.
+This module starts a cluster of its own. The node is a host-wide singleton, so the session's
+``real_cluster`` must not be up yet: in a full run nothing collected before ``tests/node/`` asks for it
+(and ``real_cluster``'s own teardown checks the host the same way, whatever the order).
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.node.pods import probe_pod, run_to_end
-from transferjob_testing.cluster import node as real_node
+from transferjob_testing.cluster.node import host_state, running_node
 from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.images import build_images
 
 pytestmark = [pytest.mark.timeout(600)]
 
 
-def host_state() -> dict[str, Any]:
-    """Everything a node changes on the host, as comparable values."""
-
-    def lines(*args: str) -> list[str]:
-        return subprocess.run(list(args), capture_output=True, text=True, check=False).stdout.splitlines()
-
-    chains = sorted(
-        f"{tool} {table} {line.split()[1]}"
-        for tool in ("iptables", "ip6tables")
-        for table in ("filter", "nat", "mangle")
-        for line in lines(tool, "-w", "-t", table, "-S")
-        if line.startswith("-N ")
-    )
-    return {
-        "sysctls": {name: real_node._read_sysctl(name) for name in real_node.SYSCTLS},
-        "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
-        "nft tables": sorted(lines("nft", "list", "tables")),
-        "iptables chains": chains,
-        "kubepods cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
-        "paths": {str(p): p.exists() for p in (*real_node.HOST_PATHS, real_node.RUN_DIR)},
-        "processes": sorted(
-            name
-            for name in ("kubelet", "kube-proxy", "containerd-shim-runc-v2", "test-only-fake-gpu-plugin")
-            if subprocess.run(["pgrep", "-f", name], capture_output=True, check=False).returncode == 0
-        ),
-    }
-
-
 def test_up_runs_a_pod_and_down_restores_the_host(tmp_path: Path) -> None:
+    owner = running_node()
+    if owner:
+        pytest.fail(f"a real node is already up ({owner}): run this module before other real-node users")
+    build_images()
     before = host_state()
     started = time.monotonic()
     cluster = RealCluster(tmp_path / "cluster", gpus=2).start()

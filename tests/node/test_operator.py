@@ -37,6 +37,9 @@ TRAINING_TIMEOUT = 420.0
 def operator(real_cluster: RealCluster) -> Iterator[RealCluster]:
     install_operator(real_cluster)
     yield real_cluster
+    # The replicas serve every namespace: later modules on this cluster run operators of their own.
+    real_cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "deployment", "transferjob-operator", "--wait")
+    wait_for(lambda: not operator_pods(real_cluster), timeout=60, what="the operator pods to go")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""The operator end to end on the real test control plane: real trainer runs on the 32x32 digits.
+"""The operator end to end on the real node: the trainer runs in our image on the 32x32 digits.
 
-The control plane (etcd, kube-apiserver, kube-controller-manager with the Job and garbage-collector
-controllers, kube-scheduler) and the node agent come from tests/conftest.py; the operator runs as a
-subprocess with its ServiceAccount's RBAC; pods run the real trainer as local processes.
+The cluster (our control plane, containerd, the kubelet, kube-proxy, fake GPUs) comes from
+tests/conftest.py's ``real_cluster``; the operator runs as a subprocess with its ServiceAccount's RBAC
+(so that a test can restart it and read its log); pods run our trainer image (``--trainer-image``).
+Data folders are hostPath volumes holding the source model too (the pod sees it as `POD_BASE`); output
+folders belong to the trainer's UID.
 """
 
 from __future__ import annotations
@@ -18,33 +20,43 @@ from kubernetes import client
 
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import (
+    hand_to_trainer,
+    static_volume,
+)
 from transferjob_testing.harness import (
+    POD_BASE,
     OperatorProcess,
     digits_spec,
     features_then_finetune,
     make_digits,
+    pod_data,
+    pod_output,
     serving_operator,
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TRAINING_TIMEOUT = 300.0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_digits(tmp_path_factory.mktemp("digits"))
+    data, source = make_digits(tmp_path_factory.mktemp("digits"))
+    return pod_data(data, source), source
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
-    api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     root = tmp_path_factory.mktemp("operator")
     # Only the namespaces of the `namespace` fixture: other test modules run operators of their own.
+    args = ("--from-job-timeout", "120", "--trainer-image", real_cluster.trainer_image)
     with serving_operator(
-        api_client, kubeconfig, root, ("--from-job-timeout", "120"), namespaces=("tj-test-*",)
+        real_cluster.api, real_cluster.kubeconfig, root, args, namespaces=("tj-test-*",)
     ) as process:
         yield process
 
@@ -121,8 +133,8 @@ class Cluster:
 
 
 @pytest.fixture()
-def cluster(api_client: client.ApiClient, namespace: str, operator: OperatorProcess) -> Cluster:
-    return Cluster(api_client, namespace, operator)
+def cluster(real_api: client.ApiClient, node_namespace: str, operator: OperatorProcess) -> Cluster:
+    return Cluster(real_api, node_namespace, operator)
 
 
 def _history_ok(status: dict[str, Any], epochs: int) -> None:
@@ -139,12 +151,14 @@ def _history_ok(status: dict[str, Any], epochs: int) -> None:
 
 
 def test_feature_extraction_then_fine_tuning_from_job(
-    cluster: Cluster, digits: tuple[Path, Path], tmp_path: Path, kubectl: Callable[..., Any]
+    cluster: Cluster, digits: tuple[Path, Path], tmp_path: Path, real_kubectl: Callable[..., Any]
 ) -> None:
-    data, source = digits
+    data, _ = digits
     out = tmp_path / "models"
-    out.mkdir()  # an output hostPath's parent must exist; the trainer creates features/ and finetune/
-    fe, ft = features_then_finetune(data, out, str(source), epochs=3)
+    hand_to_trainer(
+        out
+    )  # an output hostPath's parent must exist; the trainer creates features/ and finetune/
+    fe, ft = features_then_finetune(data, out, POD_BASE, epochs=3)
     # The fine-tuning job is submitted first: it must wait for the job it builds on.
     cluster.create(transferjob("finetune", ft))
     cluster.create(transferjob("features", fe))
@@ -168,10 +182,12 @@ def test_feature_extraction_then_fine_tuning_from_job(
     assert succeeded is not None and "test accuracy" in succeeded["message"]
     assert len(cluster.jobs("features")) == 1
 
-    waited = kubectl("wait", "-n", cluster.ns, "--for=condition=Succeeded", "tj/features", "--timeout=30s")
+    waited = real_kubectl(
+        "wait", "-n", cluster.ns, "--for=condition=Succeeded", "tj/features", "--timeout=30s"
+    )
     assert "condition met" in waited.stdout
 
-    table = kubectl("get", "tj", "features", "-n", cluster.ns, "--no-headers").stdout.split()
+    table = real_kubectl("get", "tj", "features", "-n", cluster.ns, "--no-headers").stdout.split()
     # NAME PHASE MODE MODEL EPOCH VAL-ACC TEST-ACC AGE
     assert table[:3] == ["features", "Succeeded", "FeatureExtraction"]
     assert table[4] == "3"
@@ -210,7 +226,8 @@ def test_bad_data_fails_once_with_invalid_data(
     for split in ("train", "val", "test"):
         (data / split / "only-one-class").mkdir(parents=True)
     shutil.copy(next((digits[0] / "train" / "5").iterdir()), data / "train" / "only-one-class")
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
+    pod_data(data, digits[1])
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(pod_output(tmp_path))}, POD_BASE)
     spec["runPolicy"] = {"backoffLimit": 3}
     cluster.create(transferjob("broken", spec))
     status = cluster.wait_phase("broken", "Failed", timeout=120)
@@ -230,8 +247,8 @@ def test_bad_data_fails_once_with_invalid_data(
 def test_unschedulable_gpu_request_says_so(
     cluster: Cluster, digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    spec = digits_spec({"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
-    spec["resources"]["gpus"] = 8  # the test nodes have 2 each
+    spec = digits_spec({"hostPath": str(digits[0])}, {"hostPath": str(pod_output(tmp_path))}, POD_BASE)
+    spec["resources"]["gpus"] = 8  # the real node has 4 (fake, TEST-ONLY)
     cluster.create(transferjob("greedy", spec))
     unschedulable = wait_for(
         lambda: cluster.condition("greedy", "Unschedulable"), timeout=60, what="Unschedulable"
@@ -246,23 +263,18 @@ def test_unschedulable_gpu_request_says_so(
 def test_restricted_namespace_admits_training_pods(
     cluster: Cluster, digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Pod Security "restricted" forbids hostPath: data comes from a path, the output goes to a PVC."""
+    """Pod Security "restricted" forbids hostPath in pods: data and output come from PVCs."""
     cluster.core.patch_namespace(
         cluster.ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
     )
-    cluster.core.create_namespaced_persistent_volume_claim(
-        cluster.ns,
-        {
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "tj-local",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+    static_volume(cluster.core.api_client, cluster.ns, "datasets", digits[0])
+    hand_to_trainer(tmp_path / "models")
+    static_volume(cluster.core.api_client, cluster.ns, "models", tmp_path / "models")
     spec = digits_spec(
-        {"uri": str(digits[0])}, {"pvc": {"claimName": "models", "subPath": "run"}}, str(digits[1]), epochs=1
+        {"pvc": {"claimName": "datasets"}},
+        {"pvc": {"claimName": "models", "subPath": "run"}},
+        POD_BASE,
+        epochs=1,
     )
     cluster.create(transferjob("restricted", spec))
     status = cluster.wait_phase("restricted", "Succeeded")
@@ -274,7 +286,7 @@ def test_restricted_namespace_admits_training_pods(
 
 
 def test_suspend_and_resume(cluster: Cluster, digits: tuple[Path, Path], tmp_path: Path) -> None:
-    spec = digits_spec({"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
+    spec = digits_spec({"hostPath": str(digits[0])}, {"hostPath": str(pod_output(tmp_path))}, POD_BASE)
     spec["runPolicy"] = {"suspend": True}
     cluster.create(transferjob("later", spec))
     cluster.wait_phase("later", "Suspended", timeout=60)
@@ -302,7 +314,9 @@ def test_ttl_deletes_the_finished_transferjob(
 ) -> None:
     data = tmp_path / "empty"
     data.mkdir()
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
+    spec = digits_spec(
+        {"hostPath": str(pod_data(data, digits[1]))}, {"hostPath": str(pod_output(tmp_path))}, POD_BASE
+    )
     spec["runPolicy"] = {"ttlSecondsAfterFinished": 2}
     cluster.create(transferjob("shortlived", spec))
     cluster.wait_phase("shortlived", "Failed", timeout=120)

@@ -1,8 +1,8 @@
-"""The client against the real control plane (no mock API server): CRUD, watches, failures, logs.
+"""The client against the real node's cluster (no mock API server): CRUD, watches, failures, logs.
 
-Needs the control plane binaries (`make cluster-binaries`); the tests that run training also need the
-operator (started here as `python -m transferjob_operator`) and the test node agent, which runs the
-trainer pods as local processes.
+The cluster is tests/conftest.py's ``real_cluster``; the tests that run training also need the operator
+(started here as `python -m transferjob_operator`, with ``--trainer-image`` our trainer image), and
+``logs(follow=True)`` streams from the real kubelet.
 """
 
 from __future__ import annotations
@@ -25,51 +25,64 @@ from transferjob import (
     TransferJobClient,
 )
 from transferjob.client import EpochCompleted, PhaseChanged
+from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import share_read_only
 from transferjob_testing.harness import (
+    POD_BASE,
     OperatorProcess,
     digits_spec,
     install,
     make_digits,
+    pod_data,
+    pod_output,
     serving_operator,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.node
 
 
 @pytest.fixture(scope="module")
-def crd(api_client: Any) -> None:
-    install(api_client)  # the CRD, the operator's namespace and RBAC, as tests/operator does
+def crd(real_api: Any) -> None:
+    install(real_api)  # the CRD, the operator's namespace and RBAC, as tests/operator does
 
 
 @pytest.fixture(scope="module")
 def operator(
-    crd: None, api_client: Any, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
+    crd: None, real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    with serving_operator(api_client, kubeconfig, tmp_path_factory.mktemp("sdk-operator")) as process:
+    root = tmp_path_factory.mktemp("sdk-operator")
+    args = ("--trainer-image", real_cluster.trainer_image)
+    with serving_operator(real_cluster.api, real_cluster.kubeconfig, root, args) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Digits 5-9 and a small CNN pretrained on 0-4 (the operator tests' transfer task)."""
-    return make_digits(tmp_path_factory.mktemp("sdk-digits"))
+    """Digits 5-9 and a small CNN pretrained on 0-4 (the operator tests' transfer task), the model in
+    the data folder where the pod sees it (`POD_BASE`)."""
+    data, source = make_digits(tmp_path_factory.mktemp("sdk-digits"))
+    return pod_data(data, source), source
 
 
 @pytest.fixture()
-def client(crd: None, kubeconfig: Path, namespace: str) -> TransferJobClient:
-    return TransferJobClient(kubeconfig=kubeconfig, namespace=namespace)
+def client(crd: None, real_cluster: RealCluster, node_namespace: str) -> TransferJobClient:
+    return TransferJobClient(kubeconfig=real_cluster.kubeconfig, namespace=node_namespace)
 
 
 def job(data: Path, out: Path, base: str = "MobileNetV2", epochs: int = 2, **labels: str) -> TransferJob:
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, base, epochs=epochs)
+    """A job reading `data` (made readable to the pod) and writing `out` (its parent handed to the pod)."""
+    share_read_only(data)
+    spec = digits_spec(
+        {"hostPath": str(data)}, {"hostPath": str(pod_output(out.parent, out.name))}, base, epochs=epochs
+    )
     spec["runPolicy"] = {"backoffLimit": 0}
     if base == "MobileNetV2":
         spec["model"]["weights"] = "none"
     return TransferJob.model_validate({"metadata": {"labels": labels}, "spec": spec})
 
 
-def test_namespace_comes_from_the_kubeconfig_context(crd: None, kubeconfig: Path) -> None:
-    assert TransferJobClient(kubeconfig=kubeconfig).namespace == "default"
+def test_namespace_comes_from_the_kubeconfig_context(crd: None, real_cluster: RealCluster) -> None:
+    assert TransferJobClient(kubeconfig=real_cluster.kubeconfig).namespace == "default"
 
 
 def test_submit_get_list_delete(client: TransferJobClient, tmp_path: Path) -> None:
@@ -133,8 +146,8 @@ def test_failed_job_raises_with_its_reason(operator: None, client: TransferJobCl
 def test_training_epochs_arrive_in_order_and_logs_follow(
     operator: OperatorProcess, client: TransferJobClient, digits: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    data, source_model = digits
-    name = client.submit(job(data, tmp_path / "features", base=str(source_model), epochs=3), name="digits")
+    data, _ = digits
+    name = client.submit(job(data, tmp_path / "features", base=POD_BASE, epochs=3), name="digits")
     followed: list[str] = []
     follower = threading.Thread(target=lambda: followed.extend(client.logs(name, follow=True)), daemon=True)
     follower.start()  # before the pod exists: logs waits for it

@@ -507,6 +507,35 @@ def setup_network() -> None:
     subprocess.run(["nft", "-f", "-"], input=nft_ruleset(), text=True, check=True, capture_output=True)
 
 
+def host_state() -> dict[str, Any]:
+    """Everything a node changes on the host, as comparable values: what a teardown must restore."""
+
+    def lines(*args: str) -> list[str]:
+        return subprocess.run(list(args), capture_output=True, text=True, check=False).stdout.splitlines()
+
+    chains = sorted(
+        f"{tool} {table} {line.split()[1]}"
+        for tool in ("iptables", "ip6tables")
+        for table in ("filter", "nat", "mangle")
+        for line in lines(tool, "-w", "-t", table, "-S")
+        if line.startswith("-N ")
+    )
+    processes = ("kubelet", "kube-proxy", "test-only-fake-gpu-plugin", str(RUN_DIR / "containerd.sock"))
+    return {
+        "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
+        "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
+        "nft tables": sorted(lines("nft", "list", "tables")),
+        "iptables chains": chains,
+        "kubepods cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
+        "paths": {str(p): p.exists() for p in (*HOST_PATHS, RUN_DIR, KUBELET_ROOT.parent)},
+        "processes": sorted(
+            name
+            for name in processes
+            if subprocess.run(["pgrep", "-f", name], capture_output=True, check=False).returncode == 0
+        ),
+    }
+
+
 def running_node() -> str:
     """Who runs the real node of this machine, if any process of it is alive ("" when none is)."""
     state_file = RUN_DIR / "state.json"

@@ -54,6 +54,11 @@ class RealCluster:
         return self.cp.kubeconfig
 
     @property
+    def trainer_image(self) -> str:
+        """The trainer of the working tree, as imported into containerd (``--trainer-image`` for tests)."""
+        return f"localhost/transferjob/trainer:{DEV_TAG}"
+
+    @property
     def api(self) -> client.ApiClient:
         """An admin API client (created on first use)."""
         if self._api is None:
