@@ -42,7 +42,6 @@ from transferjob_testing.cluster.binaries import cache_bin_dir
 from transferjob_testing.cluster.controlplane import (
     LOOPBACK,
     ControlPlane,
-    ControlPlaneError,
     _pid_alive,
     _tail,
     die_with_parent,
@@ -58,6 +57,8 @@ NODE_IP = "10.244.0.1"
 NODE_NAME = "tj-node"
 RUN_DIR = Path("/run/transferjob-node")
 """Sockets and the state file: short paths (unix sockets allow 108 bytes) that every process agrees on."""
+STATE_FILE = RUN_DIR / "state.json"
+"""What was started and what the host looked like before: how another process finds and stops the node."""
 KUBELET_ROOT = Path("/var/lib/transferjob-node/kubelet")
 """The kubelet's ``--root-dir``: pod volumes and its sockets, whose paths must stay under 108 bytes (a
 pytest temporary folder is too deep) and which should not live in RAM (``/run``)."""
@@ -300,17 +301,12 @@ class RealNode:
     load_images: Callable[[str], None] | None = None
     gpus: int = 2
     detach: bool = False
-    cp: ControlPlane | None = None
     _procs: list[_Proc] = field(default_factory=list)
     _state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def containerd_address(self) -> str:
         return str(RUN_DIR / "containerd.sock")
-
-    @property
-    def state_file(self) -> Path:
-        return RUN_DIR / "state.json"
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> RealNode:
@@ -347,7 +343,6 @@ class RealNode:
         """Start containerd, the kubelet, kube-proxy and the device plugin; return once Ready with GPUs."""
         if cp.address != NODE_IP:
             raise NodeError(f"the control plane must bind the bridge address {NODE_IP}, not {cp.address}")
-        self.cp = cp
         deadline = time.monotonic() + timeout
         try:
             self._start_containerd(deadline)
@@ -368,9 +363,9 @@ class RealNode:
             for p in self._procs
             if p.proc is not None
         ]
-        self.state_file.write_text(json.dumps(self._state, indent=2))
+        STATE_FILE.write_text(json.dumps(self._state, indent=2))
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
+    def _spawn(self, name: str, args: list[str]) -> _Proc:
         log = self.root / "logs" / f"{name}.log"
         p = _Proc(name, args, log)
         with log.open("ab") as out:
@@ -379,7 +374,6 @@ class RealNode:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
                 start_new_session=self.detach,
                 preexec_fn=None if self.detach else die_with_parent,
             )
@@ -524,7 +518,7 @@ def host_state() -> dict[str, Any]:
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
-        "nft tables": sorted(lines("nft", "list", "tables")),
+        "nft tables": sorted(_nft_tables()),
         "iptables chains": chains,
         "kubepods cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
         "paths": {str(p): p.exists() for p in (*HOST_PATHS, RUN_DIR, KUBELET_ROOT.parent)},
@@ -538,10 +532,9 @@ def host_state() -> dict[str, Any]:
 
 def running_node() -> str:
     """Who runs the real node of this machine, if any process of it is alive ("" when none is)."""
-    state_file = RUN_DIR / "state.json"
-    if not state_file.exists():
+    if not STATE_FILE.exists():
         return ""
-    state = json.loads(state_file.read_text())
+    state = json.loads(STATE_FILE.read_text())
     alive = [p for p in state.get("pids", []) if _pid_alive(int(p["pid"]), str(p["binary"]))]
     return ", ".join(f"{p['name']} pid {p['pid']}" for p in alive) + (
         f"; root {state['root']}" if alive else ""
@@ -550,10 +543,9 @@ def running_node() -> str:
 
 def teardown_from_state() -> bool:
     """Stop a node that this or another process started, and restore the host; False if none was up."""
-    state_file = RUN_DIR / "state.json"
-    if not state_file.exists():
+    if not STATE_FILE.exists():
         return False
-    state = json.loads(state_file.read_text())
+    state = json.loads(STATE_FILE.read_text())
     root = Path(state["root"])
     pids = {p["name"]: p for p in state.get("pids", [])}
 
@@ -595,7 +587,7 @@ def teardown_from_state() -> bool:
     for path in state.get("created", []):
         shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(root / "cni" / "ipam", ignore_errors=True)
-    state_file.unlink(missing_ok=True)
+    STATE_FILE.unlink(missing_ok=True)
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     return True
 
@@ -694,7 +686,6 @@ __all__ = [
     "NODE_IP",
     "NODE_NAME",
     "POD_CIDR",
-    "ControlPlaneError",
     "NodeError",
     "RealNode",
     "missing_prerequisites",

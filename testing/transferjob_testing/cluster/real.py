@@ -140,11 +140,6 @@ def install_operator(cluster: RealCluster, timeout: float = 180.0) -> None:
     )
 
 
-def uninstall_operator(cluster: RealCluster) -> None:
-    """``kubectl delete -k`` of the overlay (waiting for the operator pods to go)."""
-    cluster.kubectl("delete", "-k", str(LOCAL_OVERLAY), "--ignore-not-found", "--wait=true", check=False)
-
-
 def operator_pods(cluster: RealCluster) -> list[client.V1Pod]:
     core = client.CoreV1Api(cluster.api)
     return list(
