@@ -1,12 +1,12 @@
-"""Pods that never start, on the real control plane: every way says why on the TransferJob, and ends.
+"""Pods that never start, on the real node: every way says why on the TransferJob, and ends.
 
-The scheduler, the Job controller, the ResourceQuota admission and a mutating webhook are the real
-ones; the kubelet is the test node agent, which reports a missing `hostPath` as the kubelet does (a
-FailedMount Warning event, the pod in ContainerCreating) and a missing Secret as a
-CreateContainerConfigError. No trainer runs in these tests: none of their pods gets that far.
+The scheduler, the Job controller, the ResourceQuota admission, a mutating webhook and the kubelet are
+the real ones (tests/conftest.py's ``real_cluster``): the kubelet reports a missing `hostPath` with
+FailedMount Warning events (repeated while it retries) and the pod in ContainerCreating, and a missing
+Secret as CreateContainerConfigError. No trainer runs in these tests: none of their pods gets that far.
 
 One operator of the module's own serves the `tj-ps-*` namespaces, with a short `--from-job-timeout`
-(so that a cycle is seen to fail *before* it would matter) and a short interval.
+(so that a cycle is seen to fail *before* it would matter), a short interval and our trainer image.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kubernetes import client
 from tests.operator import ops
 from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.cluster.pki import Pki
+from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
@@ -33,25 +34,28 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(180)]
 
 FROM_JOB_TIMEOUT = 20
 
 
 @pytest.fixture(scope="module")
 def ps_operator(
-    api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path_factory: pytest.TempPathFactory
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     root = tmp_path_factory.mktemp("podstart-operator")
     args = ("--interval", "0.5", "--from-job-timeout", str(FROM_JOB_TIMEOUT))
-    with serving_operator(api_client, kubeconfig, root, args, namespaces=("tj-ps-*",)) as process:
+    args += ("--trainer-image", real_cluster.trainer_image)
+    with serving_operator(
+        real_cluster.api, real_cluster.kubeconfig, root, args, namespaces=("tj-ps-*",)
+    ) as process:
         yield process
 
 
 @pytest.fixture()
-def ps(api_client: client.ApiClient, ps_operator: OperatorProcess) -> Iterator[ops.Namespace]:
-    with ops.own_namespace(api_client, "tj-ps") as ns:
-        yield ops.Namespace(api_client, ns)
+def ps(real_cluster: RealCluster, ps_operator: OperatorProcess) -> Iterator[ops.Namespace]:
+    with ops.own_namespace(real_cluster.api, "tj-ps") as ns:
+        yield ops.Namespace(real_cluster.api, ns)
 
 
 def _spec(data: Path, out: Path, **extra: Any) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def test_pending_timeout_stops_a_job_whose_host_path_does_not_exist(
 
 def test_pending_timeout_closes_unschedulable_with_what_happened(ps: ops.Namespace, tmp_path: Path) -> None:
     spec = _spec(tmp_path, tmp_path, runPolicy={"pendingTimeoutSeconds": 5})
-    spec["resources"]["gpus"] = 8  # the test nodes have 2 each
+    spec["resources"]["gpus"] = 8  # the node has 4
     ps.create(transferjob("greedy", spec))
     unschedulable = wait_for(lambda: _true(ps, "greedy", "Unschedulable"), timeout=30, what="Unschedulable")
     assert "nvidia.com/gpu" in unschedulable["message"]
@@ -201,7 +205,7 @@ class _InjectsMissingSecret(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def missing_secret_webhook(ps: ops.Namespace, api_client: client.ApiClient, tmp_path: Path) -> Iterator[None]:
+def missing_secret_webhook(ps: ops.Namespace, tmp_path: Path) -> Iterator[None]:
     pki = Pki(tmp_path / "webhook-pki")
     cert = pki.issue("webhook", "webhook", ips=("127.0.0.1",), server=True)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _InjectsMissingSecret)
@@ -209,7 +213,7 @@ def missing_secret_webhook(ps: ops.Namespace, api_client: client.ApiClient, tmp_
     context.load_cert_chain(cert.cert, cert.key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    admission: Any = client.AdmissionregistrationV1Api(api_client)
+    admission: Any = client.AdmissionregistrationV1Api(ps.api)
     name = f"inject-proxy-{ps.ns}"
     admission.create_mutating_webhook_configuration(
         {
