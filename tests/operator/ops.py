@@ -1,8 +1,10 @@
-"""Operators of a test's own, in namespaces of its own: what test_ha, test_lifecycle and test_metrics share.
+"""Operators of a test's own, in namespaces of its own: what the operator's real-node modules share.
 
-These tests stop, kill and restart operators, or run two at once, so they cannot use the session-wide
+These tests stop, kill and restart operators, or run two at once, so they cannot use the module
 operator of test_e2e (which serves only the `tj-test-*` namespaces). Each starts operators scoped to
-its own namespaces, authenticated as the operator's ServiceAccount like every e2e operator.
+its own namespaces, authenticated as the operator's ServiceAccount like every e2e operator, with our
+trainer image; the pods run on the real node of tests/conftest.py's ``real_cluster``, as UID 1000:
+data folders are made readable (`shared_digits`), output folders handed to it (`writable`).
 """
 
 from __future__ import annotations
@@ -20,14 +22,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.controlplane import free_port as free_port  # for the metrics-port tests
 from transferjob_testing.cluster.kube import temporary_namespace, wait_for
-from transferjob_testing.harness import REPO_ROOT, OperatorProcess, make_digits
+from transferjob_testing.cluster.volumes import hand_to_trainer
+from transferjob_testing.harness import POD_BASE, REPO_ROOT, OperatorProcess, make_digits, pod_data
 
 
-def shared_digits(base: Path) -> tuple[Path, Path]:
-    """The digits and the pretrained source model, made once per test session for these modules."""
+def shared_digits(base: Path) -> tuple[Path, str]:
+    """The digits (a folder for a hostPath, readable by the trainer) and the pretrained source model as
+    a training pod sees it (inside that folder); made once per test session for these modules."""
     root = base / "own-operator-digits"
     root.mkdir(exist_ok=True)
-    return make_digits(root)
+    data, source = make_digits(root)
+    if not (data / "source.keras").is_file():
+        pod_data(data, source)
+    return data, POD_BASE
+
+
+def writable(folder: Path) -> Path:
+    """``folder`` handed to the trainer's UID, for output hostPaths below it (the pod mounts it)."""
+    hand_to_trainer(folder)
+    return folder
 
 
 def own_namespace(api: client.ApiClient, prefix: str) -> contextlib.AbstractContextManager[str]:
@@ -36,10 +49,11 @@ def own_namespace(api: client.ApiClient, prefix: str) -> contextlib.AbstractCont
 
 
 def operator(
-    kubeconfig: Path, log: Path, namespace: str, *extra: str, interval: float = 0.5
+    kubeconfig: Path, log: Path, namespace: str, *extra: str, image: str, interval: float = 0.5
 ) -> OperatorProcess:
-    """An operator process serving only `namespace` (not started)."""
-    return OperatorProcess(kubeconfig, log, ("--interval", str(interval), *extra), namespaces=(namespace,))
+    """An operator process serving only `namespace` whose Jobs run `image` (not started)."""
+    args = ("--interval", str(interval), "--trainer-image", image, *extra)
+    return OperatorProcess(kubeconfig, log, args, namespaces=(namespace,))
 
 
 def kill(process: OperatorProcess) -> float:

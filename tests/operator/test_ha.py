@@ -1,16 +1,16 @@
-"""Two operator replicas with kopf peering on the real control plane: one acts, the other takes over.
+"""Two operator replicas with kopf peering on the real node: one acts, the other takes over.
 
 The replicas are two `tj-operator` processes with `--peering`, each with the operator ServiceAccount's
 RBAC; the older one has the higher priority and acts, the younger one stays paused. Killing the active
 one with SIGKILL (no goodbye in the peering object) must hand the running job to the stand-by within
-about `--peering-lifetime` seconds, and the job must end Succeeded with its full history.
+about `--peering-lifetime` seconds, and the job must end Succeeded with its full history. (The
+in-cluster Deployment's takeover after its pod is deleted is in tests/node/test_operator.py.)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from kubernetes import client
 
 from tests.operator import ops
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
+from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.harness import (
     REPO_ROOT,
     install,
@@ -26,7 +27,7 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 PEERING = "transferjob-operator"
 LIFETIME = 5  # seconds; the Deployment uses 15
@@ -34,8 +35,9 @@ EPOCHS = 15
 
 
 @pytest.fixture()
-def peered_namespace(api_client: client.ApiClient, node_agent: Any) -> Iterator[str]:
+def peered_namespace(real_cluster: RealCluster) -> Iterator[str]:
     """A namespace with a KopfPeering object (the replicas are namespace-scoped here)."""
+    api_client = real_cluster.api
     install(api_client)
     apply_yaml(api_client, REPO_ROOT / "manifests" / "operator" / "peering.yaml")
     ext = client.ApiextensionsV1Api(api_client)
@@ -55,18 +57,19 @@ def peered_namespace(api_client: client.ApiClient, node_agent: Any) -> Iterator[
 
 
 def test_standby_takes_over_a_running_job_after_sigkill(
-    api_client: client.ApiClient,
-    kubeconfig: Path,
+    real_cluster: RealCluster,
     peered_namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     ns = peered_namespace
     root = tmp_path_factory.mktemp("ha")
     data, source = ops.shared_digits(tmp_path_factory.getbasetemp())
-    sa = service_account_kubeconfig(api_client, kubeconfig, root / "kubeconfig")
+    api_client = real_cluster.api
+    sa = service_account_kubeconfig(api_client, real_cluster.kubeconfig, root / "kubeconfig")
     peering = ("--peering", PEERING, "--peering-lifetime", str(LIFETIME))
-    first = ops.operator(sa, root / "first.log", ns, *peering)
-    second = ops.operator(sa, root / "second.log", ns, *peering)
+    image = real_cluster.trainer_image
+    first = ops.operator(sa, root / "first.log", ns, *peering, image=image)
+    second = ops.operator(sa, root / "second.log", ns, *peering, image=image)
     try:
         first.start()
         ops.wait_log(first, "Resuming operations", timeout=30)  # alone: it un-pauses
@@ -89,7 +92,8 @@ def test_standby_takes_over_a_running_job_after_sigkill(
 
         cluster = ops.Namespace(api_client, ns)
         # Epochs of 1-2 s: the job is still training when the stand-by takes over.
-        spec = paced_spec({"hostPath": str(data)}, {"hostPath": str(root / "out")}, str(source), EPOCHS)
+        out = ops.writable(root) / "out"
+        spec = paced_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, EPOCHS)
         cluster.create(transferjob("ha", spec))
         wait_for(
             lambda: (cluster.status("ha").get("epoch") or 0) >= 1,

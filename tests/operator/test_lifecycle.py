@@ -1,6 +1,7 @@
-"""A TransferJob's life after creation, on the real control plane: TTL, suspend/resume, Kueue, immutability.
+"""A TransferJob's life after creation, on the real node: TTL, suspend/resume, Kueue, immutability.
 
-Each test runs an operator of its own (scoped to its own namespace), because some stop and start it.
+Each test runs an operator of its own (scoped to its own namespace), because some stop and start it;
+the trainer runs in our image (tests/operator/ops.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kubernetes import client
 
 from tests.operator import ops
 from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
@@ -26,41 +28,45 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 @pytest.fixture()
-def lc(api_client: client.ApiClient, node_agent: Any) -> Iterator[ops.Namespace]:
-    install(api_client)
-    with ops.own_namespace(api_client, "tj-lc") as ns:
-        yield ops.Namespace(api_client, ns)
+def lc(real_cluster: RealCluster) -> Iterator[ops.Namespace]:
+    install(real_cluster.api)
+    with ops.own_namespace(real_cluster.api, "tj-lc") as ns:
+        yield ops.Namespace(real_cluster.api, ns)
 
 
 @pytest.fixture()
-def own_operator(
-    api_client: client.ApiClient, kubeconfig: Path, lc: ops.Namespace, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    sa = service_account_kubeconfig(api_client, kubeconfig, tmp_path / "kubeconfig")
-    process = ops.operator(sa, tmp_path / "operator.log", lc.ns).start()
+def own_operator(real_cluster: RealCluster, lc: ops.Namespace, tmp_path: Path) -> Iterator[OperatorProcess]:
+    sa = service_account_kubeconfig(real_cluster.api, real_cluster.kubeconfig, tmp_path / "kubeconfig")
+    log = tmp_path / "operator.log"
+    process = ops.operator(sa, log, lc.ns, image=real_cluster.trainer_image).start()
     yield process
     process.stop()
     print(f"operator log: {process.log_path}")
 
 
 @pytest.fixture()
-def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return ops.shared_digits(tmp_path_factory.getbasetemp())
 
 
+def _output(tmp_path: Path) -> dict[str, Any]:
+    """The test's output location: `out` in its folder, which the trainer may write."""
+    return {"hostPath": str(ops.writable(tmp_path) / "out")}
+
+
 def test_ttl_is_enforced_after_the_operator_was_down_at_the_deadline(
-    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, Path], tmp_path: Path
+    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, str], tmp_path: Path
 ) -> None:
     ttl = 15
     empty = tmp_path / "empty"
     empty.mkdir()
-    spec = digits_spec({"hostPath": str(empty)}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
+    spec = digits_spec({"hostPath": str(empty)}, _output(tmp_path), digits[1])
     spec["runPolicy"] = {"ttlSecondsAfterFinished": ttl}
     lc.create(transferjob("brief", spec))
     lc.wait_phase("brief", "Failed", timeout=120)  # empty data: fails at once, a finished job all the same
@@ -79,13 +85,11 @@ def test_ttl_is_enforced_after_the_operator_was_down_at_the_deadline(
 
 
 def test_suspend_then_resume_continues_from_the_checkpoint(
-    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, Path], tmp_path: Path
+    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, str], tmp_path: Path
 ) -> None:
     epochs = 8
     # Epochs of 1-2 s, so the suspension lands mid-run on an idle machine too.
-    spec = paced_spec(
-        {"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]), epochs
-    )
+    spec = paced_spec({"hostPath": str(digits[0])}, _output(tmp_path), digits[1], epochs)
     lc.create(transferjob("pausing", spec))
     wait_for(
         lambda: (lc.status("pausing").get("epoch") or 0) >= 1, timeout=180, interval=0.2, what="an epoch done"
@@ -119,11 +123,9 @@ def _event(line: str) -> dict[str, Any] | None:
 
 
 def test_kueue_queued_job_is_created_suspended_and_left_to_kueue(
-    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, Path], tmp_path: Path
+    lc: ops.Namespace, own_operator: OperatorProcess, digits: tuple[Path, str], tmp_path: Path
 ) -> None:
-    spec = digits_spec(
-        {"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]), epochs=1
-    )
+    spec = digits_spec({"hostPath": str(digits[0])}, _output(tmp_path), digits[1], epochs=1)
     lc.create(transferjob("queued", spec, labels={QUEUE_LABEL: "team-a"}))
     status = lc.wait_phase("queued", "Suspended", timeout=60)
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -145,10 +147,10 @@ def test_kueue_queued_job_is_created_suspended_and_left_to_kueue(
 
 
 def test_spec_changes_after_creation_are_rejected_by_the_api_server(
-    api_client: client.ApiClient, lc: ops.Namespace, digits: tuple[Path, Path], tmp_path: Path
+    lc: ops.Namespace, digits: tuple[Path, str], tmp_path: Path
 ) -> None:
     """The CRD's CEL transition rule, evaluated by the real kube-apiserver (no operator involved)."""
-    spec = digits_spec({"hostPath": str(digits[0])}, {"hostPath": str(tmp_path / "out")}, str(digits[1]))
+    spec = digits_spec({"hostPath": str(digits[0])}, _output(tmp_path), digits[1])
     spec["runPolicy"] = {"suspend": True}
     lc.create(transferjob("frozen", spec))
     with pytest.raises(client.ApiException) as rejected:

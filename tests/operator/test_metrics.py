@@ -1,4 +1,5 @@
-"""The operator's Prometheus endpoint and its Events, scraped and listed during a real training run."""
+"""The operator's Prometheus endpoint and its Events, scraped and listed during a real training run (the
+trainer in our image on the real node)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from kubernetes import client
 
 from tests.operator import ops
 from transferjob_testing.cluster.kube import wait_for
+from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
@@ -20,20 +22,23 @@ from transferjob_testing.harness import (
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture()
 def namespace_with_operator(
-    api_client: client.ApiClient, kubeconfig: Path, node_agent: Any, tmp_path: Path
+    real_cluster: RealCluster, tmp_path: Path
 ) -> Iterator[tuple[ops.Namespace, OperatorProcess, ops.Scraper]]:
-    install(api_client)
+    api = real_cluster.api
+    install(api)
     port = ops.free_port()
-    with ops.own_namespace(api_client, "tj-metrics") as ns:
-        sa = service_account_kubeconfig(api_client, kubeconfig, tmp_path / "kubeconfig")
-        process = ops.operator(sa, tmp_path / "operator.log", ns, "--metrics-port", str(port)).start()
+    with ops.own_namespace(api, "tj-metrics") as ns:
+        sa = service_account_kubeconfig(api, real_cluster.kubeconfig, tmp_path / "kubeconfig")
+        metrics = ("--metrics-port", str(port))
+        process = ops.operator(sa, tmp_path / "operator.log", ns, *metrics, image=real_cluster.trainer_image)
+        process.start()
         try:
-            yield ops.Namespace(api_client, ns), process, ops.Scraper(port)
+            yield ops.Namespace(api, ns), process, ops.Scraper(port)
         finally:
             process.stop()
 
@@ -51,7 +56,8 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
     assert before[f"{ops.PREFIX}status_patch_errors_total"] == 0
     assert f"{ops.PREFIX}log_stream_reconnects_total" in before
 
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source), epochs=2)
+    out = ops.writable(tmp_path) / "out"
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, epochs=2)
     cluster.create(transferjob("scraped", spec))
     running = wait_for(
         lambda: scraper.when(f'{ops.PREFIX}transferjobs{{phase="Running"}}', 1),
@@ -94,7 +100,6 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
 
 def test_refused_status_patches_are_counted_and_retried_until_accepted(
     namespace_with_operator: tuple[ops.Namespace, OperatorProcess, ops.Scraper],
-    api_client: client.ApiClient,
     tmp_path_factory: pytest.TempPathFactory,
     tmp_path: Path,
 ) -> None:
@@ -102,7 +107,7 @@ def test_refused_status_patches_are_counted_and_retried_until_accepted(
     refusal in `status_patch_errors`, retries at a bounded pace, and writes the status once allowed."""
     cluster, _process, scraper = namespace_with_operator
     errors = f"{ops.PREFIX}status_patch_errors_total"
-    admission: Any = client.AdmissionregistrationV1Api(api_client)
+    admission: Any = client.AdmissionregistrationV1Api(cluster.api)
     name = f"refuse-status-{cluster.ns}"
     admission.create_validating_admission_policy(
         {
@@ -134,7 +139,7 @@ def test_refused_status_patches_are_counted_and_retried_until_accepted(
     try:
         time.sleep(2.0)  # the API server loads new policies asynchronously
         data, source = ops.shared_digits(tmp_path_factory.getbasetemp())
-        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source))
+        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, source)
         spec["runPolicy"] = {"suspend": True}
         cluster.create(transferjob("refused", spec))
         wait_for(lambda: scraper.samples()[errors] >= 3, timeout=60, interval=0.5, what="3 refused patches")
