@@ -1,13 +1,15 @@
-"""Faults on a real control plane: what an operator in production lives through, each one on purpose.
+"""Faults on the real node: what an operator in production lives through, each one on purpose.
 
 The operator SIGKILLed mid-run (three times), the training pod deleted mid-run, the API server
 restarted under running jobs, a deadline and a backoff limit exceeded. Each test checks the truth
 at the end (one Job with the same uid, every epoch in `.status.history` exactly once and in order,
 the right failure reason), not just that something finished.
 
-These tests break things, so they run on a control plane and node agent of their own
-(`transferjob_testing.cluster.private`), never on the session cluster other tests share, with an operator of
-their own (authenticated as its ServiceAccount, bound to manifests/rbac/, like the e2e tests).
+They run on the session's real cluster (tests/conftest.py's ``real_cluster``: the trainer in our image,
+the real kubelet), with an operator of their own serving only their `tj-fault-*` namespaces
+(authenticated as its ServiceAccount, bound to manifests/rbac/, like the e2e tests). Tests run one at a
+time, so breaking that cluster (restarting its API server) disturbs no other test; the kubelet,
+kube-proxy and the rest of the control plane live through the outage as they would on a cluster.
 """
 
 from __future__ import annotations
@@ -26,63 +28,43 @@ from kubernetes import client
 from tests.operator import ops as ops_helpers
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob.types import Json
-from transferjob_testing.cluster.binaries import BinariesMissingError
-from transferjob_testing.cluster.controlplane import ControlPlaneError
 from transferjob_testing.cluster.kube import apply_yaml, temporary_namespace, wait_for
-from transferjob_testing.cluster.private import (
-    PrivateCluster,
-    release_private_cluster,
-    shared_private_cluster,
-)
+from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.harness import (
     REPO_ROOT,
     OperatorProcess,
     digits_spec,
     install,
-    make_digits,
     paced_spec,
     service_account_kubeconfig,
     transferjob,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(600)]
+
+#: The namespaces of the `fault_namespace` fixture, the only ones the module's operator serves.
+PREFIX = "tj-fault"
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="session")
-def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateCluster]:
-    """The control plane + agent shared by the fault and privilege modules (not the session one)."""
-    if os.environ.get("TJ_SKIP_CLUSTER") == "1":
-        pytest.skip("TJ_SKIP_CLUSTER=1: cluster tests skipped on request")
-    try:
-        cluster = shared_private_cluster(tmp_path_factory.getbasetemp() / "tj-private")
-    except (BinariesMissingError, ControlPlaneError) as error:
-        pytest.fail(f"private control plane did not start: {error}", pytrace=False)
-    yield cluster
-    release_private_cluster()
-
-
-@pytest.fixture(scope="session")
-def shared_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The digits data and source model; reuses those of the e2e tests when they already exist."""
-    base = tmp_path_factory.getbasetemp()
-    ready = [d for d in sorted(base.glob("digits*")) if (d / "source.keras").is_file()]
-    return make_digits(ready[0] if ready else base / "digits-shared")
+def shared_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The digits (readable by the trainer) and the source model as its pod sees it."""
+    return ops_helpers.shared_digits(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
-def private_operator(
-    private_cluster: PrivateCluster, tmp_path_factory: pytest.TempPathFactory
+def fault_operator(
+    real_cluster: RealCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install(private_cluster.api)
-    root = tmp_path_factory.mktemp("private-operator")
-    kubeconfig = service_account_kubeconfig(
-        private_cluster.api, private_cluster.kubeconfig, root / "kubeconfig"
-    )
+    install(real_cluster.api)
+    root = tmp_path_factory.mktemp("fault-operator")
+    kubeconfig = service_account_kubeconfig(real_cluster.api, real_cluster.kubeconfig, root / "kubeconfig")
     port = ops_helpers.free_port()
-    process = OperatorProcess(kubeconfig, root / "operator.log", ("--metrics-port", str(port))).start()
+    args = ("--metrics-port", str(port), "--trainer-image", real_cluster.trainer_image)
+    process = OperatorProcess(kubeconfig, root / "operator.log", args, namespaces=(f"{PREFIX}-*",)).start()
     process.metrics = ops_helpers.Scraper(port)  # type: ignore[attr-defined]
     yield process
     process.stop()
@@ -90,9 +72,9 @@ def private_operator(
 
 
 class Ops:
-    """Reads and writes in one namespace of the private cluster, with the operator at hand."""
+    """Reads and writes in one namespace of the real cluster, with the operator at hand."""
 
-    def __init__(self, cluster: PrivateCluster, namespace: str, operator: OperatorProcess) -> None:
+    def __init__(self, cluster: RealCluster, namespace: str, operator: OperatorProcess) -> None:
         self.cluster = cluster
         self.ns = namespace
         self.operator = operator
@@ -159,20 +141,26 @@ class Ops:
 
 
 @pytest.fixture()
-def private_namespace(private_cluster: PrivateCluster) -> Iterator[str]:
-    with temporary_namespace(private_cluster.api, "tj-fault") as name:
+def fault_namespace(real_cluster: RealCluster) -> Iterator[str]:
+    with temporary_namespace(real_cluster.api, PREFIX) as name:
         yield name
 
 
 @pytest.fixture()
-def ops(private_cluster: PrivateCluster, private_namespace: str, private_operator: OperatorProcess) -> Ops:
-    return Ops(private_cluster, private_namespace, private_operator)
+def ops(real_cluster: RealCluster, fault_namespace: str, fault_operator: OperatorProcess) -> Ops:
+    return Ops(real_cluster, fault_namespace, fault_operator)
 
 
-def long_spec(digits: tuple[Path, Path], out: Path, epochs: int, **extra: Any) -> Json:
+@pytest.fixture()
+def out_root(tmp_path: Path) -> Path:
+    """The test's folder, handed to the trainer's UID: output hostPaths go below it."""
+    return ops_helpers.writable(tmp_path)
+
+
+def long_spec(digits: tuple[Path, str], out: Path, epochs: int, **extra: Any) -> Json:
     """Exactly `epochs` epochs of about 1-2 s each (`harness.paced_spec`): faults land mid-run."""
     data, source = digits
-    return paced_spec({"hostPath": str(data)}, {"hostPath": str(out)}, str(source), epochs, **extra)
+    return paced_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, epochs, **extra)
 
 
 def epochs_of(status: Json) -> list[int]:
@@ -207,11 +195,11 @@ def assert_history_complete(status: Json, epochs: int, out: Path) -> None:
 
 
 def test_operator_sigkilled_three_times_mid_run(
-    ops: Ops, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """SIGKILL gives the operator no chance to clean up; each new process must adopt, not duplicate."""
     epochs = 40
-    out = tmp_path / "out"
+    out = out_root / "out"
     # Epochs of 1-2 s: long enough that three operator restarts (a few seconds each) land mid-run,
     # not after the trainer has finished.
     spec = long_spec(shared_digits, out, epochs)
@@ -269,11 +257,11 @@ class LogTap:
 
 
 def test_deleted_pod_resumes_from_checkpoint(
-    ops: Ops, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """The replacement pod continues after the last epoch the deleted one reported: none twice, none lost."""
     epochs = 20
-    out = tmp_path / "out"
+    out = out_root / "out"
     ops.create(transferjob("deleted", long_spec(shared_digits, out, epochs)))
     ops.wait_status("deleted", "epoch 3 in .status", lambda s: (s.get("epoch") or 0) >= 3, timeout=120)
     (first,) = ops.pods("deleted")
@@ -301,11 +289,11 @@ def test_deleted_pod_resumes_from_checkpoint(
 
 
 def test_api_server_restart_under_running_jobs(
-    ops: Ops, private_cluster: PrivateCluster, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, real_cluster: RealCluster, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """The API server goes away for a few seconds; the same operator process reconnects on its own."""
     epochs = 15
-    outs = {name: tmp_path / name for name in ("restart-a", "restart-b")}
+    outs = {name: out_root / name for name in ("restart-a", "restart-b")}
     for name, out in outs.items():
         ops.create(transferjob(name, long_spec(shared_digits, out, epochs, resources={"cpu": "500m"})))
     for name in outs:
@@ -314,7 +302,7 @@ def test_api_server_restart_under_running_jobs(
     assert ops.operator.proc is not None
     pid = ops.operator.proc.pid
 
-    private_cluster.control_plane.restart_apiserver(down_for=3.0)
+    real_cluster.control_plane.restart_apiserver(down_for=3.0)
 
     for name, out in outs.items():
         status = ops.wait_phase(name, "Succeeded", timeout=180)
@@ -328,16 +316,16 @@ def test_api_server_restart_under_running_jobs(
 
 
 def test_deadline_and_backoff_limit_surface_as_failed(
-    ops: Ops, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """Two Job-controller verdicts, each with its own reason and a message that tells what happened."""
-    slow = long_spec(shared_digits, tmp_path / "slow", 300, runPolicy={"activeDeadlineSeconds": 12})
+    slow = long_spec(shared_digits, out_root / "slow", 300, runPolicy={"activeDeadlineSeconds": 12})
     # An output location that cannot be written (an existing file where a folder should be): the real
     # trainer fails with a retryable error (exit code 1) on every attempt.
-    blocked = tmp_path / "not-a-folder"
+    blocked = out_root / "not-a-folder"
     blocked.write_text("in the way\n")
     data, source = shared_digits
-    crashing = digits_spec({"hostPath": str(data)}, {"uri": str(blocked)}, str(source), epochs=1)
+    crashing = digits_spec({"hostPath": str(data)}, {"hostPath": str(blocked)}, source, epochs=1)
     crashing["runPolicy"] = {"backoffLimit": 1}
     ops.create(transferjob("slow", slow))
     ops.create(transferjob("crashing", crashing))
@@ -359,13 +347,13 @@ def test_deadline_and_backoff_limit_surface_as_failed(
 
 
 def test_clusterwide_replicas_hand_over_through_clusterkopfpeering(
-    ops: Ops, private_cluster: PrivateCluster, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, real_cluster: RealCluster, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """The Deployment's set-up: replicas serving every namespace, coordinating through the
     `ClusterKopfPeering` of manifests/operator/peering.yaml, each with the operator's own RBAC."""
     lifetime = 5
-    apply_yaml(private_cluster.api, REPO_ROOT / "manifests" / "operator" / "peering.yaml")
-    custom: Any = client.CustomObjectsApi(private_cluster.api)
+    apply_yaml(real_cluster.api, REPO_ROOT / "manifests" / "operator" / "peering.yaml")
+    custom: Any = client.CustomObjectsApi(real_cluster.api)
 
     def peers() -> Json:
         peering = custom.get_cluster_custom_object(
@@ -376,13 +364,14 @@ def test_clusterwide_replicas_hand_over_through_clusterkopfpeering(
     data, source = shared_digits
 
     def suspended(name: str) -> Json:
-        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / name)}, str(source))
+        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out_root / name)}, source)
         spec["runPolicy"] = {"suspend": True}
         return transferjob(name, spec)
 
     peering = ("--peering", "transferjob-operator", "--peering-lifetime", str(lifetime), "--interval", "0.5")
-    first = OperatorProcess(ops.operator.kubeconfig, tmp_path / "first.log", peering)
-    second = OperatorProcess(ops.operator.kubeconfig, tmp_path / "second.log", peering)
+    peering += ("--trainer-image", real_cluster.trainer_image)
+    first = OperatorProcess(ops.operator.kubeconfig, out_root / "first.log", peering)
+    second = OperatorProcess(ops.operator.kubeconfig, out_root / "second.log", peering)
     ops.operator.stop()  # the module's standalone operator would act alongside them
     try:
         first.start()

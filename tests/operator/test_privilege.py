@@ -1,7 +1,7 @@
 """Least privilege, checked against the real authorizer: the operator has what manifests/rbac/ grants
 and nothing else, and a training pod has no API access at all.
 
-The operator runs (on the private control plane of `test_faults`) with a token of its own
+The operator (the module operator of `test_faults`, on the real node) runs with a token of its own
 ServiceAccount; `kubectl auth can-i` asks the API server's RBAC authorizer, so the matrix below is
 what the cluster enforces, not what the YAML seems to say. Training pods run as their namespace's
 `default` ServiceAccount without a token; even with one (minted here on purpose) they are refused.
@@ -20,17 +20,17 @@ from kubernetes import client
 from tests.operator import test_faults as faults
 from tests.operator.test_faults import Ops
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing.cluster.private import PrivateCluster
+from transferjob_testing.cluster.real import RealCluster, kubectl_binary
 from transferjob_testing.harness import OPERATOR_NAMESPACE, RBAC, SERVICE_ACCOUNT, digits_spec, transferjob
 
-# The private cluster, digits and operator fixtures of the fault tests (one cluster for both modules).
-private_cluster = faults.private_cluster
+# The digits, operator and namespace fixtures of the fault tests.
 shared_digits = faults.shared_digits
-private_operator = faults.private_operator
-private_namespace = faults.private_namespace
+fault_operator = faults.fault_operator
+fault_namespace = faults.fault_namespace
+out_root = faults.out_root
 ops = faults.ops
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.node, pytest.mark.e2e, pytest.mark.timeout(300)]
 
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
 
@@ -82,7 +82,7 @@ POD_DENIED = [
 
 def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, timeout=60
+        [kubectl_binary(), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -97,21 +97,19 @@ def can_i(kubeconfig: Path, verb: str, resource: str, *extra: str) -> bool:
     return proc.returncode == 0
 
 
-def test_operator_has_exactly_the_manifest_rbac(
-    private_cluster: PrivateCluster, private_operator: Any
-) -> None:
-    kubeconfig = private_operator.kubeconfig
+def test_operator_has_exactly_the_manifest_rbac(real_cluster: RealCluster, fault_operator: Any) -> None:
+    kubeconfig = fault_operator.kubeconfig
     # The running process uses this kubeconfig, and the API server sees it as the ServiceAccount.
-    assert private_operator.proc is not None
-    cmdline = Path(f"/proc/{private_operator.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert fault_operator.proc is not None
+    cmdline = Path(f"/proc/{fault_operator.proc.pid}/cmdline").read_bytes().split(b"\0")
     assert str(kubeconfig).encode() in cmdline
     whoami = kubectl(kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
     assert whoami.stdout == OPERATOR_USER, whoami.stderr
 
     # The role bound in the cluster is the manifest's, to that ServiceAccount only.
-    rbac: Any = client.RbacAuthorizationV1Api(private_cluster.api)
+    rbac: Any = client.RbacAuthorizationV1Api(real_cluster.api)
     wanted = yaml.safe_load((RBAC / "cluster_role.yaml").read_text())
-    role = private_cluster.api.sanitize_for_serialization(rbac.read_cluster_role("transferjob-operator"))
+    role = real_cluster.api.sanitize_for_serialization(rbac.read_cluster_role("transferjob-operator"))
     assert role["rules"] == wanted["rules"]
     binding = rbac.read_cluster_role_binding("transferjob-operator")
     assert [(s.kind, s.namespace, s.name) for s in binding.subjects] == [
@@ -127,11 +125,11 @@ def test_operator_has_exactly_the_manifest_rbac(
 
 
 def test_training_pod_identity_cannot_touch_transferjobs(
-    ops: Ops, private_cluster: PrivateCluster, shared_digits: tuple[Path, Path], tmp_path: Path
+    ops: Ops, real_cluster: RealCluster, shared_digits: tuple[Path, str], out_root: Path
 ) -> None:
     """End to end: the operator (as its ServiceAccount) runs a job; its pod gets no token and no rights."""
     data, source = shared_digits
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(tmp_path / "out")}, str(source), epochs=1)
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out_root / "out")}, source, epochs=1)
     ops.create(transferjob("least", spec))
     status = ops.wait_phase("least", "Succeeded")
     assert status["model"]["uri"].endswith("model.keras")
@@ -149,20 +147,20 @@ def test_training_pod_identity_cannot_touch_transferjobs(
         assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts
 
     identity = f"system:serviceaccount:{ops.ns}:{account}"
-    admin = private_cluster.kubeconfig
+    admin = real_cluster.kubeconfig
     allowed = [
         (verb, res) for verb, res in POD_DENIED if can_i(admin, verb, res, f"--as={identity}", "-n", ops.ns)
     ]
     assert not allowed, f"{identity} may {allowed}"
 
     # A real request with a real token of that ServiceAccount (what a pod would get if it mounted one).
-    core: Any = client.CoreV1Api(private_cluster.api)
+    core: Any = client.CoreV1Api(real_cluster.api)
     token = core.create_namespaced_service_account_token(
         account, ops.ns, {"spec": {"expirationSeconds": 600}}
     ).status.token
     cfg = client.Configuration()
-    cfg.host = private_cluster.api.configuration.host
-    cfg.ssl_ca_cert = private_cluster.api.configuration.ssl_ca_cert
+    cfg.host = real_cluster.api.configuration.host
+    cfg.ssl_ca_cert = real_cluster.api.configuration.ssl_ca_cert
     cfg.api_key = {"authorization": f"Bearer {token}"}
     with client.ApiClient(cfg) as as_pod:
         custom: Any = client.CustomObjectsApi(as_pod)

@@ -49,9 +49,14 @@ class RealCluster:
     _api: Any = field(default=None, repr=False)
 
     @property
-    def kubeconfig(self) -> Path:
+    def control_plane(self) -> ControlPlane:
+        """The running control plane (fault tests restart its API server)."""
         assert self.cp is not None, "not started"
-        return self.cp.kubeconfig
+        return self.cp
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
 
     @property
     def trainer_image(self) -> str:
