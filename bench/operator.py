@@ -1,15 +1,16 @@
 """Benchmark: how the operator keeps up with a burst, how fresh `.status` is, how much memory it takes.
 
-Not a test; a script. One run, on a private local control plane (etcd, kube-apiserver,
-controller-manager, scheduler; `transferjob_testing.cluster`) with the test node agent, the operator as
-a subprocess authenticated as its ServiceAccount (manifests/rbac/), exactly as in the e2e tests:
+Not a test; a script. One run, on the real single-node cluster of the tests (our control plane, the
+kubelet, containerd, the trainer image; `transferjob_testing.cluster.real`, which needs root and no
+other real node running), the operator as a subprocess authenticated as its ServiceAccount
+(manifests/rbac/), exactly as in the e2e tests:
 
 0. **ceiling**: the same 500 TransferJob creates before the operator starts (then deleted): how fast
    the API server takes custom objects at all; no operator can get Jobs faster than this.
 1. **direct** (the limit): 500 suspended Jobs created straight through the API (the operator's own
    Job manifest, `jobs.build_job`), 8 client threads; jobs/s.
 2. **status lag**: small real training jobs (digits, feature extraction, no early stopping). For each
-   epoch: when the trainer printed the epoch line (`kubectl logs --timestamps`: the node agent stamps
+   epoch: when the trainer printed the epoch line (`kubectl logs --timestamps`: containerd stamps
    each line when it reads it from the trainer's stdout) vs when a watch on TransferJobs first saw
    `.status.epoch` reach it. p50/p99.
 3. **burst**: 500 TransferJobs created as fast as 8 client threads can, all with `runPolicy.suspend:
@@ -47,12 +48,15 @@ from transferjob.types import Json
 from transferjob_operator import jobs
 from transferjob_testing.cluster.controlplane import stop_process
 from transferjob_testing.cluster.kube import kubectl, wait_for
-from transferjob_testing.cluster.private import PrivateCluster
+from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import hand_to_trainer
 from transferjob_testing.harness import (
+    POD_BASE,
     REPO_ROOT,
     digits_spec,
     install,
     make_digits,
+    pod_data,
     service_account_kubeconfig,
     transferjob,
 )
@@ -90,11 +94,12 @@ def rss_mib(pid: int) -> float:
 class Operator:
     """`python -m transferjob_operator` with default verbosity (as deployed), log to a file."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, trainer_image: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        args = ["--kubeconfig", str(kubeconfig), "-A", "--trainer-image", trainer_image]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "transferjob_operator", "--kubeconfig", str(kubeconfig), "-A"],
+                [sys.executable, "-m", "transferjob_operator", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -162,13 +167,13 @@ def _has_default_sa(core: Any, ns: str) -> bool:
         return False
 
 
-def suspended_spec(data: Path, source: Path, out: Path) -> Json:
-    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, str(source), epochs=5)
+def suspended_spec(data: Path, source: str, out: Path) -> Json:
+    spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, epochs=5)
     spec["runPolicy"] = {"suspend": True}
     return spec
 
 
-def post_transferjob(custom: Any, ns: str, name: str, data: Path, source: Path, root: Path) -> None:
+def post_transferjob(custom: Any, ns: str, name: str, data: Path, source: str, root: Path) -> None:
     """Create one suspended TransferJob: the same body in every phase that creates them."""
     body = transferjob(name, suspended_spec(data, source, root / name))
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _preload_content=False)
@@ -179,7 +184,7 @@ def p50_p99_ms(seconds: list[float], name: str) -> Json:
     return {f"{name}_p{q}_ms": percentile(seconds, q) * 1000 for q in (50, 99)}
 
 
-def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
+def bench_direct(api: client.ApiClient, data: Path, source: str, root: Path, count: int) -> Json:
     core: Any = client.CoreV1Api(api)
     batch: Any = client.BatchV1Api(api)
     ns = new_namespace(core, "bench-direct")
@@ -215,7 +220,7 @@ def bench_direct(api: client.ApiClient, data: Path, source: Path, root: Path, co
     }
 
 
-def bench_single(api: client.ApiClient, data: Path, source: Path, root: Path, count: int = 20) -> Json:
+def bench_single(api: client.ApiClient, data: Path, source: str, root: Path, count: int = 20) -> Json:
     """apply -> Job for TransferJobs applied one at a time (the next after the previous one's Job):
     the operator's own reaction time, without a burst's queueing in the API server."""
     core: Any = client.CoreV1Api(api)
@@ -235,7 +240,7 @@ def bench_single(api: client.ApiClient, data: Path, source: Path, root: Path, co
     return {"count": count, **p50_p99_ms(latencies, "latency")}
 
 
-def bench_ceiling(api: client.ApiClient, data: Path, source: Path, root: Path, count: int) -> Json:
+def bench_ceiling(api: client.ApiClient, data: Path, source: str, root: Path, count: int) -> Json:
     """The same burst of TransferJob creates with no operator running: the API server's own limit for
     custom objects (CRD schema and CEL validation, JSON only), which the burst rate cannot beat."""
     core: Any = client.CoreV1Api(api)
@@ -260,7 +265,7 @@ def bench_ceiling(api: client.ApiClient, data: Path, source: Path, root: Path, c
 
 
 def bench_burst(
-    api: client.ApiClient, ns: str, data: Path, source: Path, root: Path, count: int, offset: int
+    api: client.ApiClient, ns: str, data: Path, source: str, root: Path, count: int, offset: int
 ) -> Json:
     custom: Any = client.CustomObjectsApi(api)
     jobs_seen = JobWatch(api, ns)
@@ -314,7 +319,7 @@ def _parse_stamp(stamp: str) -> float:
 
 
 def bench_lag(
-    cluster: PrivateCluster, data: Path, source: Path, root: Path, jobs_count: int, epochs: int
+    cluster: RealCluster, data: Path, source: str, root: Path, jobs_count: int, epochs: int
 ) -> Json:
     """Epoch line in the pod log -> `.status.epoch` seen by a watch, on the same clock (wall time)."""
     api = cluster.api
@@ -344,9 +349,7 @@ def bench_lag(
     watcher.start()
     names = [f"lag-{i}" for i in range(jobs_count)]
     for name in names:
-        spec = digits_spec(
-            {"hostPath": str(data)}, {"hostPath": str(root / name)}, str(source), epochs=epochs
-        )
+        spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(root / name)}, source, epochs=epochs)
         spec["training"]["earlyStopping"] = {"enabled": False}
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, transferjob(name, spec))
 
@@ -397,8 +400,10 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="tj-bench-"))
     cluster_dir = root / "cluster"
-    data, source = make_digits(root / "digits")
-    cluster = PrivateCluster(cluster_dir, nodes=1, gpus=4).start()
+    digits, model = make_digits(root / "digits")
+    data, source = pod_data(digits, model), POD_BASE  # the trainer's UID reads them in its pod
+    hand_to_trainer(root)  # and writes its outputs below it
+    cluster = RealCluster(cluster_dir).start()
     results: Json = {"count": args.count, "threads": THREADS, "cpus": os.cpu_count()}
     operator: Operator | None = None
     try:
@@ -407,7 +412,7 @@ def main() -> int:
         kubeconfig = service_account_kubeconfig(api, cluster.kubeconfig, root / "operator.kubeconfig")
         results["ceiling"] = bench_ceiling(api, data, source, root, args.count)
         print(f"ceiling (TransferJob creates, no operator): {results['ceiling']}", flush=True)
-        operator = Operator(kubeconfig, root / "operator.log")
+        operator = Operator(kubeconfig, root / "operator.log", cluster.trainer_image)
         time.sleep(8)  # imports and the first watches; no TransferJob exists yet
         results["rss_idle_mib"] = rss_mib(operator.proc.pid)
         results["cpu_cores_idle"] = busy_share(operator.proc.pid, 3.0)

@@ -8,8 +8,6 @@ Fixtures (scope):
   or the cluster of ``KUBECONFIG`` when ``TJ_TEST_USE_EXISTING_CLUSTER=1``.
 * ``kubeconfig`` (session) -> ``Path`` of an admin kubeconfig for it.
 * ``api_client`` (session) -> admin ``kubernetes.client.ApiClient``.
-* ``node_agent`` (session) -> :class:`AgentProcess`: the test node agent with 2 nodes
-  (``tj-pytest-node-0/1``, 4 CPU, 16Gi, 2 ``nvidia.com/gpu`` each), Ready when yielded.
 * ``namespace`` (function) -> name of a fresh namespace (its ``default`` ServiceAccount exists),
   deleted afterwards.
 * ``apply_yaml`` (session) -> ``apply_yaml(path_or_yaml_text, namespace=None) -> list[dict]``
@@ -40,7 +38,6 @@ from typing import Any
 
 import pytest
 
-from transferjob_testing.cluster.agent_process import AgentProcess, start_agent
 from transferjob_testing.cluster.binaries import BinariesMissingError, find_binaries
 from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneError
 from transferjob_testing.cluster.kube import apply_yaml as _apply_yaml
@@ -57,14 +54,13 @@ CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
 
 @dataclass(frozen=True)
 class TestCluster:
-    """What a test needs to reach the cluster; ``pki_dir`` is None for a foreign existing cluster."""
+    """What a test needs to reach the cluster."""
 
     __test__ = False  # not a test class, despite the name
 
     kubeconfig: Path
     server: str
     existing: bool
-    pki_dir: Path | None
     root: Path
 
 
@@ -97,11 +93,10 @@ def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClust
             pytest.fail(
                 f"TJ_TEST_USE_EXISTING_CLUSTER=1 but kubeconfig {kubeconfig} does not exist", pytrace=False
             )
-        pki = kubeconfig.parent / "pki"  # the layout `make cluster-up` writes
         from kubernetes import config
 
         server = str(config.new_client_from_config(config_file=str(kubeconfig)).configuration.host)
-        yield TestCluster(kubeconfig, server, True, pki if (pki / "kubelet.crt").exists() else None, root)
+        yield TestCluster(kubeconfig, server, True, root)
         return
     problem = ""
     cp = ControlPlane(root / "cp")
@@ -115,7 +110,7 @@ def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClust
     if problem:  # outside the except block: one clear message, no chained traceback
         pytest.fail(problem, pytrace=False)
     try:
-        yield TestCluster(cp.kubeconfig, cp.server, False, cp.pki.dir, root)
+        yield TestCluster(cp.kubeconfig, cp.server, False, root)
     finally:
         cp.stop()
 
@@ -132,26 +127,6 @@ def api_client(test_cluster: TestCluster) -> Iterator[Any]:
     api = config.new_client_from_config(config_file=str(test_cluster.kubeconfig))
     yield api
     api.close()
-
-
-@pytest.fixture(scope="session")
-def node_agent(test_cluster: TestCluster) -> Iterator[AgentProcess]:
-    agent = start_agent(
-        test_cluster.kubeconfig,
-        test_cluster.root / "node-agent",
-        test_cluster.pki_dir,
-        nodes=2,
-        gpus=2,
-        cpu="4",
-        memory="16Gi",
-        node_prefix="tj-pytest-node",
-        extra_args=["--restart-backoff", "0.5", "--delete-nodes-on-exit"],
-    )
-    try:
-        agent.wait_ready(test_cluster.kubeconfig)
-        yield agent
-    finally:
-        agent.stop()
 
 
 @pytest.fixture()

@@ -6,8 +6,8 @@ makes creation idempotent: the Job's name is the TransferJob's name, a second re
 object, and the API server's 409 on a second POST is the proof that the Job already exists.
 
 Paths are handed to the trainer as command-line arguments (`--data-dir /data/<subPath>`), never baked
-into the spec file: the container paths exist only in the pod, and runners that map volumes to other
-places (the test node agent) rewrite arguments but not file contents.
+into the spec file: the container paths belong to the pod, not to the spec, which the local backend
+runs with the user's own paths.
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def upstream_model(location: Location, model_uri: str, container_output_dir: str
     """Where the model an upstream job exported lies, relative to its output location.
 
     The trainer reports the path it wrote to, as seen inside its container (`/output/<subPath>/...`),
-    or a URI. A path under the upstream's output folder becomes relative to that folder; a runner that
-    relocated the folder (the test node agent) reports another prefix, so the file name is kept.
+    or a URI. A path under the upstream's output folder becomes relative to that folder; a path elsewhere
+    keeps only its file name (the trainer exports to the top of its output folder).
     """
     if location.uri is not None:
         return UpstreamModel(location, model_uri)

@@ -6,9 +6,11 @@ the project's editable install, so that every entry point imports it by name ins
 It reads files of the repository (`hack/k8s/go.mod`, `manifests/`), so it works from a checkout only;
 the operator and trainer images copy `sdk/`, `operator/` and `trainer_image/` and never contain it.
 
-* `cluster`: a real Kubernetes control plane on loopback (etcd, kube-apiserver, controller manager,
-  scheduler) from pinned binaries, and the test-only node agent that runs pods as local processes;
-  `python -m transferjob_testing.cluster up|down|status` (see docs/test-control-plane.md).
+* `cluster`: a real Kubernetes control plane (etcd, kube-apiserver, controller manager, scheduler) and
+  a real node (containerd, runc, a CNI bridge, the kubelet, kube-proxy, a TEST-ONLY GPU device plugin)
+  from pinned binaries; `python -m transferjob_testing.cluster up|down|status` (see
+  docs/test-control-plane.md and docs/real-node.md).
+* `images`: our images built with buildah from a local Debian base, cached by their inputs.
 * `harness`: the operator installed and run as a subprocess with its ServiceAccount's credentials,
   and the digits data, source model and TransferJob specs the e2e tests, the demo and the benchmarks
   train with.

@@ -1,7 +1,8 @@
 """Pods that do not start -> conditions that say why and what to do; the pending timeout; how
 conditions close. Pure functions, fed with Jobs, pods and Events recorded on the test control plane
-(`tests/data/podstart/`, written by the scenarios of `test_podstart.py`: the real scheduler, Job
-controller and quota admission, the test node agent as the kubelet).
+(`tests/data/podstart/`, recorded from the scenarios of `test_podstart.py`: the real scheduler, Job
+controller and quota admission, with the process node agent of the first round as the kubelet;
+`test_podstart.py` now checks the same conditions end to end against the real kubelet).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Test infrastructure: a real Kubernetes control plane on loopback plus a process-based node agent.
+"""Test infrastructure: a real Kubernetes control plane and a real single node on this machine.
 
-Nothing here ships with transferjob. It exists so that cluster tests and the demo talk to a real
-kube-apiserver (with etcd, kube-controller-manager and kube-scheduler behind it) instead of a mock,
-on machines without a container runtime. See docs/test-control-plane.md.
+Nothing here ships with transferjob. It exists so that the tests, the demo and the benchmarks talk to
+a real kube-apiserver (with etcd, kube-controller-manager and kube-scheduler behind it) instead of a
+mock, and run pods with the real kubelet, containerd and runc in our own images. See
+docs/test-control-plane.md and docs/real-node.md.
 """
 
 from __future__ import annotations

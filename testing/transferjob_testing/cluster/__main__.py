@@ -4,8 +4,7 @@
 kube-apiserver, kube-controller-manager, kube-scheduler, containerd, the kubelet, kube-proxy and the
 TEST-ONLY fake GPU plugin, with our images imported), writes the admin kubeconfig to
 ``<root>/kubeconfig`` and prints how to use it; ``--operator`` also installs the operator from
-``hack/local-images``. ``up --agent`` starts the process node agent instead, for machines where we are
-not root. ``down`` stops whichever runs and restores the host.
+``hack/local-images``. ``down`` stops it and restores the host.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from transferjob_testing.cluster.agent_process import agent_from_state, start_agent
-from transferjob_testing.cluster.binaries import REPO_ROOT, BinariesMissingError
+from transferjob_testing.cluster.binaries import REPO_ROOT
 from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
 from transferjob_testing.cluster.node import (
     NODE_NAME,
@@ -46,50 +44,24 @@ def _running(root: Path) -> bool:
 
 def up(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
-    if _running(root / "cp") or _running(root):
+    if _running(root / "cp"):
         print(f"cluster already running; kubeconfig: {root / 'kubeconfig'}")
         return 0
     owner = running_node()
-    if owner and not args.agent:
+    if owner:
         print(f"a real node is already up on this machine ({owner}); stop it first", file=sys.stderr)
         return 1
     down(args, quiet=True)
     if root.exists():
         shutil.rmtree(root)
-    if not args.agent:
-        return _up_real(root, args)
-    t0 = time.monotonic()
-    try:
-        cp = ControlPlane(root, detach=True).start()
-    except BinariesMissingError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    t1 = time.monotonic()
-    agent = start_agent(
-        cp.kubeconfig, root / "node-agent", cp.pki.dir, nodes=args.nodes, gpus=args.gpus, detach=True
-    )
-    agent.wait_ready(cp.kubeconfig)
-    t2 = time.monotonic()
-    print(
-        f"control plane ready in {t1 - t0:.1f}s, node agent ({', '.join(agent.node_names)}) "
-        f"ready {t2 - t1:.1f}s later"
-    )
-    print(f"API server: {cp.server}")
-    print(f"kubeconfig: {cp.kubeconfig}")
-    print(f"  export KUBECONFIG={cp.kubeconfig}")
-    print(f"  kubectl --kubeconfig {cp.kubeconfig} get nodes")
-    print(f"logs: {root / 'logs'} and {root / 'node-agent' / 'node-agent.log'}")
-    return 0
+    return _up_real(root, args)
 
 
 def _up_real(root: Path, args: argparse.Namespace) -> int:
     problems = missing_prerequisites()
     if problems:
         print("cannot start a real node:\n  " + "\n  ".join(problems), file=sys.stderr)
-        print(
-            "(make cluster-up installs them; `up --agent` runs the process node agent instead)",
-            file=sys.stderr,
-        )
+        print("(make cluster-up installs them)", file=sys.stderr)
         return 2
     t0 = time.monotonic()
     cluster = RealCluster(root, gpus=args.gpus, detach=True).start()
@@ -118,19 +90,14 @@ def down(args: argparse.Namespace, quiet: bool = False) -> int:
         if not quiet:
             print("real node and control plane stopped; host state restored")
         return 0
-    agent = agent_from_state(root / "node-agent")
-    if agent is not None:
-        agent.stop()
-        (root / "node-agent" / "agent.json").unlink(missing_ok=True)
-    stopped = ControlPlane.stop_from_state(root)
     if not quiet:
-        print("control plane stopped" if stopped else "no control plane was running")
+        print("no cluster was running")
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
-    ok = _running(root / "cp") or _running(root)
+    ok = _running(root / "cp")
     print(f"running; kubeconfig: {root / 'kubeconfig'}" if ok else "not running")
     return 0 if ok else 1
 
@@ -139,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m transferjob_testing.cluster")
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    p.add_argument("--agent", action="store_true", help="the process node agent instead of a real node")
     p.add_argument("--operator", action="store_true", help="install the operator (hack/local-images)")
-    p.add_argument("--nodes", type=int, default=1, help="agent nodes (--agent)")
-    p.add_argument("--gpus", type=int, default=2, help="nvidia.com/gpu per node (TEST-ONLY fake devices)")
+    p.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu of the node (TEST-ONLY fake devices)")
     args = p.parse_args(argv)
     return {"up": up, "down": down, "status": status}[args.command](args)
 

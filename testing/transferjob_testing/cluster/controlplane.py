@@ -240,7 +240,6 @@ class ControlPlane:
         kubelet_client = pki.issue(
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)
         )
-        pki.issue("kubelet", "transferjob-test-node-agent", ips=(LOOPBACK,), dns=("localhost",), server=True)
         admin = pki.issue("admin", "transferjob-admin", organizations=("system:masters",))
         cm_cert = pki.issue("controller-manager", "system:kube-controller-manager")
         sched_cert = pki.issue("scheduler", "system:kube-scheduler")
