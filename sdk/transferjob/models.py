@@ -655,6 +655,7 @@ class StorageSpec(ApiModel):
     )
     endpoint_url: str | None = Field(
         default=None,
+        alias="endpointURL",  # Kubernetes spells acronyms in capitals (podIP, hostIP)
         max_length=512,
         pattern=ENDPOINT_URL,
         description="The endpoint of an S3-compatible store (MinIO, Ceph RGW, versitygw, ...): "

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# The trainer tests' fixtures (the digits, the pretrained source network, the trainer runner), for the
+# trainer runs against the store here.
+from tests.trainer.conftest import digits, run_trainer, source_models  # noqa: F401
 from transferjob_testing.s3server import S3Server, serve
 
 
