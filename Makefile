@@ -37,8 +37,12 @@ test-unit: install ## Unit tests only (no control plane, no TensorFlow training)
 
 include $(wildcard mk/*.mk)
 
+.PHONY: versitygw
+versitygw: install ## Build (or reuse) the pinned versitygw S3 server the storage tests start; cached outside the repo.
+	@$(PY) -m transferjob_testing.s3server build >/dev/null
+
 .PHONY: test
-test: install cluster-binaries node-prereqs images ## The whole suite: lint, CRD drift, unit, trainer, control-plane, real-node and end-to-end tests.
+test: install cluster-binaries node-prereqs images versitygw ## The whole suite: lint, CRD drift, unit, trainer, control-plane, real-node and end-to-end tests.
 	$(MAKE) lint
 	$(PY) -m pytest tests
 

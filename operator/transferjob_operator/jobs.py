@@ -255,6 +255,7 @@ def build_job(
         cache = _mount_location(volumes, "weights", spec.model.weights_cache, WEIGHTS_MOUNT, read_only=False)
         env.append({"name": "KERAS_HOME", "value": cache})
 
+    storage = spec.storage
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.resources.image or trainer_image,
@@ -265,6 +266,14 @@ def build_job(
         # names model.weightsCache), exports go through temporary files, and the root filesystem is
         # read-only.
         "env": env,
+        # The object-store credentials: the Secret's keys as environment variables, resolved by the
+        # kubelet. The operator never reads the Secret, and nothing secret is in the Job's manifest; a
+        # missing Secret keeps the pod in CreateContainerConfigError, naming it.
+        **(
+            {"envFrom": [{"secretRef": {"name": storage.secret_name}}]}
+            if storage and storage.secret_name
+            else {}
+        ),
         "volumeMounts": volumes.mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -56,8 +56,15 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 RELATIVE_PATH = r"^$|^[^/](.*[^/])?$"
 #: A Kubernetes resource quantity, never negative (`16Gi`, `500m`, `2`, `1e9`).
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$"
-#: An absolute path or a URI of a safe shape: no spaces, quotes or shell metacharacters.
-SAFE_PATH_OR_URI = r"^(/|[a-z][a-z0-9+.-]*://)[A-Za-z0-9._~+=,@%/-]+$"
+#: Where the trainer reads and writes folders (data, output): object stores, `file://`, absolute paths.
+FOLDER_URI = r"^((s3|gs|file)://|/)"
+#: Where it reads a single file (base, weights, fromModel): the same, and plain `https://`, which cannot
+#: list a folder (so it serves files only).
+FILE_URI_SCHEMES = ("s3", "gs", "https", "file")
+#: An absolute path or a URI of a supported scheme and a safe shape: no spaces, quotes or shell characters.
+SAFE_PATH_OR_URI = rf"^(/|({'|'.join(FILE_URI_SCHEMES)})://)[A-Za-z0-9._~+=,@%/-]+$"
+#: An S3-compatible endpoint: scheme, host and port, nothing after.
+ENDPOINT_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
 #: A Keras layer name, as `fineTuneAt` names one.
 LAYER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_./:-]*$"
 #: Weights files Keras loads into an applications network.
@@ -301,6 +308,14 @@ class Location(ApiModel):
             lambda m: m.uri is None or no_dot_segments(m.uri),
             ".uri",
         ),
+        Rule(
+            f"!has(self.uri) || self.uri.matches('{FOLDER_URI}')",
+            "uri must be s3://bucket/folder, gs://bucket/folder, file:///folder or an absolute path: no "
+            "other scheme is supported (https:// serves single files only: model.base, model.weights, "
+            "model.fromModel)",
+            lambda m: m.uri is None or re.match(FOLDER_URI, m.uri) is not None,
+            ".uri",
+        ),
     )
 
     pvc: PVCSource | None = Field(default=None, description="A PersistentVolumeClaim and a folder in it.")
@@ -314,8 +329,9 @@ class Location(ApiModel):
         default=None,
         max_length=2048,
         pattern=r"^([a-z][a-z0-9+.-]*://|/).+",
-        description="A URI the trainer reads with tf.io.gfile (gs://, s3://, hdfs://, file://) or an "
-        "absolute path inside the trainer's container.",
+        description="An object-store folder (s3://bucket/folder on AWS or any S3-compatible store, "
+        "gs://bucket/folder), a file:// URI or an absolute path inside the trainer's container. "
+        "Credentials and the S3 endpoint: spec.storage.",
     )
 
 
@@ -343,22 +359,23 @@ class ModelSpec(ApiModel):
         Rule(
             f"self.base in {cel_list(sorted(BASES))} || {safe_file_cel('self.base', SAVED_MODEL_SUFFIXES)}",
             "base must be a keras.applications network name (MobileNetV2, VGG16, ResNet50, ...) or the "
-            "absolute path or URI of a saved Keras model ending in .keras, .h5 or .hdf5, without '..' "
-            "segments, spaces or shell characters",
+            "absolute path or URI (s3://, gs://, https://, file://) of a saved Keras model ending in "
+            ".keras, .h5 or .hdf5, without '..' segments, spaces or shell characters",
             lambda m: m.base in BASES or safe_file(m.base, SAVED_MODEL_SUFFIXES),
             ".base",
         ),
         Rule(
             f"self.weights in ['imagenet', 'none'] || {safe_file_cel('self.weights', WEIGHTS_SUFFIXES)}",
-            "weights must be imagenet, none, or the absolute path or URI of a weights file ending in .h5 or "
-            ".hdf5, without '..' segments, spaces or shell characters",
+            "weights must be imagenet, none, or the absolute path or URI (s3://, gs://, https://, "
+            "file://) of a weights file ending in .h5 or .hdf5, without '..' segments, spaces or shell "
+            "characters",
             lambda m: m.weights in ("imagenet", "none") or safe_file(m.weights, WEIGHTS_SUFFIXES),
             ".weights",
         ),
         Rule(
             f"!has(self.fromModel) || {safe_file_cel('self.fromModel', SAVED_MODEL_SUFFIXES)}",
-            "fromModel must be the absolute path or URI of a saved Keras model ending in .keras, .h5 or "
-            ".hdf5, without '..' segments, spaces or shell characters",
+            "fromModel must be the absolute path or URI (s3://, gs://, https://, file://) of a saved Keras "
+            "model ending in .keras, .h5 or .hdf5, without '..' segments, spaces or shell characters",
             lambda m: m.from_model is None or safe_file(m.from_model, SAVED_MODEL_SUFFIXES),
             ".fromModel",
         ),
@@ -620,6 +637,38 @@ class OutputSpec(ApiModel):
     tensorboard: bool = Field(default=True, description="Write TensorBoard logs under tensorboard/.")
 
 
+class StorageSpec(ApiModel):
+    """How the trainer reaches the object stores its locations name (s3://, gs://).
+
+    One block for the whole job, not one per location: the clients read one set of standard environment
+    variables (AWS_*, GOOGLE_*), so a job has one identity, as any pod running the AWS or Google tools.
+    """
+
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="A Secret in the TransferJob's namespace whose keys become the trainer's environment "
+        "(envFrom; the operator never reads it): AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally "
+        "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION for s3://; GOOGLE_SERVICE_ACCOUNT_KEY (the JSON "
+        "key) for gs://. Empty: the pod's own identity (node role, workload identity) or anonymous.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        alias="endpointURL",  # Kubernetes spells acronyms in capitals (podIP, hostIP)
+        max_length=512,
+        pattern=ENDPOINT_URL,
+        description="The endpoint of an S3-compatible store (MinIO, Ceph RGW, versitygw, ...): "
+        "http(s)://host[:port]. Empty: AWS_ENDPOINT_URL from the Secret, else AWS S3.",
+    )
+    region: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
+        description="The S3 region (us-east-1 when neither this nor AWS_REGION is set).",
+    )
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration, e.g. for tainted GPU nodes."""
 
@@ -690,7 +739,8 @@ class RunPolicy(ApiModel):
 _IMMUTABLE_SPEC = (
     "self.mode == oldSelf.mode && self.model == oldSelf.model && self.data == oldSelf.data && "
     "self.training == oldSelf.training && self.output == oldSelf.output && "
-    "self.resources == oldSelf.resources && self.runPolicy.backoffLimit == oldSelf.runPolicy.backoffLimit"
+    "self.resources == oldSelf.resources && self.runPolicy.backoffLimit == oldSelf.runPolicy.backoffLimit && "
+    "has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)"
 )
 
 
@@ -746,6 +796,9 @@ class TransferJobSpec(ApiModel):
         default_factory=ResourcesSpec, description="Pod resources and placement."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadline, TTL, suspend.")
+    storage: StorageSpec | None = Field(
+        default=None, description="Credentials and endpoint for s3:// and gs:// locations."
+    )
 
     @model_validator(mode="after")
     def _mode_defaults(self) -> TransferJobSpec:

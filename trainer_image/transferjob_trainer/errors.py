@@ -36,6 +36,23 @@ class InvalidDataError(TrainerError):
     permanent = True
 
 
+class StorageError(TrainerError):
+    """An object-store location could not be used: `problem` says why, in the words a user acts on.
+
+    `not found` (a missing object, folder or bucket), `access denied` (wrong or missing credentials, no
+    permission) or `endpoint unreachable` (the endpoint is named). Permanent: a retry of the same pod
+    meets the same bucket with the same credentials, and a retry loop would hide the cause.
+    """
+
+    reason = "StorageError"
+    permanent = True
+
+    def __init__(self, uri: str, problem: str, detail: str = "") -> None:
+        super().__init__(f"{uri}: {problem}" + (f" ({detail})" if detail else ""))
+        self.uri = uri
+        self.problem = problem
+
+
 class TerminatedError(TrainerError):
     """SIGTERM (pod deleted, suspended or preempted): the next run resumes from the checkpoint."""
 

@@ -6,9 +6,12 @@ seconds with a permanent error; only then is TensorFlow imported and the model b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import tempfile
+import time
 from typing import Any
 
 import yaml
@@ -19,7 +22,7 @@ from transferjob.errors import SpecError
 from transferjob.models import TransferJobSpec, parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import fs
-from transferjob_trainer.errors import InvalidSpecError
+from transferjob_trainer.errors import InvalidSpecError, StorageError
 from transferjob_trainer.layout import Layout, check_images, scan_layout
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.report import Reporter, StepMeter, log
@@ -95,8 +98,59 @@ def use_weights_cache(spec: TransferJobSpec) -> None:
     log(f"weights cache: {home}/models")
 
 
+def use_storage(spec: TransferJobSpec) -> None:
+    """Point the object-store clients at `storage.endpointURL` and `storage.region` (they read the env).
+
+    The spec's settings win over the environment's: they are what this job says. Credentials never
+    come from the spec, only from the environment (in a pod: the Secret `storage.secretName` names).
+    """
+    storage = spec.storage
+    if storage is None:
+        return
+    if storage.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = storage.endpoint_url
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    if storage.region:
+        os.environ["AWS_REGION"] = storage.region
+
+
+def check_storage(paths: RunPaths) -> None:
+    """Fail in a second on a store that cannot be reached or read, before TensorFlow loads.
+
+    Reading is what a resume does first (the checkpoint state); a store that refuses it names the URI
+    and the reason now rather than after the data has been copied and the model built. So does a
+    missing model to fine-tune.
+    """
+    if not fs.is_local(paths.output):
+        fs.exists(fs.join(paths.output, "checkpoints"))
+    if paths.init_model and not fs.is_local(paths.init_model) and not fs.exists(paths.init_model):
+        raise StorageError(paths.init_model, "not found", "the model to fine-tune")
+
+
+def stage_data(paths: RunPaths, reporter: Reporter) -> RunPaths:
+    """Copy data in an object store to local disk (`$TMPDIR/transferjob-data`), as an initializer would.
+
+    In a pod TMPDIR is the scratch volume, which must have room for the data set; a local run keeps the
+    copy under the system's temporary folder and reuses the unchanged objects next time.
+    """
+    if fs.is_local(paths.data_root):
+        return paths
+    reporter.phase("loading", f"copying {paths.data_root} to local disk")
+    started = time.monotonic()
+    cache = os.path.join(tempfile.gettempdir(), "transferjob-data")
+    folder, fetched = fs.stage_folder(paths.data_root, cache)
+    log(
+        f"data: {paths.data_root} is copied to {folder} ({fetched} objects downloaded in "
+        f"{time.monotonic() - started:.1f}s, the others were there already)"
+    )
+    return dataclasses.replace(paths, data_root=folder)
+
+
 def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
     """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
+    use_storage(spec)
+    check_storage(paths)
+    paths = stage_data(paths, reporter)
     reporter.phase("loading", f"checking images in {paths.data_root}")
     layout = scan_layout(paths.data_root, spec.data)
     meter = StepMeter(reporter.emit, "loading", len(layout.all_files()))

@@ -9,6 +9,7 @@ curve is for comparing runs, and rounding flattens the differences it is read fo
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -50,12 +51,17 @@ class TensorBoardLog:
     """Epoch scalars under tensorboard/{train,validation}, named like Keras' TensorBoard callback."""
 
     def __init__(self, folder: str | None) -> None:
+        # TensorFlow writes event files to local paths (and gs://) only: for an object store they are
+        # written to a local folder and uploaded after every epoch. Event file names are unique per
+        # process, so the files of an earlier run of a resumed job stay beside the new ones.
+        self._folder = folder
+        self._local = folder if folder is None or fs.is_local(folder) else tempfile.mkdtemp(prefix="tb-")
         self._writers = (
             {
-                "train": tf.summary.create_file_writer(fs.join(folder, "train")),
-                "validation": tf.summary.create_file_writer(fs.join(folder, "validation")),
+                "train": tf.summary.create_file_writer(fs.join(self._local, "train")),
+                "validation": tf.summary.create_file_writer(fs.join(self._local, "validation")),
             }
-            if folder
+            if self._local
             else {}
         )
 
@@ -69,3 +75,5 @@ class TensorBoardLog:
                 with writer.as_default():
                     tf.summary.experimental.write_raw_pb(_scalar_summary(values[split]), step=epoch)
                 writer.flush()
+        if self._folder and self._local and self._local != self._folder:
+            fs.put_tree(self._local, self._folder)

@@ -61,8 +61,9 @@ def default_home() -> Path:
     return Path(os.environ.get("TJ_HOME") or Path.home() / ".transferjob").expanduser()
 
 
-def local_path(location: Location, field: str) -> Path:
-    """The folder a location names on this machine; `field` is its spec path, for the error."""
+def local_path(location: Location, field: str) -> Path | str:
+    """The folder a location names on this machine, or its object-store URI (the trainer reads those
+    itself, with the credentials of the usual environment variables); `field` is its spec path."""
     if location.host_path is not None:
         return Path(location.host_path)
     if location.uri is not None:
@@ -70,12 +71,7 @@ def local_path(location: Location, field: str) -> Path:
             return Path(location.uri.removeprefix("file://"))
         if location.uri.startswith("/"):
             return Path(location.uri)
-        raise SpecError(
-            [
-                f"{field}.uri: the local backend reads local folders only (hostPath, file:// or /path), "
-                f"got {location.uri!r}"
-            ]
-        )
+        return location.uri
     raise SpecError(
         [
             f"{field}.pvc: a PersistentVolumeClaim exists only in a cluster; the local backend needs "
@@ -164,11 +160,14 @@ class LocalBackend(Backend):
         write_json(job_dir / SPEC_FILE, spec.to_dict())
         status = TransferJobStatus(phase=Phase.PENDING, epochs=spec.training.epochs, observed_generation=1)
         write_json(job_dir / STATUS_FILE, status.to_dict())
-        output_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(output_dir, Path):
+            output_dir.mkdir(parents=True, exist_ok=True)
         self._start_runner(job_dir, data_dir, output_dir, init_model)
         return self.get(name)
 
-    def _start_runner(self, job_dir: Path, data_dir: Path, output_dir: Path, init_model: str | None) -> None:
+    def _start_runner(
+        self, job_dir: Path, data_dir: Path | str, output_dir: Path | str, init_model: str | None
+    ) -> None:
         """Start the runner in its own session: it survives this process and its terminal."""
         paths = ["--data-dir", str(data_dir), "--output-dir", str(output_dir)]
         if init_model is not None:
