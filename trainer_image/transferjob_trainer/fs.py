@@ -63,8 +63,6 @@ _DENIED_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
-#: How obstore words a request that never reached the store (its errors carry no finer type for it).
-_UNREACHABLE = re.compile(r"error sending request|kind: (Connect|Timeout)|dns error|connection refused", re.I)
 #: Parallel downloads when a folder is staged locally.
 _DOWNLOAD_THREADS = 16
 #: The file in a staged folder that records what was downloaded (object path -> ETag).
