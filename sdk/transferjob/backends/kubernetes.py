@@ -134,19 +134,19 @@ class KubernetesBackend(Backend):
             raise BackendError(f"cannot reach the Kubernetes API: {error}") from error
 
     def _not_found(self, name: str, error: ApiException) -> TransferJobError:
-        """What a 404 means: a create names the missing namespace in its details; a read of an object
-        in a missing namespace is a plain 404 for the object, so the namespace is looked up."""
+        """What a 404 means. The API server answers a path it does not serve at all (no CRD) with a
+        plain-text page, or a Status that names no object; a create in a missing namespace names the
+        namespace; a read in a missing namespace is a plain 404 for the object, so the namespace is
+        looked up. A 404 without a body (not from an API server) can only mean the job."""
         details = _details(error)
-        if details is None:
+        if details is None and not error.body:
             return JobNotFoundError(name, self.namespace)
-        if details.get("kind") == "namespaces":
-            return NamespaceNotFoundError(self.namespace)
-        if not details.get("name"):  # no object named: the URL itself is unknown
+        if details is None or not details.get("name"):
             return BackendError(
                 f"the cluster does not serve {KIND} ({GROUP}/{VERSION}): is the CRD installed? "
                 "(kubectl apply -k manifests/)"
             )
-        if not self._namespace_exists():
+        if details.get("kind") == "namespaces" or not self._namespace_exists():
             return NamespaceNotFoundError(self.namespace)
         return JobNotFoundError(name, self.namespace)
 

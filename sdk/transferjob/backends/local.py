@@ -239,6 +239,10 @@ class LocalBackend(Backend):
         return job
 
     def list(self, label_selector: str | None = None) -> builtins.list[TransferJob]:
+        try:  # a selector the API server would refuse is an error even when there is nothing to match
+            matches_selector({}, label_selector)
+        except ValueError as error:
+            raise BackendError(str(error)) from error
         if not self.jobs_dir.exists():
             return []
         jobs = []
@@ -251,10 +255,7 @@ class LocalBackend(Backend):
                 continue
             except BackendError as error:
                 _log.warning("skipped: %s", error)
-        try:
-            chosen = [job for job in jobs if matches_selector(job.metadata.labels, label_selector)]
-        except ValueError as error:
-            raise BackendError(str(error)) from error
+        chosen = [job for job in jobs if matches_selector(job.metadata.labels, label_selector)]
         return sorted(chosen, key=lambda j: (j.metadata.creation_timestamp or now(), j.metadata.name or ""))
 
     def stream(self, name: str, timeout: float | None) -> Iterator[TransferJob]:
