@@ -14,8 +14,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
+from transferjob.errors import SpecError
 from transferjob.models import Location, Phase, TransferJob
 from transferjob_operator.jobs import UpstreamModel, output_dir, upstream_model
 from transferjob_operator.status import Gate
@@ -117,7 +116,7 @@ def upstream_gate(
     uri = (status.get("model") or {}).get("uri")
     try:
         location = Location.model_validate(upstream["spec"]["output"]["location"])
-    except (KeyError, ValidationError):
+    except (KeyError, SpecError):
         location = None
     if not uri or location is None:
         return Gate(

@@ -34,6 +34,7 @@ from transferjob.errors import (
     JobNotFoundError,
     JobNotReadyError,
     JobTimeoutError,
+    NamespaceNotFoundError,
     SpecError,
     TransferJobError,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Location",
     "Mode",
     "ModelSpec",
+    "NamespaceNotFoundError",
     "OutputSpec",
     "PVCSource",
     "Phase",

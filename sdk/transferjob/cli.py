@@ -3,7 +3,8 @@
 Everything here is argument parsing and printing; what a command does is one client call, so the CLI
 and a notebook behave the same. Exit codes let scripts follow a job: 0 succeeded, 1 failed (or an
 operation failed), 2 usage errors and invalid specs, 124 timed out (like `timeout(1)`), 130 interrupted.
-Errors are one line each on stderr, never a traceback.
+Errors are one line each on stderr, never a traceback; the SDK's warnings (a local job record that
+cannot be read, left out of `tj list`) are `tj: warning: ...` lines.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-from pydantic import ValidationError
 
 from transferjob import yamlio
 from transferjob.client import (
@@ -30,7 +31,7 @@ from transferjob.client import (
     format_step,
 )
 from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, TransferJobError
-from transferjob.models import Phase, TransferJob, describe_validation_error
+from transferjob.models import Phase, TransferJob
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -170,10 +171,7 @@ def read_manifest(filename: str) -> TransferJob:
         raise UsageError(f"{filename} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise UsageError(f"{filename} does not hold a TransferJob manifest (a YAML mapping)")
-    try:
-        return TransferJob.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(describe_validation_error(error)) from error
+    return TransferJob.model_validate(data)
 
 
 def make_client(args: argparse.Namespace) -> TransferJobClient:
@@ -391,6 +389,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse printed its message (or the help)
         return int(exit_.code or 0)
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setFormatter(logging.Formatter("tj: warning: %(message)s"))
+    sdk_logger = logging.getLogger("transferjob")
+    sdk_logger.addHandler(warnings)
     try:
         return run_command(args, out)
     except SpecError as error:
@@ -414,6 +416,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `tj logs NAME | head`
         return EXIT_OK
+    finally:
+        sdk_logger.removeHandler(warnings)
 
 
 if __name__ == "__main__":

@@ -213,11 +213,13 @@ class TransferJobClient:
         """Create the job and return its name: `name`, else `metadata.name`, else a generated one.
 
         Generated names look like `mobilenetv2-fe-x7k2p` (or `metadata.generateName` + 5 characters).
+        Raises `SpecError` for what the API server would refuse (a name longer than 63 characters, too),
+        on either backend, before anything is created.
         """
         if name is not None:
             job = job.model_copy(deep=True)
             job.metadata.name = name
-        created = self.backend.create(job)
+        created = self.backend.create(job.revalidated())
         return created.metadata.name or ""
 
     def get(self, name: str) -> TransferJob:

@@ -43,6 +43,14 @@ class JobNotFoundError(TransferJobError, LookupError):
         self.namespace = namespace
 
 
+class NamespaceNotFoundError(BackendError, LookupError):
+    """The namespace the client works in does not exist (a typo in `-n`, or a context's stale default)."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(f"namespace {namespace!r} does not exist")
+        self.namespace = namespace
+
+
 class JobExistsError(TransferJobError):
     """A TransferJob of that name exists already; names are unique per namespace (or TJ_HOME)."""
 

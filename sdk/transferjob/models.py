@@ -14,15 +14,16 @@ and resolved by `TransferJobSpec` itself, which every reader of a spec goes thro
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -163,6 +164,10 @@ class ApiModel(BaseModel):
     API server rejects them under strict field validation, `kubectl`'s default), `null` for a field that
     is not nullable treated as left out (the API server prunes it, then defaults it), and each model's
     `rules` checked in Python exactly as their CEL twins are at admission.
+
+    Every way of building one (`Model(...)`, `model_validate`, `model_validate_json`, and through them
+    `TransferJob.from_dict`/`from_yaml`) raises `SpecError` with one line per problem naming the wire
+    path, never pydantic's `ValidationError` (kept as the `__cause__`).
     """
 
     model_config = ConfigDict(
@@ -179,6 +184,28 @@ class ApiModel(BaseModel):
     #: Integer fields that a CEL rule reads: there the API server's schema takes `224.0` as an integer
     #: but the rule then fails on the float ("expected int, got float64"), so a whole float is refused.
     cel_ints: ClassVar[frozenset[str]] = frozenset()
+    #: Where this model sits in a TransferJob (`spec`), the prefix of its `SpecError` lines; empty for a
+    #: model found at several places, whose lines then start at its own fields.
+    wire_path: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        with spec_errors(type(self).wire_path, type(self).__name__):
+            super().__init__(**data)
+
+    # pydantic calls a model's own `__init__` for every nested model it validates unless the method is
+    # marked as its base one; nested models are part of the outer model's one validation, so they must
+    # not raise a `SpecError` of their own.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        with spec_errors(cls.wire_path, cls.__name__):
+            return super().model_validate(obj, *args, **kwargs)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Self:
+        with spec_errors(cls.wire_path, cls.__name__):
+            return super().model_validate_json(json_data, *args, **kwargs)
 
     @model_validator(mode="before")
     @classmethod
@@ -747,6 +774,8 @@ _IMMUTABLE_SPEC = (
 class TransferJobSpec(ApiModel):
     """What to train. Immutable once created, except runPolicy's suspend, deadlines and TTL."""
 
+    wire_path = "spec"
+
     rules = (
         *[
             Rule(
@@ -923,6 +952,8 @@ class StepProgressStatus(ApiModel):
 class TransferJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
+    wire_path = "status"
+
     phase: Phase | None = Field(
         default=None, strict=False, description="Pending, Running, Succeeded, Failed or Suspended."
     )
@@ -967,6 +998,7 @@ class ObjectMeta(ApiModel):
     """The parts of Kubernetes metadata the SDK sets or reads; the rest passes through."""
 
     model_config = ConfigDict(extra="allow")
+    wire_path = "metadata"
 
     name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
     generate_name: str | None = Field(default=None, max_length=58)
@@ -1002,11 +1034,20 @@ class TransferJob(ApiModel):
         """The manifest as `kubectl apply -f` takes it."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def revalidated(self) -> TransferJob:
+        """This job validated again from its wire form, as the API server sees it when it is sent.
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+        Setting an attribute validates nothing (`job.metadata.name = "x" * 64`), so whatever submits a
+        job goes through here: a problem is a `SpecError` before anything starts, not a failure later.
+        """
+        return type(self).model_validate(self.to_dict())
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "", whole: str = "spec") -> list[str]:
     """Turn pydantic's errors into `spec.training.learningRate: must be > 0` style lines.
 
-    Locations are reported with the wire (camelCase) names, since that is what users write in YAML.
+    Locations are reported with the wire (camelCase) names, since that is what users write in YAML,
+    under `prefix`; a problem of the whole object (a rule across its fields) is reported as `whole`.
     """
     lines = []
     for item in error.errors():
@@ -1021,15 +1062,21 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> list[
         field = (item.get("ctx") or {}).get("field") if item["type"] == "rule" else None
         if field:  # a rule's fieldPath, as the API server reports it: `.model.fromJob` under `spec`
             parts.extend(field.lstrip(".").split("."))
-        where = ".".join(parts) or "spec"
+        where = ".".join(parts) or whole
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines
 
 
-def parse_spec(obj: dict[str, Any], prefix: str = "spec") -> TransferJobSpec:
-    """Validate a spec dict, raising `SpecError` whose lines name each bad field."""
+@contextlib.contextmanager
+def spec_errors(prefix: str = "", whole: str = "spec") -> Iterator[None]:
+    """pydantic's `ValidationError` raised as `SpecError`, in `describe_validation_error`'s lines."""
     try:
-        return TransferJobSpec.model_validate(obj)
+        yield
     except ValidationError as error:
-        raise SpecError(describe_validation_error(error, prefix)) from error
+        raise SpecError(describe_validation_error(error, prefix, whole)) from error
+
+
+def parse_spec(obj: dict[str, Any]) -> TransferJobSpec:
+    """Validate a spec dict, raising `SpecError` whose lines name each bad field (`spec.…`)."""
+    return TransferJobSpec.model_validate(obj)

@@ -215,3 +215,57 @@ def test_datasets_delegates_to_the_dataset_writer(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "train").iterdir()) == ["0", "1"]
     result = tj_process("datasets", "--help")
     assert result.returncode == EXIT_OK and "digits" in result.stdout
+
+
+def test_a_name_longer_than_a_label_is_an_invalid_spec_and_list_still_works(
+    tj_home: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    path = manifest(tmp_path, make_job({"epochs": 1}))
+    result = tj_process("--local", "submit", "-f", path, "--name", "x" * 64)
+    assert (result.returncode, result.stderr) == (
+        EXIT_USAGE,
+        "tj: invalid spec: metadata.name: String should have at most 63 characters\n",
+    )
+    result = tj_process("--local", "list")
+    assert (result.returncode, result.stderr) == (EXIT_OK, "")
+
+
+def test_an_unreadable_local_record_is_a_warning_line_in_list(
+    tj_home: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    assert tj("--local", "submit", "-f", manifest(tmp_path, make_job({"epochs": 1}, name="fine")))[0] == 0
+    broken = tj_home / "jobs" / "broken"
+    broken.mkdir()
+    (broken / "job.yaml").write_text("spec: [not, a, spec]\n")
+    (broken / "status.json").write_text("{}")
+    result = tj_process("--local", "list")
+    assert result.returncode == EXIT_OK and "fine" in result.stdout and "broken" not in result.stdout
+    assert result.stderr.startswith("tj: warning: skipped: local job 'broken' has an unreadable record")
+    assert result.stderr.count("\n") == 1
+    result = tj_process("--local", "get", "broken")
+    assert result.returncode == EXIT_FAILED and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_selector_and_an_unreachable_cluster_are_one_line_errors(tj_home: Path, tmp_path: Path) -> None:
+    result = tj_process("--local", "list", "-l", "a in b")
+    assert (result.returncode, result.stderr) == (
+        EXIT_FAILED,
+        "tj: error: invalid label selector requirement 'a in b'\n",
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+    result = tj_process("--kubeconfig", str(kubeconfig), "get", "anything")
+    assert result.returncode == EXIT_FAILED and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("tj: error: cannot reach the Kubernetes API: ")

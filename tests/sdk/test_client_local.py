@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from transferjob import (
+    BackendError,
     JobExistsError,
     JobFailedError,
     JobNotFoundError,
@@ -257,3 +258,55 @@ def test_wait_is_quiet_by_default_when_not_on_a_terminal(
 ) -> None:
     local_client.wait(local_client.submit(make_job({"epochs": 1})), timeout=60)
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_name_longer_than_a_label_is_refused_before_anything_runs(
+    local_client: TransferJobClient, make_job: MakeJob, tj_home: Path
+) -> None:
+    """As the API server refuses it: a 64-character name once trained to the end and then broke `list`."""
+    with pytest.raises(SpecError) as caught:
+        local_client.submit(make_job({"epochs": 1}), name="x" * 64)
+    assert caught.value.problems == ["metadata.name: String should have at most 63 characters"]
+    job = make_job({"epochs": 1}, name="ok")
+    job.metadata.name = "y" * 64  # attribute assignment validates nothing; the backend does
+    with pytest.raises(SpecError, match=r"metadata\.name"):
+        local_client.backend.create(job)
+    assert not (tj_home / "jobs").exists() or not any((tj_home / "jobs").iterdir())
+    assert local_client.list() == []
+
+
+def test_an_unreadable_record_is_left_out_of_list_with_a_warning(
+    local_client: TransferJobClient, make_job: MakeJob, tj_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local_client.wait(local_client.submit(make_job({"epochs": 1}, name="good")), timeout=60)
+    local_client.wait(local_client.submit(make_job({"epochs": 1}, name="broken")), timeout=60)
+    job_file = tj_home / "jobs" / "broken" / "job.yaml"
+    job_file.write_text(job_file.read_text().replace("name: broken", "name: " + "z" * 64))
+    assert [j.metadata.name for j in local_client.list()] == ["good"]
+    assert "local job 'broken' has an unreadable record" in caplog.text
+    with pytest.raises(BackendError, match=r"local job 'broken'.*`tj --local delete broken` removes it"):
+        local_client.get("broken")
+    local_client.delete("broken")
+    assert [j.metadata.name for j in local_client.list()] == ["good"]
+
+
+def test_a_recreated_job_shows_only_its_own_events_and_log(
+    local_client: TransferJobClient, make_job: MakeJob, tj_home: Path
+) -> None:
+    first = local_client.submit(make_job({"epochs": 1}, name="again"))
+    local_client.wait(first, timeout=60)
+    old_uid = local_client.get("again").metadata.uid
+    assert [e.reason for e in local_client.events("again")] == ["Started", "Succeeded"]
+    local_client.delete("again")
+    script = {"fail_attempts": 9, "fail": {"reason": "InvalidData", "message": "empty", "permanent": True}}
+    local_client.submit(make_job(script, name="again"))
+    with pytest.raises(JobFailedError):
+        local_client.wait("again", timeout=60)
+    # An event of the deleted job written late (its runner outlived the delete) is not this job's.
+    events_file = tj_home / "jobs" / "again" / "events.jsonl"
+    stale = {"type": "Normal", "reason": "Succeeded", "message": "old", "time": "2025-01-01T00:00:00+00:00"}
+    with events_file.open("a") as handle:
+        handle.write(json.dumps({**stale, "uid": old_uid}) + "\n")
+    reasons = [e.reason for e in local_client.events("again")]
+    assert reasons == ["Started", "InvalidData"]
+    assert not any('"event":"finished"' in line for line in local_client.logs("again"))

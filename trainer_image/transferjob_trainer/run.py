@@ -39,8 +39,8 @@ def spec_from_document(document: Any) -> TransferJobSpec:
             spec = document.get("spec")
             if not isinstance(spec, dict):
                 raise InvalidSpecError("the TransferJob manifest has no spec")
-            return parse_spec(spec, "spec")
-        return parse_spec(document, "spec")
+            return parse_spec(spec)
+        return parse_spec(document)
     except SpecError as error:
         raise InvalidSpecError(f"invalid spec: {error}") from error
 

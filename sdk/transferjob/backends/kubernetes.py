@@ -4,6 +4,10 @@ Configuration follows kubectl: an explicit kubeconfig, else `$KUBECONFIG` or `~/
 in-cluster service account; the namespace is the explicit one, else the kubeconfig context's, else the
 pod's own, else `default`. Changes arrive through Kubernetes watches (resumed after a `410 Gone`),
 never through polling, so `wait` returns the moment the operator writes the final status.
+
+`events` and `logs` follow the TransferJob object, not its name: Events whose `involvedObject.uid` is
+its uid, and pods of the Jobs it owns, so a TransferJob created again under an old name never shows
+its predecessor's history. A 404 says what is missing: the namespace, the TransferJob API, or the job.
 """
 
 from __future__ import annotations
@@ -21,10 +25,18 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
 
 from transferjob.backends.base import Backend, JobEvent, default_generate_name
 from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
-from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, SpecError
+from transferjob.errors import (
+    BackendError,
+    JobExistsError,
+    JobNotFoundError,
+    NamespaceNotFoundError,
+    SpecError,
+    TransferJobError,
+)
 from transferjob.models import TransferJob
 from transferjob.status import TERMINAL_PHASES
 
@@ -39,6 +51,16 @@ def api_error(error: ApiException) -> str:
         body = json.loads(error.body or "")
         return str(body.get("message") or error.reason)
     return f"{error.status} {error.reason}"
+
+
+def _details(error: ApiException) -> dict[str, Any] | None:
+    """The `details` of the API server's Status response (what was not found, the invalid fields);
+    None when the response is not a Status (a proxy's page, no body)."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        body = json.loads(error.body or "")
+        if body.get("kind") == "Status":
+            return dict(body.get("details") or {})
+    return None
 
 
 def spec_problems(error: ApiException) -> list[str]:
@@ -94,6 +116,7 @@ class KubernetesBackend(Backend):
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
 
     def _call(self, name: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Call the API, turning its exceptions into the SDK's."""
@@ -101,14 +124,41 @@ class KubernetesBackend(Backend):
             return func(*args, **kwargs)
         except ApiException as error:
             if error.status == 404:
-                raise JobNotFoundError(name, self.namespace) from error
+                raise self._not_found(name, error) from error
             if error.status == 409:
                 raise JobExistsError(name) from error
             if error.status == 422 or (error.status == 400 and "strict decoding error" in (error.body or "")):
                 raise SpecError(spec_problems(error)) from error
             raise BackendError(f"{func.__name__}: {api_error(error)}") from error
-        except OSError as error:  # urllib3 wraps connection failures in OSError subclasses
+        except (OSError, HTTPError) as error:  # refused, reset, timed out, TLS: urllib3's or the socket's
             raise BackendError(f"cannot reach the Kubernetes API: {error}") from error
+
+    def _not_found(self, name: str, error: ApiException) -> TransferJobError:
+        """What a 404 means. The API server answers a path it does not serve at all (no CRD) with a
+        plain-text page, or a Status that names no object; a create in a missing namespace names the
+        namespace; a read in a missing namespace is a plain 404 for the object, so the namespace is
+        looked up. A 404 without a body (not from an API server) can only mean the job."""
+        details = _details(error)
+        if details is None and not error.body:
+            return JobNotFoundError(name, self.namespace)
+        if details is None or not details.get("name"):
+            return BackendError(
+                f"the cluster does not serve {KIND} ({GROUP}/{VERSION}): is the CRD installed? "
+                "(kubectl apply -k manifests/)"
+            )
+        if details.get("kind") == "namespaces" or not self._namespace_exists():
+            return NamespaceNotFoundError(self.namespace)
+        return JobNotFoundError(name, self.namespace)
+
+    def _namespace_exists(self) -> bool:
+        """Whether the namespace exists; assumed so when we may not read it (a namespace-bound user)."""
+        try:
+            self.core.read_namespace(self.namespace)
+        except ApiException as error:
+            return error.status != 404
+        except (OSError, HTTPError):
+            return True
+        return True
 
     # ------------------------------------------------------------ custom objects
     def create(self, job: TransferJob) -> TransferJob:
@@ -166,6 +216,8 @@ class KubernetesBackend(Backend):
                         raise JobNotFoundError(name, self.namespace)
                     if event["type"] in ("ADDED", "MODIFIED"):
                         yield TransferJob.from_dict(obj)
+            except (OSError, HTTPError) as error:
+                raise BackendError(f"watching {name}: cannot reach the Kubernetes API: {error}") from error
             except ApiException as error:
                 if error.status != 410:
                     raise BackendError(f"watching {name}: {api_error(error)}") from error
@@ -187,11 +239,12 @@ class KubernetesBackend(Backend):
 
     # ----------------------------------------------------------- events and logs
     def events(self, name: str) -> builtins.list[JobEvent]:
+        uid = self.get(name).metadata.uid
         result = self._call(
             name,
             self.core.list_namespaced_event,
             self.namespace,
-            field_selector=f"involvedObject.name={name},involvedObject.kind={KIND}",
+            field_selector=f"involvedObject.uid={uid},involvedObject.kind={KIND}",
         )
         events = [
             JobEvent(
@@ -205,43 +258,51 @@ class KubernetesBackend(Backend):
         ]
         return sorted(events, key=lambda e: e.time or _EPOCH)
 
-    def _pods(self, name: str) -> builtins.list[client.V1Pod]:
-        """The job's training pods, oldest first (a retry is a newer pod)."""
-        pods: builtins.list[client.V1Pod] = self._call(
-            name, self.core.list_namespaced_pod, self.namespace, label_selector=f"{LABEL_JOB_NAME}={name}"
-        ).items
-        return sorted(pods, key=lambda p: (_created(p), _uid(p)))
+    def _pods(self, name: str, uid: str) -> builtins.list[client.V1Pod]:
+        """The training pods of the TransferJob with this uid, oldest first (a retry is a newer pod).
+
+        The label finds every pod of the name; ownership keeps those of the Jobs this TransferJob
+        owns, not those of an earlier TransferJob of the same name that are still being deleted.
+        """
+        selector = f"{LABEL_JOB_NAME}={name}"
+        jobs = self._call(name, self.batch.list_namespaced_job, self.namespace, label_selector=selector)
+        owned = {j.metadata.uid for j in jobs.items if uid in _owners(j)}
+        pods = self._call(name, self.core.list_namespaced_pod, self.namespace, label_selector=selector)
+        mine = [p for p in pods.items if owned & _owners(p)]
+        return sorted(mine, key=lambda p: (_created(p), _uid(p)))
 
     def logs(self, name: str, follow: bool, tail: int | None) -> Iterator[str]:
-        self.get(name)  # not found is an error, not an empty log
+        uid = self.get(name).metadata.uid or ""  # not found is an error, not an empty log
         done: dict[str, int] = {}  # pod uid -> container runs whose log we have read
         first = True
         while True:
-            pod = self._next_pod(name, done, wait=follow)
+            pod = self._next_pod(name, uid, done, wait=follow)
             if pod is None:
                 return
-            runs, uid = _container_runs(pod), _uid(pod)
+            runs, pod_uid = _container_runs(pod), _uid(pod)
             yield from self._pod_log(pod, follow, tail if first else None)
             first = False
-            done[uid] = runs
+            done[pod_uid] = runs
             if not follow:
                 return
 
-    def _next_pod(self, name: str, done: dict[str, int], wait: bool) -> client.V1Pod | None:
+    def _next_pod(self, name: str, uid: str, done: dict[str, int], wait: bool) -> client.V1Pod | None:
         """The oldest pod with a container run we have not read; waits for one when `wait`.
 
         A retried job gets a new pod (and a restarted container a new run), so `logs(follow=True)`
-        moves on to it; it stops once the TransferJob has finished and every run has been read.
+        moves on to it; it stops once the TransferJob has finished (or was replaced by a new one of the
+        same name) and every run has been read.
         """
         while True:
-            pods = [p for p in self._pods(name) if _container_runs(p) > done.get(_uid(p), 0)]
+            pods = self._pods(name, uid)
             if not wait:
-                started = [p for p in self._pods(name) if _container_runs(p) > 0]
+                started = [p for p in pods if _container_runs(p) > 0]
                 return started[-1] if started else None
-            if pods:
-                return pods[0]
+            unread = [p for p in pods if _container_runs(p) > done.get(_uid(p), 0)]
+            if unread:
+                return unread[0]
             job = self.get(name)
-            if job.status and job.status.phase in TERMINAL_PHASES:
+            if job.metadata.uid != uid or (job.status and job.status.phase in TERMINAL_PHASES):
                 return None
             watcher = watch.Watch()
             try:  # sleep until some pod of the job changes (or 10s pass: re-check the job's phase)
@@ -279,6 +340,11 @@ class KubernetesBackend(Backend):
 
 def _uid(pod: client.V1Pod) -> str:
     return (pod.metadata.uid if pod.metadata else None) or ""
+
+
+def _owners(obj: client.V1Pod | client.V1Job) -> set[str]:
+    """The uids of the objects that own `obj` (a pod's Job, a Job's TransferJob)."""
+    return {ref.uid for ref in (obj.metadata.owner_references if obj.metadata else None) or []}
 
 
 def _created(pod: client.V1Pod) -> dt.datetime:

@@ -11,6 +11,11 @@ Python process that started it (a notebook kernel restart does not lose it):
   `TransferJobStatus` the operator writes on a cluster), records `events.jsonl`, retries retryable
   failures up to `runPolicy.backoffLimit` and enforces `activeDeadlineSeconds`.
 
+A name is reused only after `delete` has stopped the old runner and removed its folder, and every event
+carries the uid of the job it is about, so a job created again under an old name never shows its
+predecessor's events or log. A folder whose files cannot be read (edited by hand, a full disk) is an
+error for that job alone: `list` leaves it out with a warning naming it.
+
 Locations: `hostPath`, `file://` URIs and absolute paths are local folders; a PVC exists only in a
 cluster, so it is a `SpecError` naming the field.
 """
@@ -21,6 +26,7 @@ import builtins
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -33,6 +39,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from transferjob.backends.base import (
     Backend,
     JobEvent,
@@ -43,6 +51,8 @@ from transferjob.backends.base import (
 from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError, SpecError
 from transferjob.models import Location, Phase, TransferJob, TransferJobStatus
 from transferjob.status import TERMINAL_PHASES, merge_conditions
+
+_log = logging.getLogger(__name__)
 
 #: How often a follower looks at a local file again; local files have no watch API worth a dependency.
 POLL_SECONDS = 0.2
@@ -123,7 +133,7 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ create
     def create(self, job: TransferJob) -> TransferJob:
-        job = job.model_copy(deep=True)
+        job = job.revalidated()  # every rule the API server applies, before anything starts
         spec = job.spec
         if spec.run_policy.suspend:
             raise SpecError(["spec.runPolicy.suspend: the local backend cannot suspend a job"])
@@ -197,16 +207,28 @@ class LocalBackend(Backend):
             return False
         return process_alive(pid, str(job_dir))
 
+    def _read(self, job_dir: Path) -> tuple[TransferJob, TransferJobStatus]:
+        """The job and its status as stored; a record that cannot be read is a `BackendError` naming it."""
+        name = job_dir.name
+        try:
+            return (
+                TransferJob.from_yaml((job_dir / JOB_FILE).read_text()),
+                TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text())),
+            )
+        except FileNotFoundError as error:  # deleted meanwhile
+            raise JobNotFoundError(name) from error
+        except (OSError, ValueError, yaml.YAMLError) as error:  # SpecError is a ValueError
+            raise BackendError(
+                f"local job {name!r} has an unreadable record in {job_dir} ({error}); "
+                f"`tj --local delete {name}` removes it"
+            ) from error
+
     def get(self, name: str) -> TransferJob:
         job_dir = self._dir(name)
-        try:
-            job = TransferJob.from_yaml((job_dir / JOB_FILE).read_text())
-            status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
-        except FileNotFoundError as error:
-            raise JobNotFoundError(name) from error
+        job, status = self._read(job_dir)
         if status.phase not in TERMINAL_PHASES and not self._runner_alive(job_dir):
             # Re-read: the runner may have written its last status between the two reads above.
-            status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
+            status = self._read(job_dir)[1]
             if status.phase not in TERMINAL_PHASES:
                 status.phase = Phase.FAILED
                 message = "the local runner process is gone (killed, or the machine restarted)"
@@ -217,17 +239,24 @@ class LocalBackend(Backend):
         return job
 
     def list(self, label_selector: str | None = None) -> builtins.list[TransferJob]:
+        try:  # a selector the API server would refuse is an error even when there is nothing to match
+            matches_selector({}, label_selector)
+        except ValueError as error:
+            raise BackendError(str(error)) from error
         if not self.jobs_dir.exists():
             return []
         jobs = []
         for job_dir in self.jobs_dir.iterdir():
             if not (job_dir / JOB_FILE).exists():
                 continue
-            with contextlib.suppress(JobNotFoundError):
-                job = self.get(job_dir.name)
-                if matches_selector(job.metadata.labels, label_selector):
-                    jobs.append(job)
-        return sorted(jobs, key=lambda j: (j.metadata.creation_timestamp or now(), j.metadata.name or ""))
+            try:
+                jobs.append(self.get(job_dir.name))
+            except JobNotFoundError:
+                continue
+            except BackendError as error:
+                _log.warning("skipped: %s", error)
+        chosen = [job for job in jobs if matches_selector(job.metadata.labels, label_selector)]
+        return sorted(chosen, key=lambda j: (j.metadata.creation_timestamp or now(), j.metadata.name or ""))
 
     def stream(self, name: str, timeout: float | None) -> Iterator[TransferJob]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -279,6 +308,7 @@ class LocalBackend(Backend):
                 time.sleep(POLL_SECONDS)
 
     def events(self, name: str) -> builtins.list[JobEvent]:
+        uid = self.get(name).metadata.uid
         events_file = self._dir(name) / EVENTS_FILE
         if not events_file.exists():
             return []
@@ -286,6 +316,8 @@ class LocalBackend(Backend):
         for line in events_file.read_text().splitlines():
             with contextlib.suppress(ValueError, KeyError):
                 data = json.loads(line)
+                if data["uid"] != uid:
+                    continue  # about an earlier job of this name whose runner outlived its deletion
                 events.append(
                     JobEvent(
                         type=data["type"],
@@ -312,6 +344,12 @@ class LocalBackend(Backend):
                 time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while process_alive(pid, str(job_dir)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if process_alive(pid, str(job_dir)):
+                # Removing the folder now would let this runner write into a new job of the same name.
+                raise BackendError(f"cannot stop the runner of local job {name!r} (pid {pid}); not deleted")
         shutil.rmtree(job_dir, ignore_errors=True)
 
     def fine_tune_source(self, job: TransferJob) -> dict[str, str]:

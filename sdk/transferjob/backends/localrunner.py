@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transferjob.backends.local import (
     EVENTS_FILE,
+    JOB_FILE,
     LOG_FILE,
     SPEC_FILE,
     STATUS_FILE,
@@ -30,7 +31,7 @@ from transferjob.backends.local import (
     write_json,
 )
 from transferjob.backends.localstatus import AttemptEnd, LocalStatus, Outcome
-from transferjob.models import TransferJobSpec, TransferJobStatus
+from transferjob.models import TransferJob, TransferJobSpec, TransferJobStatus
 from transferjob.status import TERMINAL_PHASES, failure
 
 
@@ -41,6 +42,8 @@ class Runner:
         self.job_dir = job_dir
         self.trainer = trainer
         self.paths = paths
+        #: Every event names the job it is about: `LocalBackend.events` shows only the current one's.
+        self.uid = TransferJob.from_yaml((job_dir / JOB_FILE).read_text()).metadata.uid
         spec = TransferJobSpec.model_validate(json.loads((job_dir / SPEC_FILE).read_text()))
         status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
         self.state = LocalStatus(spec, status)
@@ -48,7 +51,9 @@ class Runner:
         self.deadline_hit = False
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        record = {"type": type_, "reason": reason, "message": message, "time": now().isoformat()}
+        record = {
+            "type": type_, "reason": reason, "message": message, "time": now().isoformat(), "uid": self.uid,
+        }  # fmt: skip
         with (self.job_dir / EVENTS_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
