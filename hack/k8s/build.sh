@@ -56,7 +56,8 @@ mkdir -p "$bin"
 tmp=$(mktemp -d "$bin/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
-# One `go build` for all packages: shared dependencies compile once. -trimpath/-s -w keep binaries lean.
+# One `go build` for all packages: shared dependencies compile once. -trimpath/-s -w keep binaries lean;
+# -dwarf=false spares the compiler the debug information that -w would throw away at link time.
 # The version variables are what the Kubernetes release build stamps; without them a binary reports
 # v0.0.0-master+$Format:%H$, which `kubectl version` and version-skew checks cannot parse.
 minor=${version#v1.}; minor=${minor%%.*}
@@ -66,7 +67,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 if [[ ${#pkgs[@]} -gt 0 ]]; then
-    (cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+    (cd "$here" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -gcflags=all=-dwarf=false \
+        -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
 fi
 if [[ " ${missing[*]} " == *" crictl "* ]]; then
     GOBIN="$tmp" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
