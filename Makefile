@@ -33,7 +33,7 @@ crd: install ## Regenerate manifests/crd/ from the pydantic models.
 
 .PHONY: test-unit
 test-unit: install ## Unit tests only (no control plane, no TensorFlow training).
-	$(PY) -m pytest -m "not cluster and not trainer and not e2e" tests
+	$(PY) -m pytest -m "not cluster and not trainer and not e2e and not node" tests
 
 include $(wildcard mk/*.mk)
 
