@@ -336,17 +336,14 @@ class LocalBackend(Backend):
         except (OSError, ValueError):
             pid = 0
         if pid and process_alive(pid, str(job_dir)):
-            # The runner leads its own process group; the trainer is in it too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while process_alive(pid, str(job_dir)) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while process_alive(pid, str(job_dir)) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            # The runner leads its own process group; the trainer is in it too. SIGTERM lets the trainer
+            # save its epoch; SIGKILL follows if it does not end in time.
+            for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, sig)
+                deadline = time.monotonic() + grace
+                while process_alive(pid, str(job_dir)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             if process_alive(pid, str(job_dir)):
                 # Removing the folder now would let this runner write into a new job of the same name.
                 raise BackendError(f"cannot stop the runner of local job {name!r} (pid {pid}); not deleted")
