@@ -4,7 +4,7 @@ These tests stop, kill and restart operators, or run two at once, so they cannot
 operator of test_e2e (which serves only the `tj-test-*` namespaces). Each starts operators scoped to
 its own namespaces, authenticated as the operator's ServiceAccount like every e2e operator, with our
 trainer image; the pods run on the real node of tests/conftest.py's ``real_cluster``, as UID 1000:
-data folders are made readable (`shared_digits`), output folders handed to it (`writable`).
+data folders are made readable (`shared_digits`), output folders handed to it (`harness.pod_output`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster.controlplane import free_port as free_port  # for the metrics-port tests
 from transferjob_testing.cluster.kube import temporary_namespace, wait_for
-from transferjob_testing.cluster.volumes import hand_to_trainer
 from transferjob_testing.harness import POD_BASE, REPO_ROOT, OperatorProcess, make_digits, pod_data
 
 
@@ -35,12 +34,6 @@ def shared_digits(base: Path) -> tuple[Path, str]:
     if not (data / "source.keras").is_file():
         pod_data(data, source)
     return data, POD_BASE
-
-
-def writable(folder: Path) -> Path:
-    """``folder`` handed to the trainer's UID, for output hostPaths below it (the pod mounts it)."""
-    hand_to_trainer(folder)
-    return folder
 
 
 def own_namespace(api: client.ApiClient, prefix: str) -> contextlib.AbstractContextManager[str]:

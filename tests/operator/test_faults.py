@@ -30,6 +30,7 @@ from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob.types import Json
 from transferjob_testing.cluster.kube import apply_yaml, temporary_namespace, wait_for
 from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import hand_to_trainer
 from transferjob_testing.harness import (
     REPO_ROOT,
     OperatorProcess,
@@ -154,7 +155,8 @@ def ops(real_cluster: RealCluster, fault_namespace: str, fault_operator: Operato
 @pytest.fixture()
 def out_root(tmp_path: Path) -> Path:
     """The test's folder, handed to the trainer's UID: output hostPaths go below it."""
-    return ops_helpers.writable(tmp_path)
+    hand_to_trainer(tmp_path)
+    return tmp_path
 
 
 def long_spec(digits: tuple[Path, str], out: Path, epochs: int, **extra: Any) -> Json:

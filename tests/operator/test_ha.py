@@ -23,6 +23,7 @@ from transferjob_testing.harness import (
     REPO_ROOT,
     install,
     paced_spec,
+    pod_output,
     service_account_kubeconfig,
     transferjob,
 )
@@ -92,7 +93,7 @@ def test_standby_takes_over_a_running_job_after_sigkill(
 
         cluster = ops.Namespace(api_client, ns)
         # Epochs of 1-2 s: the job is still training when the stand-by takes over.
-        out = ops.writable(root) / "out"
+        out = pod_output(root)
         spec = paced_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, EPOCHS)
         cluster.create(transferjob("ha", spec))
         wait_for(

@@ -24,6 +24,7 @@ from transferjob_testing.harness import (
     digits_spec,
     install,
     paced_spec,
+    pod_output,
     service_account_kubeconfig,
     transferjob,
 )
@@ -57,7 +58,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def _output(tmp_path: Path) -> dict[str, Any]:
     """The test's output location: `out` in its folder, which the trainer may write."""
-    return {"hostPath": str(ops.writable(tmp_path) / "out")}
+    return {"hostPath": str(pod_output(tmp_path))}
 
 
 def test_ttl_is_enforced_after_the_operator_was_down_at_the_deadline(

@@ -18,6 +18,7 @@ from transferjob_testing.harness import (
     OperatorProcess,
     digits_spec,
     install,
+    pod_output,
     service_account_kubeconfig,
     transferjob,
 )
@@ -56,7 +57,7 @@ def test_metrics_move_during_a_run_and_event_reasons_are_documented(
     assert before[f"{ops.PREFIX}status_patch_errors_total"] == 0
     assert f"{ops.PREFIX}log_stream_reconnects_total" in before
 
-    out = ops.writable(tmp_path) / "out"
+    out = pod_output(tmp_path)
     spec = digits_spec({"hostPath": str(data)}, {"hostPath": str(out)}, source, epochs=2)
     cluster.create(transferjob("scraped", spec))
     running = wait_for(
