@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import obstore
@@ -304,14 +304,22 @@ def write_bytes(uri: str, data: bytes) -> None:
         with _storage_errors(remote):
             obstore.put(remote.store, remote.key, data)
         return
+    with _replacing(path) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextmanager
+def _replacing(path: str) -> Iterator[BinaryIO]:
+    """A temporary file beside `path` that replaces it when the block ends, and is removed if the block
+    fails: readers see the old file or the new one, never a torn one."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -335,18 +343,9 @@ def _upload(local_file: str, uri: str) -> None:
 
 def _download(remote: _Remote, key: str, local_file: str) -> None:
     """Stream one object into a local file, atomically (a killed download leaves no partial file)."""
-    folder = os.path.dirname(local_file) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle, _storage_errors(remote):
-            for chunk in obstore.get(remote.store, key):
-                handle.write(chunk)
-        os.replace(tmp, local_file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with _replacing(local_file) as handle, _storage_errors(remote):
+        for chunk in obstore.get(remote.store, key):
+            handle.write(chunk)
 
 
 @contextmanager
