@@ -57,11 +57,11 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 RELATIVE_PATH = r"^$|^[^/](.*[^/])?$"
 #: A Kubernetes resource quantity, never negative (`16Gi`, `500m`, `2`, `1e9`).
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][-+]?[0-9]+)?$"
-#: Where the trainer reads and writes folders (data, output): object stores, `file://`, absolute paths.
-FOLDER_URI = r"^((s3|gs|file)://|/)"
-#: Where it reads a single file (base, weights, fromModel): the same, and plain `https://`, which cannot
-#: list a folder (so it serves files only).
+#: Where the trainer reads a single file (base, weights, fromModel): object stores, `file://`, and plain
+#: `https://`, which cannot list a folder (so it serves files only).
 FILE_URI_SCHEMES = ("s3", "gs", "https", "file")
+#: Where it reads and writes folders (data, output): the same but `https://`, or an absolute path.
+FOLDER_URI = rf"^(({'|'.join(s for s in FILE_URI_SCHEMES if s != 'https')})://|/)"
 #: An absolute path or a URI of a supported scheme and a safe shape: no spaces, quotes or shell characters.
 SAFE_PATH_OR_URI = rf"^(/|({'|'.join(FILE_URI_SCHEMES)})://)[A-Za-z0-9._~+=,@%/-]+$"
 #: An S3-compatible endpoint: scheme, host and port, nothing after.
