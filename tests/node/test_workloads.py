@@ -19,9 +19,8 @@ import pytest
 from kubernetes import client
 
 from tests.node.pods import probe_pod, run_to_end
-from transferjob_testing.cluster.binaries import cache_bin_dir
 from transferjob_testing.cluster.kube import wait_for
-from transferjob_testing.cluster.node import POD_CIDR, RUN_DIR
+from transferjob_testing.cluster.node import POD_CIDR, crictl_command
 from transferjob_testing.cluster.volumes import hand_to_trainer
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -153,9 +152,8 @@ def test_a_failed_container_keeps_its_exit_code_and_last_words(
 
 
 def _crictl(*args: str) -> str:
-    endpoint = f"unix://{RUN_DIR / 'containerd.sock'}"
-    command = [str(cache_bin_dir() / "crictl"), f"--runtime-endpoint={endpoint}", *args]
-    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+    proc = subprocess.run(crictl_command(*args), capture_output=True, text=True, check=True, timeout=30)
+    return proc.stdout
 
 
 def test_deleting_the_owner_garbage_collects_the_job_and_stops_its_container(

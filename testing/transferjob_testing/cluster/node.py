@@ -59,6 +59,8 @@ RUN_DIR = Path("/run/transferjob-node")
 """Sockets and the state file: short paths (unix sockets allow 108 bytes) that every process agrees on."""
 STATE_FILE = RUN_DIR / "state.json"
 """What was started and what the host looked like before: how another process finds and stops the node."""
+CONTAINERD_SOCKET = RUN_DIR / "containerd.sock"
+"""containerd's CRI socket: the kubelet's runtime endpoint, and crictl's."""
 KUBELET_ROOT = Path("/var/lib/transferjob-node/kubelet")
 """The kubelet's ``--root-dir``: pod volumes and its sockets, whose paths must stay under 108 bytes (a
 pytest temporary folder is too deep) and which should not live in RAM (``/run``)."""
@@ -186,10 +188,10 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{RUN_DIR / "containerd.sock"}"
+  address = "{CONTAINERD_SOCKET}"
 
 [ttrpc]
-  address = "{RUN_DIR / "containerd.sock.ttrpc"}"
+  address = "{CONTAINERD_SOCKET}.ttrpc"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root / "containerd-opt"}"
@@ -214,7 +216,7 @@ disabled_plugins = [
 
 def kubelet_config(root: Path, ca: Path, cert: Path, key: Path, healthz_port: int) -> dict[str, Any]:
     """The kubelet's configuration file: cgroup v1 with cgroupfs, containerd, webhook auth, no DNS."""
-    socket = f"unix://{RUN_DIR / 'containerd.sock'}"
+    socket = f"unix://{CONTAINERD_SOCKET}"
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -306,7 +308,7 @@ class RealNode:
 
     @property
     def containerd_address(self) -> str:
-        return str(RUN_DIR / "containerd.sock")
+        return str(CONTAINERD_SOCKET)
 
     # ------------------------------------------------------------------ start
     def prepare(self) -> RealNode:
@@ -514,7 +516,7 @@ def host_state() -> dict[str, Any]:
         for line in lines(tool, "-w", "-t", table, "-S")
         if line.startswith("-N ")
     )
-    processes = ("kubelet", "kube-proxy", "test-only-fake-gpu-plugin", str(RUN_DIR / "containerd.sock"))
+    processes = ("kubelet", "kube-proxy", "test-only-fake-gpu-plugin", str(CONTAINERD_SOCKET))
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
@@ -528,6 +530,12 @@ def host_state() -> dict[str, Any]:
             if subprocess.run(["pgrep", "-f", name], capture_output=True, check=False).returncode == 0
         ),
     }
+
+
+def crictl_command(*args: str) -> list[str]:
+    """``crictl`` (built with the node binaries) against the node's containerd, with ``args``."""
+    endpoint = f"--runtime-endpoint=unix://{CONTAINERD_SOCKET}"
+    return [str(cache_bin_dir() / "crictl"), endpoint, "--timeout=30s", *args]
 
 
 def running_node() -> str:
@@ -555,15 +563,9 @@ def teardown_from_state() -> bool:
 
     stop("test-only-fake-gpu-plugin")
     stop("kubelet")  # first, or it would start the pods again
-    sock = RUN_DIR / "containerd.sock"
-    crictl = cache_bin_dir() / "crictl"
-    if sock.exists() and crictl.exists():
+    if CONTAINERD_SOCKET.exists() and (cache_bin_dir() / "crictl").exists():
         # Stops every pod sandbox: containers die, CNI DEL releases addresses and removes the veths.
-        subprocess.run(
-            [str(crictl), f"--runtime-endpoint=unix://{sock}", "--timeout=30s", "rmp", "--all", "--force"],
-            capture_output=True,
-            check=False,
-        )
+        subprocess.run(crictl_command("rmp", "--all", "--force"), capture_output=True, check=False)
     stop("kube-proxy")
     kube_proxy_config_file = root / "kube-proxy.yaml"
     if kube_proxy_config_file.exists() and (cache_bin_dir() / "kube-proxy").exists():
@@ -573,7 +575,7 @@ def teardown_from_state() -> bool:
             check=False,
         )
     stop("containerd")
-    _kill_shims(str(sock))
+    _kill_shims(str(CONTAINERD_SOCKET))
     _unmount_under((root, RUN_DIR, KUBELET_ROOT))
     _remove_kubepods_cgroups()
     _remove_iptables_chains()
