@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferjob_testing.cluster.controlplane import free_port, stop_process
+
 VERSION = "v1.8.0"
 MODULE = "github.com/versity/versitygw/cmd/versitygw"
 #: Where the binary is kept, one file per version (a version bump builds anew).
@@ -44,12 +46,6 @@ def build() -> Path:
         )
         shutil.move(os.path.join(gobin, "versitygw"), target)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -116,12 +112,7 @@ def serve(
                 time.sleep(0.1)
         yield S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=10)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from transferjob_testing.s3server import S3Server, free_port
+from transferjob_testing.cluster.controlplane import free_port
+from transferjob_testing.s3server import S3Server
 from transferjob_trainer import fs
 from transferjob_trainer.errors import StorageError
 

@@ -15,7 +15,8 @@ import pytest
 from tests.trainer.conftest import Digits, SourceModels, TrainerRun, make_spec
 from transferjob.constants import EXIT_PERMANENT
 from transferjob.progress import Failed
-from transferjob_testing.s3server import S3Server, free_port
+from transferjob_testing.cluster.controlplane import free_port
+from transferjob_testing.s3server import S3Server
 from transferjob_trainer import fs
 
 #: A base whose checks pass without weights: these runs fail before any model is built.
