@@ -13,6 +13,7 @@ import contextlib
 import re
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,51 @@ class Namespace:
                 raise AssertionError(f"{name} ended {status['phase']}: {status.get('conditions')}")
             return status if status.get("phase") == phase else None
 
-        return wait_for(reached, timeout=timeout, interval=0.3, what=what or f"{name} to be {phase}")
+        with self.explained(name):
+            return wait_for(reached, timeout=timeout, interval=0.3, what=what or f"{name} to be {phase}")
+
+    def wait_condition(self, name: str, ctype: str, timeout: float) -> dict[str, Any]:
+        """The TransferJob's condition `ctype` once it is True."""
+
+        def true() -> dict[str, Any] | None:
+            found = [c for c in self.status(name).get("conditions") or [] if c["type"] == ctype]
+            return found[0] if found and found[0]["status"] == "True" else None
+
+        with self.explained(name):
+            return wait_for(true, timeout=timeout, what=f"{name}: {ctype}")
+
+    @contextlib.contextmanager
+    def explained(self, name: str) -> Iterator[None]:
+        """A wait that times out says what the cluster looked like then: on a loaded CI machine that
+        is the only evidence there will be."""
+        try:
+            yield
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.describe(name)}") from None
+
+    def describe(self, name: str) -> str:
+        """The TransferJob's conditions, its pods' states and the namespace's Events, as text."""
+        lines = [f"TransferJob {self.ns}/{name}: phase {self.status(name).get('phase')}"]
+        for cond in self.status(name).get("conditions") or []:
+            lines.append(f"  {cond['type']}={cond['status']} {cond.get('reason')}: {cond.get('message')}")
+        for pod in self.core.list_namespaced_pod(self.ns).items:
+            waiting = [
+                f"{c.name}: {c.state.waiting.reason}"
+                for c in (pod.status.container_statuses or [])
+                if c.state and c.state.waiting
+            ]
+            conditions = [
+                f"{c.type}={c.status} {c.reason or ''} {c.message or ''}" for c in pod.status.conditions or []
+            ]
+            lines.append(
+                f"pod {pod.metadata.name}: {pod.status.phase} on {pod.spec.node_name}: {waiting} {conditions}"
+            )
+        for event in self.core.list_namespaced_event(self.ns).items[-20:]:
+            lines.append(
+                f"event {event.involved_object.kind}/{event.involved_object.name}: {event.type} "
+                f"{event.reason} x{event.count}: {event.message}"
+            )
+        return "\n".join(lines)
 
     def jobs(self, name: str) -> list[dict[str, Any]]:
         items = self.batch.list_namespaced_job(

@@ -102,7 +102,7 @@ def _assert_no_contradiction(conditions: dict[str, dict[str, Any]]) -> None:
 def test_missing_host_path_says_failed_mount_and_what_to_do(ps: ops.Namespace, tmp_path: Path) -> None:
     missing = tmp_path / "dgits"  # a typo: the folder does not exist
     ps.create(transferjob("typo", _spec(missing, tmp_path)))
-    mount = wait_for(lambda: _true(ps, "typo", "VolumeMountFailed"), timeout=45, what="VolumeMountFailed")
+    mount = ps.wait_condition("typo", "VolumeMountFailed", timeout=90)
     assert mount["reason"] == "FailedMount"
     assert f"hostPath type check failed: {missing} is not a directory" in mount["message"]
     assert "create the folder or PersistentVolumeClaim" in mount["message"]  # what to do
@@ -145,7 +145,7 @@ def test_pending_timeout_closes_unschedulable_with_what_happened(ps: ops.Namespa
     spec = _spec(tmp_path, tmp_path, runPolicy={"pendingTimeoutSeconds": 5})
     spec["resources"]["gpus"] = 8  # the node has 4
     ps.create(transferjob("greedy", spec))
-    unschedulable = wait_for(lambda: _true(ps, "greedy", "Unschedulable"), timeout=30, what="Unschedulable")
+    unschedulable = ps.wait_condition("greedy", "Unschedulable", timeout=30)
     assert "nvidia.com/gpu" in unschedulable["message"]
     failed = _failed(ps, "greedy", timeout=60)
     assert failed["reason"] == "PendingTimeout" and "Insufficient nvidia.com/gpu" in failed["message"]
@@ -166,7 +166,7 @@ def test_quota_refusal_says_so(ps: ops.Namespace, tmp_path: Path) -> None:
         what="the quota's status",
     )
     ps.create(transferjob("overquota", _spec(tmp_path, tmp_path)))
-    refused = wait_for(lambda: _true(ps, "overquota", "PodCreateFailed"), timeout=45, what="PodCreateFailed")
+    refused = ps.wait_condition("overquota", "PodCreateFailed", timeout=45)
     assert refused["reason"] == "QuotaExceeded"
     assert "exceeded quota: no-gpus" in refused["message"]
     assert "kubectl describe resourcequota" in refused["message"]  # what to do
@@ -268,9 +268,7 @@ def test_create_container_config_error_says_so(
     data = tmp_path / "data"
     data.mkdir()
     ps.create(transferjob("configless", _spec(data, tmp_path)))
-    config = wait_for(
-        lambda: _true(ps, "configless", "ContainerStartFailed"), timeout=45, what="ContainerStartFailed"
-    )
+    config = ps.wait_condition("configless", "ContainerStartFailed", timeout=45)
     assert config["reason"] == "CreateContainerConfigError"
     assert 'secret "proxy" not found' in config["message"]
     assert "create the Secret or ConfigMap the message names" in config["message"]
@@ -313,7 +311,7 @@ def test_failed_or_missing_upstream_leaves_no_contradicting_condition(
     ps.create(_fine_tuning(tmp_path, "after-broken", "broken"))
     ps.create(_fine_tuning(tmp_path, "after-nothing", "nothing"))
     for name in ("after-broken", "after-nothing"):
-        wait_for(lambda n=name: _true(ps, n, "WaitingForJob"), timeout=30, what=f"{name} waiting")
+        ps.wait_condition(name, "WaitingForJob", timeout=30)
     # The upstream fails without a trainer: its data folder does not exist, and it may not wait.
     broken = _spec(tmp_path / "missing", tmp_path / "broken", runPolicy={"pendingTimeoutSeconds": 3})
     ps.create(transferjob("broken", broken))

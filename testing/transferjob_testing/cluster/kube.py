@@ -141,3 +141,37 @@ def temporary_namespace(
     finally:
         with contextlib.suppress(client.ApiException):
             core.delete_namespace(name)
+        release_node(core, name)
+
+
+#: Pods in these phases hold nothing on the node: the scheduler no longer counts their requests.
+TERMINAL_POD_PHASES = ("Succeeded", "Failed")
+
+
+def release_node(core: Any, namespace: str, timeout: float = 120.0) -> None:
+    """Return once no pod of a deleted namespace holds node resources any more.
+
+    The real node has 2 CPUs and 2 GPUs and every training pod asks for one of each: a pod still
+    terminating from the test before would leave the next test's pod Unschedulable for as long as it
+    takes to stop, so each test hands the node back as it found it. Waiting for the namespace itself to
+    vanish would cost more (its finalizers run after the pods are gone) and buy nothing.
+    """
+
+    left: list[str] = []
+
+    def released() -> bool:
+        try:
+            pods = core.list_namespaced_pod(namespace).items
+        except client.ApiException:
+            return True  # the namespace is gone, and its pods with it
+        left[:] = [
+            f"{pod.metadata.name} ({pod.status.phase if pod.status else 'no status'})"
+            for pod in pods
+            if pod.status is None or pod.status.phase not in TERMINAL_POD_PHASES
+        ]
+        return not left
+
+    try:
+        wait_for(released, timeout=timeout, interval=0.5, what=f"the pods of namespace {namespace} to stop")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: still holding the node: {', '.join(left)}") from None
