@@ -72,8 +72,11 @@ def wait_log(process: OperatorProcess, needle: str, timeout: float) -> None:
 class Namespace:
     """TransferJobs, Jobs and pods of one namespace, as an admin sees them."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, operator: OperatorProcess | None = None
+    ) -> None:
         self.ns = namespace
+        self.operator = operator  # whose log tail `describe` adds
         self.custom: Any = client.CustomObjectsApi(api)
         self.batch: Any = client.BatchV1Api(api)
         self.core: Any = client.CoreV1Api(api)
@@ -155,6 +158,8 @@ class Namespace:
                 f"event {event.involved_object.kind}/{event.involved_object.name}: {event.type} "
                 f"{event.reason} x{event.count}: {event.message}"
             )
+        if self.operator is not None:
+            lines.append(f"the operator's log ends: {log_text(self.operator)[-3000:]}")
         return "\n".join(lines)
 
     def jobs(self, name: str) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def ps_operator(
 @pytest.fixture()
 def ps(real_cluster: RealCluster, ps_operator: OperatorProcess) -> Iterator[ops.Namespace]:
     with ops.own_namespace(real_cluster.api, "tj-ps") as ns:
-        yield ops.Namespace(real_cluster.api, ns)
+        yield ops.Namespace(real_cluster.api, ns, ps_operator)
 
 
 def _spec(data: Path, out: Path, **extra: Any) -> dict[str, Any]:
