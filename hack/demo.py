@@ -6,9 +6,10 @@
 2. The operator installed as a platform team would: `kubectl apply -k hack/local-images` (manifests/
    with the local image names), two replicas in the restricted `transferjob-system` namespace.
 3. The digits: 5-9 at 32x32 to learn, and a small CNN pretrained on 0-4 as the source network, on
-   PersistentVolumes.
-4. A FeatureExtraction TransferJob, then a FineTuning one that builds on it (`model.fromJob`), with each
-   epoch's metrics printed as the operator writes them into `.status`, and `kubectl get pods -o wide`.
+   PersistentVolumes (`transferjob_testing.quickstart`, as `make cluster-up` makes them).
+4. The two TransferJobs of `manifests/examples/digits/`: feature extraction, then fine-tuning that
+   builds on it (`model.fromJob`), with each epoch's metrics printed as the operator writes them into
+   `.status`, and `kubectl get pods -o wide`.
 5. `kubectl get tj`, then everything is stopped, removed and the host restored (also on Ctrl-C).
 
 Run from the repository root: `python hack/demo.py [--keep DIR]`.
@@ -27,10 +28,9 @@ from kubernetes import client
 from transferjob import Phase, TransferJobClient, TransferJobStatus
 from transferjob.client import EpochCompleted
 from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob_testing import quickstart
 from transferjob_testing.cluster.node import missing_prerequisites
 from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary, operator_logs
-from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only, static_volume
-from transferjob_testing.harness import WIDE_TEST_SPLIT, claim_specs, make_digits, transferjob
 
 NAMESPACE = "demo"
 
@@ -111,25 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         print(cluster.kubectl("get", "pods", "-n", "transferjob-system", "-o", "wide").stdout, flush=True)
 
         say("preparing digits 5-9 (32x32) and a small CNN pretrained on digits 0-4 (takes a minute)")
-        data, source = make_digits(root / "data", split=WIDE_TEST_SPLIT)
-        share_read_only(root / "data")
-        models = root / "models"
-        hand_to_trainer(models)
+        datasets, models = quickstart.write_volumes(root / "volumes")
         client.CoreV1Api(api).create_namespace(
             {"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
         )
-        static_volume(api, NAMESPACE, "datasets", root / "data")
-        static_volume(api, NAMESPACE, "models", models)
+        quickstart.provision(api, NAMESPACE, datasets, models)
         custom = client.CustomObjectsApi(api)
-        fe, ft = claim_specs(data.name, source.name, epochs=5)
+        fe, ft = quickstart.example("01-feature-extraction"), quickstart.example("02-fine-tuning")
 
-        say("feature extraction: a new head on the frozen pretrained CNN")
-        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("features", fe))
+        say(f"feature extraction: a new head on the frozen pretrained CNN ({fe['metadata']['name']})")
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, fe)
 
-        say("fine-tuning from it (model.fromJob: features); it waits until features has succeeded")
-        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, transferjob("finetune", ft))
+        say(f"fine-tuning from it (model.fromJob: {fe['metadata']['name']}); it waits until that succeeded")
+        custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, ft)
         tj = TransferJobClient(namespace=NAMESPACE, kubeconfig=cluster.kubeconfig)
-        results = [follow(tj, "features", cluster), follow(tj, "finetune", cluster)]
+        results = [follow(tj, manifest["metadata"]["name"], cluster) for manifest in (fe, ft)]
 
         say(f"{kubectl_binary()} get tj,pods -o wide")
         print(cluster.kubectl("get", "tj,pods", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)

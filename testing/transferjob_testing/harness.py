@@ -305,33 +305,6 @@ def features_then_finetune(
     return features, finetune
 
 
-def claim_specs(
-    data: str, source_model: str, epochs: int, **resources: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The reference workflow on two PersistentVolumeClaims, as a cluster user writes it: the digits
-    (folder `data`) and the source model (file `source_model`) on `datasets`, the models on `models`.
-
-    Feature extraction into `models/features`, then fine-tuning from conv3 on from that job's model.
-    """
-    source = {"pvc": {"claimName": "datasets", "subPath": data}}
-    base = f"/data/{source_model}"  # the claim is mounted whole at /data; the digits are a sub-folder
-    extra: dict[str, Any] = {"resources": resources} if resources else {}
-    features = digits_spec(
-        source, {"pvc": {"claimName": "models", "subPath": "features"}}, base, epochs, **extra
-    )
-    finetune = digits_spec(
-        source,
-        {"pvc": {"claimName": "models", "subPath": "finetune"}},
-        base,
-        epochs,
-        mode="FineTuning",
-        model={"fromJob": "features", "fineTuneAt": "conv3"},
-        training={"learningRate": 0.0001},
-        **extra,
-    )
-    return features, finetune
-
-
 def paced_spec(
     data: dict[str, Any], output: dict[str, Any], base: str, epochs: int, **extra: Any
 ) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 * ``real_namespace`` (function) -> a fresh namespace of the real cluster enforcing Pod Security
   "restricted", deleted afterwards with its static volumes.
+* ``in_cluster_operator`` (package) -> the real cluster with the operator installed from
+  ``hack/local-images``, removed after the last module of tests/node.
+* ``quickstart_datasets`` (package) -> the quickstart's `datasets` folder (digits and source model).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from transferjob_testing.cluster.kube import temporary_namespace
+from transferjob_testing import quickstart
+from transferjob_testing.cluster.kube import temporary_namespace, wait_for
+from transferjob_testing.cluster.real import OPERATOR_NAMESPACE, RealCluster, install_operator, operator_pods
 from transferjob_testing.cluster.volumes import delete_static_volumes
 
 NODE_DIR = Path(__file__).resolve().parent
@@ -30,3 +35,20 @@ def real_namespace(real_api: Any) -> Iterator[str]:
     with temporary_namespace(real_api, "tj-node", labels) as name:
         yield name
     delete_static_volumes(real_api, name)
+
+
+@pytest.fixture(scope="package")
+def in_cluster_operator(real_cluster: RealCluster) -> Iterator[RealCluster]:
+    """The operator installed as the README says (`kubectl apply -k hack/local-images`), for the
+    modules of tests/node; removed after them, since its replicas serve every namespace and the
+    operator tests (tests/operator/) run operators of their own on the same cluster."""
+    install_operator(real_cluster)
+    yield real_cluster
+    real_cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "deployment", "transferjob-operator", "--wait")
+    wait_for(lambda: not operator_pods(real_cluster), timeout=60, what="the operator pods to go")
+
+
+@pytest.fixture(scope="package")
+def quickstart_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart's `datasets` folder (digits 5-9 and the source model), made once for tests/node."""
+    return quickstart.write_datasets(tmp_path_factory.mktemp("quickstart"))

@@ -6,9 +6,7 @@ the node does not have, OOMKilled, a claim that does not exist) end up on the Tr
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +19,15 @@ from transferjob_testing.cluster.node import NODE_NAME
 from transferjob_testing.cluster.real import (
     OPERATOR_NAMESPACE,
     RealCluster,
-    install_operator,
     operator_logs,
     operator_pods,
 )
-from transferjob_testing.cluster.volumes import TRAINER_UID, hand_to_trainer, share_read_only, static_volume
-from transferjob_testing.harness import claim_specs, digits_spec, make_digits, transferjob
+from transferjob_testing.cluster.volumes import hand_to_trainer, static_volume
+from transferjob_testing.harness import digits_spec, transferjob
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TRAINING_TIMEOUT = 420.0
-
-
-@pytest.fixture(scope="module")
-def operator(real_cluster: RealCluster) -> Iterator[RealCluster]:
-    install_operator(real_cluster)
-    yield real_cluster
-    # The replicas serve every namespace: later modules on this cluster run operators of their own.
-    real_cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "deployment", "transferjob-operator", "--wait")
-    wait_for(lambda: not operator_pods(real_cluster), timeout=60, what="the operator pods to go")
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    data, source = make_digits(tmp_path_factory.mktemp("digits"))
-    share_read_only(data)
-    share_read_only(source.parent)
-    return data, source
 
 
 class Jobs:
@@ -100,13 +80,13 @@ class Jobs:
 
 
 @pytest.fixture()
-def jobs(operator: RealCluster, real_namespace: str) -> Jobs:
-    return Jobs(operator, real_namespace)
+def jobs(in_cluster_operator: RealCluster, real_namespace: str) -> Jobs:
+    return Jobs(in_cluster_operator, real_namespace)
 
 
-def test_operator_runs_in_cluster_from_the_manifests(operator: RealCluster) -> None:
+def test_operator_runs_in_cluster_from_the_manifests(in_cluster_operator: RealCluster) -> None:
     """Two replicas of our operator image, Ready through their probes, with the ServiceAccount's token."""
-    pods = operator_pods(operator)
+    pods = operator_pods(in_cluster_operator)
     assert len(pods) == 2
     for pod in pods:
         assert pod.spec.node_name == NODE_NAME
@@ -114,38 +94,10 @@ def test_operator_runs_in_cluster_from_the_manifests(operator: RealCluster) -> N
         assert pod.spec.service_account_name == "transferjob-operator"
         assert all(c.ready for c in pod.status.container_statuses)
     # kopf peering: both replicas announce themselves in the ClusterKopfPeering.
-    peering = client.CustomObjectsApi(operator.api).get_cluster_custom_object(
+    peering = client.CustomObjectsApi(in_cluster_operator.api).get_cluster_custom_object(
         "kopf.dev", "v1", "clusterkopfpeerings", "transferjob-operator"
     )
     assert len(peering.get("status") or {}) == 2, peering.get("status")
-
-
-def test_feature_extraction_then_fine_tuning_in_our_trainer_image(
-    jobs: Jobs, digits: tuple[Path, Path], tmp_path: Path
-) -> None:
-    data, source = digits
-    models = tmp_path / "models"
-    hand_to_trainer(models)
-    static_volume(jobs.cluster.api, jobs.ns, "datasets", data.parent)
-    static_volume(jobs.cluster.api, jobs.ns, "models", models)
-    spec, finetune = claim_specs(data.name, source.name, epochs=3, cpu="1", memory="2Gi", gpus=1)
-    jobs.create("features", spec)
-    done = jobs.wait_phase("features", "Succeeded")
-    assert done["test"]["accuracy"] > 0.5, done
-    assert done["bestEpoch"] >= 1
-    pods = jobs.pods("features")
-    assert pods and all(p.spec.node_name == NODE_NAME for p in pods)
-    assert pods[0].spec.containers[0].image == "localhost/transferjob/trainer:dev"
-    # The model lies on the volume, written by the trainer's UID, where the status says (as the pod sees it).
-    assert done["model"]["uri"] == "/output/features/model.keras"
-    exported = models / "features"
-    assert os.stat(exported).st_uid == TRAINER_UID
-    assert (exported / "model.keras").stat().st_uid == TRAINER_UID
-
-    jobs.create("finetune", finetune)
-    tuned = jobs.wait_phase("finetune", "Succeeded")
-    assert tuned["test"]["accuracy"] > 0.5, tuned
-    print(jobs.cluster.kubectl("get", "pods", "-n", jobs.ns, "-o", "wide").stdout)
 
 
 def _small_spec(claim: str = "datasets", **extra: Any) -> dict[str, Any]:
@@ -159,10 +111,10 @@ def _small_spec(claim: str = "datasets", **extra: Any) -> dict[str, Any]:
 
 
 def test_an_image_the_node_lacks_fails_with_the_pull_reason(
-    jobs: Jobs, digits: tuple[Path, Path], tmp_path: Path
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
 ) -> None:
     hand_to_trainer(tmp_path / "models")
-    static_volume(jobs.cluster.api, jobs.ns, "datasets", digits[0].parent)
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
     jobs.create(
         "no-image",
@@ -178,9 +130,9 @@ def test_an_image_the_node_lacks_fails_with_the_pull_reason(
     assert any(c["reason"] == "PendingTimeout" for c in failed["conditions"] if c["status"] == "True")
 
 
-def test_oom_killed_trainer_fails_with_advice(jobs: Jobs, digits: tuple[Path, Path], tmp_path: Path) -> None:
+def test_oom_killed_trainer_fails_with_advice(jobs: Jobs, quickstart_datasets: Path, tmp_path: Path) -> None:
     hand_to_trainer(tmp_path / "models")
-    static_volume(jobs.cluster.api, jobs.ns, "datasets", digits[0].parent)
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
     jobs.create(
         "tiny-memory",
@@ -202,7 +154,7 @@ def test_a_missing_claim_is_named_on_the_transferjob(jobs: Jobs, tmp_path: Path)
 
 
 def test_the_standby_replica_takes_over_when_the_active_one_dies(
-    jobs: Jobs, digits: tuple[Path, Path], tmp_path: Path
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
 ) -> None:
     """Delete the operator pod that acts; the stand-by takes over and finishes the job it did not start."""
     core = client.CoreV1Api(jobs.cluster.api)
@@ -214,7 +166,7 @@ def test_the_standby_replica_takes_over_when_the_active_one_dies(
     active_id = max(status, key=lambda k: status[k].get("priority", 0))
     active = next(p for p in operator_pods(jobs.cluster) if p.metadata.name in active_id)
     hand_to_trainer(tmp_path / "models")
-    static_volume(jobs.cluster.api, jobs.ns, "datasets", digits[0].parent)
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
     jobs.create("takeover", _small_spec(resources={"gpus": 1}, training={"epochs": 2}))
     jobs.condition("takeover", "Running", timeout=180)

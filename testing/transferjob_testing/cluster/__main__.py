@@ -3,8 +3,10 @@
 ``up`` leaves a real single-node cluster running in the background (`real.RealCluster`: etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler, containerd, the kubelet, kube-proxy and the
 TEST-ONLY fake GPU plugin, with our images imported), writes the admin kubeconfig to
-``<root>/kubeconfig`` and prints how to use it; ``--operator`` also installs the operator from
-``hack/local-images``. ``down`` stops it and restores the host.
+``<root>/kubeconfig`` and, unless ``--bare``, makes it the README's quickstart cluster
+(`transferjob_testing.quickstart`): the operator installed from ``hack/local-images``, the claims
+``datasets`` (digits and a pretrained source model) and ``models`` in the default namespace, and
+``<root>/env`` to source. ``down`` stops it and restores the host.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from transferjob_testing import quickstart
 from transferjob_testing.cluster.binaries import REPO_ROOT
 from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
 from transferjob_testing.cluster.node import (
@@ -52,9 +55,24 @@ def up(args: argparse.Namespace) -> int:
         print(f"a real node is already up on this machine ({owner}); stop it first", file=sys.stderr)
         return 1
     down(args, quiet=True)
-    if root.exists():
-        shutil.rmtree(root)
+    # A fresh cluster, except the quickstart's data and source model (a minute to make, never written
+    # by a job); `models` goes with the rest: its runs belonged to the old cluster's TransferJobs.
+    keep = root / "volumes" / "datasets"
+    for entry in root.glob("*") if root.exists() else []:
+        if entry == keep.parent:
+            for inner in entry.glob("*"):
+                if inner != keep:
+                    _remove(inner)
+        else:
+            _remove(entry)
     return _up_real(root, args)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _up_real(root: Path, args: argparse.Namespace) -> int:
@@ -70,13 +88,21 @@ def _up_real(root: Path, args: argparse.Namespace) -> int:
     kubeconfig.unlink(missing_ok=True)
     kubeconfig.symlink_to(cluster.kubeconfig)
     print(f"real node {NODE_NAME} Ready in {t1 - t0:.1f}s (images built and imported included)")
-    if args.operator:
+    if not args.bare:
         install_operator(cluster)
-        print(f"operator installed from hack/local-images in {time.monotonic() - t1:.1f}s")
+        t2 = time.monotonic()
+        print(f"operator installed from hack/local-images in {t2 - t1:.1f}s")
+        print("writing the digits and pretraining the source model on digits 0-4 (about a minute)")
+        datasets, models = quickstart.write_volumes(root / "volumes")
+        quickstart.provision(cluster.api, quickstart.NAMESPACE, datasets, models)
+        print(
+            f"claims datasets ({datasets}) and models ({models}) in namespace {quickstart.NAMESPACE} "
+            f"in {time.monotonic() - t2:.1f}s"
+        )
+    env = quickstart.write_env(root / "env", kubeconfig, kubectl_binary())
     print(cluster.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
-    print(f"kubeconfig: {kubeconfig}")
-    print(f"  export KUBECONFIG={kubeconfig}")
-    print(f"  {kubectl_binary()} --kubeconfig {kubeconfig} get pods -A -o wide")
+    print(f"kubeconfig: {kubeconfig}; point kubectl, the SDK and tj at the cluster with")
+    print(f"  source {env}")
     print(f"logs: {root / 'cp' / 'logs'} and {root / 'node' / 'logs'}")
     return 0
 
@@ -106,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m transferjob_testing.cluster")
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    p.add_argument("--operator", action="store_true", help="install the operator (hack/local-images)")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="the node only: no operator, no quickstart claims and data (README, Quickstart)",
+    )
     p.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu of the node (TEST-ONLY fake devices)")
     args = p.parse_args(argv)
     return {"up": up, "down": down, "status": status}[args.command](args)
