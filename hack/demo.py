@@ -6,7 +6,7 @@
 2. The operator installed as a platform team would: `kubectl apply -k hack/local-images` (manifests/
    with the local image names), two replicas in the restricted `transferjob-system` namespace.
 3. The digits: 5-9 at 32x32 to learn, and a small CNN pretrained on 0-4 as the source network, on
-   PersistentVolumes (`transferjob_testing.quickstart`, as `make cluster-up` makes them).
+   PersistentVolumes (`transferjob_testing.cluster.quickstart`, as `make cluster-up` makes them).
 4. The two TransferJobs of `manifests/examples/digits/`: feature extraction, then fine-tuning that
    builds on it (`model.fromJob`), with each epoch's metrics printed as the operator writes them into
    `.status`, and `kubectl get pods -o wide`.
@@ -28,7 +28,7 @@ from kubernetes import client
 from transferjob import Phase, TransferJobClient, TransferJobStatus
 from transferjob.client import EpochCompleted
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing import quickstart
+from transferjob_testing.cluster import quickstart
 from transferjob_testing.cluster.node import missing_prerequisites
 from transferjob_testing.cluster.real import RealCluster, install_operator, kubectl_binary, operator_logs
 

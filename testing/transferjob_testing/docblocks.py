@@ -3,7 +3,7 @@
 Every fenced ``bash``/``sh``/``python`` block in README.md, docs/*.md and examples/README.md carries a
 marker on the line before it (an HTML comment, invisible on GitHub):
 
-- ``<!-- doc-test: cluster -->`` runs on the README's quickstart cluster (`transferjob_testing.quickstart`);
+- ``<!-- doc-test: cluster -->`` runs on the README's quickstart cluster (`cluster.quickstart`);
 - ``<!-- doc-test: local -->`` runs on this machine, no cluster;
 - ``<!-- doc-test: skip (why) -->`` is not run, and says why (it needs Docker, a GPU cluster, the internet,
   or it is the test suite itself).

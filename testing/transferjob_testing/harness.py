@@ -25,6 +25,8 @@ from transferjob.constants import CRD_NAME
 from transferjob_testing.cluster.controlplane import free_port, stop_process
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
 from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only
+from transferjob_testing.digits import WIDE_TEST_SPLIT as WIDE_TEST_SPLIT
+from transferjob_testing.digits import make_digits as make_digits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"
@@ -178,69 +180,6 @@ def serving_operator(
         print(f"operator log: {process.log_path}")
 
 
-#: A split for comparing two models on the digits: 314 test images of digits 5-9 (one is 0.32 % of
-#: the accuracy) instead of the default split's 135 (0.74 %), where one or two images decide.
-WIDE_TEST_SPLIT = "0.5,0.15,0.35"
-
-
-def make_digits(root: Path, epochs: int = 6, split: str | None = None) -> tuple[Path, Path]:
-    """Digits 5-9 at 32x32 (the transfer task) and a small CNN pretrained on digits 0-4 (the source).
-
-    `split` ("train,val,test" fractions) applies to the digits 5-9; the default is the datasets CLI's.
-    """
-    target = root / "digits-5-9"
-    source_data = root / "digits-0-4"
-    model = root / "source.keras"
-    python = sys.executable
-    if not (target / "train").is_dir():
-        split_args = ["--split", split] if split else []
-        _run(
-            [
-                python,
-                "-m",
-                "transferjob.datasets",
-                "digits",
-                str(target),
-                "--digits",
-                "5-9",
-                "--size",
-                "32",
-                *split_args,
-            ]
-        )
-    if not model.is_file():
-        if not (source_data / "train").is_dir():
-            _run(
-                [
-                    python,
-                    "-m",
-                    "transferjob.datasets",
-                    "digits",
-                    str(source_data),
-                    "--digits",
-                    "0-4",
-                    "--size",
-                    "32",
-                ]
-            )
-        _run(
-            [
-                python,
-                "-m",
-                "transferjob_trainer.pretrain",
-                "--data",
-                str(source_data),
-                "--out",
-                str(model),
-                "--epochs",
-                str(epochs),
-                "--size",
-                "32",
-            ]
-        )
-    return target, model
-
-
 POD_BASE = "/data/source.keras"
 """The source model as a training pod on the real node sees it: `pod_data` copies it into the data
 folder, which the pod mounts at /data."""
@@ -257,12 +196,6 @@ def pod_output(parent: Path, name: str = "out") -> Path:
     """`parent/name` as an output hostPath: the pod mounts `parent`, which the trainer's UID must own."""
     hand_to_trainer(parent)
     return parent / name
-
-
-def _run(args: list[str]) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
 def digits_spec(

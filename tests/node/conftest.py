@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from transferjob_testing import quickstart
+from transferjob_testing.cluster import quickstart
 from transferjob_testing.cluster.kube import temporary_namespace, wait_for
 from transferjob_testing.cluster.real import OPERATOR_NAMESPACE, RealCluster, install_operator, operator_pods
 from transferjob_testing.cluster.volumes import delete_static_volumes

@@ -1,11 +1,12 @@
 """README.md and docs/*.md run as written: every block marked `cluster` or `local`, in order, per file.
 
-The cluster is the README's quickstart (`transferjob_testing.quickstart`, what `make cluster-up` leaves):
-the operator installed in-cluster from `hack/local-images`, the claims `datasets` (digits 5-9 and a small
-CNN pretrained on digits 0-4) and `models`, and `.local/cluster/env` to source, here pointing at a fresh
-namespace of the session's real cluster. Blocks run in a folder that links every top-level entry of the
-repository (so `manifests/...` resolves) and keeps what they write. Local blocks get no kubeconfig and
-their own `TJ_HOME`. The transcript of each file's blocks is in the test's temporary folder.
+The cluster is the README's quickstart (`transferjob_testing.cluster.quickstart`, what
+`make cluster-up` leaves): the operator installed in-cluster from `hack/local-images`, the claims
+`datasets` (digits 5-9 and a small CNN pretrained on digits 0-4) and `models`, and `.local/cluster/env`
+to source, here pointing at a fresh namespace of the session's real cluster. Blocks run in a folder
+that links every top-level entry of the repository (so `manifests/...` resolves) and keeps what they
+write. Local blocks get no kubeconfig and their own `TJ_HOME`. The transcript of each file's blocks is
+in the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from kubernetes import client
 
 from transferjob.constants import GROUP, PLURAL, VERSION
-from transferjob_testing import quickstart
+from transferjob_testing.cluster import quickstart
 from transferjob_testing.cluster.kube import temporary_namespace
 from transferjob_testing.cluster.node import NODE_NAME
 from transferjob_testing.cluster.real import RealCluster, kubectl_binary

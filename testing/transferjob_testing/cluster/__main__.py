@@ -4,7 +4,7 @@
 kube-apiserver, kube-controller-manager, kube-scheduler, containerd, the kubelet, kube-proxy and the
 TEST-ONLY fake GPU plugin, with our images imported), writes the admin kubeconfig to
 ``<root>/kubeconfig`` and, unless ``--bare``, makes it the README's quickstart cluster
-(`transferjob_testing.quickstart`): the operator installed from ``hack/local-images``, the claims
+(`transferjob_testing.cluster.quickstart`): the operator installed from ``hack/local-images``, the claims
 ``datasets`` (digits and a pretrained source model) and ``models`` in the default namespace, and
 ``<root>/env`` to source. ``down`` stops it and restores the host.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from transferjob_testing import quickstart
+from transferjob_testing.cluster import quickstart
 from transferjob_testing.cluster.binaries import REPO_ROOT
 from transferjob_testing.cluster.controlplane import ControlPlane, _http_ok
 from transferjob_testing.cluster.node import (

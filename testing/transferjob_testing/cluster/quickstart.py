@@ -21,7 +21,7 @@ from kubernetes import client
 
 from transferjob_testing.cluster.binaries import REPO_ROOT
 from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only, static_volume
-from transferjob_testing.harness import WIDE_TEST_SPLIT, make_digits
+from transferjob_testing.digits import WIDE_TEST_SPLIT, make_digits
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples" / "digits"
 NAMESPACE = "default"
