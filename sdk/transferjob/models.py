@@ -656,6 +656,10 @@ class TrainingSpec(ApiModel):
     )
 
 
+#: What a job does with an output location another TransferJob owns (`OutputSpec.ownership_policy`).
+OwnershipPolicy = Literal["Exclusive", "Adopt"]
+
+
 class OutputSpec(ApiModel):
     """Where the exported model, checkpoints, metrics and TensorBoard logs go."""
 
@@ -664,7 +668,7 @@ class OutputSpec(ApiModel):
         "TransferJob that owns it (owner.json): a retry of the same job resumes there, another job fails "
         "with OutputInUse unless ownershipPolicy is Adopt."
     )
-    ownership_policy: Literal["Exclusive", "Adopt"] = Field(
+    ownership_policy: OwnershipPolicy = Field(
         default="Exclusive",
         description="What the job does when its location is owned by another TransferJob (owner.json names "
         "a different uid): Exclusive fails it at once (reason OutputInUse), so no job overwrites or "

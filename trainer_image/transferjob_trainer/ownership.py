@@ -24,16 +24,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from transferjob.constants import API_VERSION, KIND
+from transferjob.models import OwnershipPolicy
 from transferjob_trainer import fs
 from transferjob_trainer.errors import OutputInUseError
 from transferjob_trainer.report import log
 
 OWNER_FILE = "owner.json"
-
-OwnershipPolicy = Literal["Exclusive", "Adopt"]
 
 
 @dataclass(frozen=True)
