@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         data, source = make_digits(root / "data", split=WIDE_TEST_SPLIT)
         share_read_only(root / "data")
         models = root / "models"
+        # A kept folder's models from an earlier demo belong to that demo's jobs (their owner.json):
+        # this demo's jobs would fail there with OutputInUse, so they start from an empty folder.
+        shutil.rmtree(models, ignore_errors=True)
         hand_to_trainer(models)
         client.CoreV1Api(api).create_namespace(
             {"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
