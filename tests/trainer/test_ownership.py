@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.trainer.conftest import Digits, make_spec
 from transferjob.progress import Failed, Started
 from transferjob_trainer import fs, ownership
 from transferjob_trainer.errors import OutputInUseError
@@ -204,6 +206,22 @@ def test_a_second_job_into_one_folder_fails_and_the_first_ones_retry_resumes(
     fine = owned_run(run_trainer, tuned, B, "--init-model", str(out / "model.keras"))
     assert fine.rc == 0, fine.stderr[-3000:]
     assert record(tmp_path / "tuned")["uid"] == "uid-b" and record(out)["uid"] == "uid-a"
+
+
+@pytest.mark.trainer
+def test_a_job_that_fails_on_its_data_leaves_no_claim(
+    digits: Digits, run_trainer: Any, tmp_path: Path
+) -> None:
+    """The record is written once the data has passed its checks: fixing the data and creating the job
+    again (a new uid) finds the location free. Its untrained base is named in the log on the way."""
+    data = tmp_path / "data"
+    shutil.copytree(digits.small_target, data)
+    shutil.rmtree(data / "val")
+    spec = make_spec(data, tmp_path / "out", model={"base": "MobileNetV2", "weights": "none"})
+    run = owned_run(run_trainer, spec, A)
+    assert run.rc == 42 and run.final.reason == "InvalidData"
+    assert not (tmp_path / "out" / OWNER_FILE).exists()
+    assert "[trainer] warning: spec.model.weights: none leaves MobileNetV2 untrained" in run.stderr
 
 
 @pytest.mark.trainer
