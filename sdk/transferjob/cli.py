@@ -410,10 +410,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse printed its message (or the help)
         return int(exit_.code or 0)
-    warnings = logging.StreamHandler(sys.stderr)
-    warnings.setFormatter(logging.Formatter("tj: warning: %(message)s"))
+    logged_warnings = logging.StreamHandler(sys.stderr)
+    logged_warnings.setFormatter(logging.Formatter("tj: warning: %(message)s"))
     sdk_logger = logging.getLogger("transferjob")
-    sdk_logger.addHandler(warnings)
+    sdk_logger.addHandler(logged_warnings)
     try:
         with _spec_warnings_on_stderr():
             return run_command(args, out)
@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except BrokenPipeError:  # `tj logs NAME | head`
         return EXIT_OK
     finally:
-        sdk_logger.removeHandler(warnings)
+        sdk_logger.removeHandler(logged_warnings)
 
 
 if __name__ == "__main__":
