@@ -15,6 +15,7 @@ could stop this script and pick the job up again with `tj --local watch digits-f
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from transferjob import TransferJob, TransferJobClient, TransferJobSpec
@@ -49,8 +50,11 @@ def main() -> int:
         }
     )
     client = TransferJobClient("local")
+    # Examples are re-runnable: the previous run's job goes, and its output folder with it, which that
+    # job owns (owner.json): a new job would fail there with OutputInUse, not train over its model.
     if any(job.metadata.name == NAME for job in client.list()):
-        client.delete(NAME)  # examples are re-runnable
+        client.delete(NAME)
+    shutil.rmtree(workdir / NAME, ignore_errors=True)
     name = client.submit(TransferJob(spec=spec), name=NAME)
     print(f"submitted {name}")
     for event in client.watch(name):

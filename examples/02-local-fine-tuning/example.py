@@ -11,9 +11,10 @@ its exported model as the starting point, the last layers of the base unfrozen (
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
-from transferjob import JobFailedError, TransferJobClient
+from transferjob import JobFailedError, Location, TransferJobClient
 from transferjob.plot import plot_curves
 
 SOURCE = "digits-features"
@@ -26,9 +27,18 @@ def main() -> int:
     workdir = parser.parse_args().workdir.resolve()
     client = TransferJobClient("local")
     first = client.wait(SOURCE)  # run example 01 first
+    output = workdir / NAME
     if any(job.metadata.name == NAME for job in client.list()):
         client.delete(NAME)
-    name = client.fine_tune(from_job=SOURCE, name=NAME, epochs=5, fine_tune_at="conv3", learning_rate=1e-4)
+    shutil.rmtree(output, ignore_errors=True)  # the previous run's job owned it (see example 01)
+    name = client.fine_tune(
+        from_job=SOURCE,
+        name=NAME,
+        epochs=5,
+        fine_tune_at="conv3",
+        learning_rate=1e-4,
+        output=Location(host_path=str(output)),
+    )
     try:
         job = client.wait(name, progress=True)
     except JobFailedError as error:

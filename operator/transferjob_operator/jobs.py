@@ -244,6 +244,11 @@ def build_job(
         init_dir = _mount_location(volumes, "init", upstream.location, INIT_MOUNT, read_only=True)
         init = upstream.path if upstream.location.uri is not None else posixpath.join(init_dir, upstream.path)
         args += ["--init-model", init]
+    if tj.metadata.uid:
+        # The trainer records this TransferJob as the output location's owner: a retry (the same uid)
+        # resumes there, and another job pointed at it fails with OutputInUse.
+        namespace = tj.metadata.namespace
+        args += ["--job", f"{namespace}/{name}" if namespace else name, "--job-uid", tj.metadata.uid]
 
     env = [
         {"name": "HOME", "value": SCRATCH_MOUNT},

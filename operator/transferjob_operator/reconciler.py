@@ -485,6 +485,10 @@ class Reconciler:
                     "Normal", "JobCreated", f"created Job {job['metadata']['name']}{init}{suspended}"
                 )
             )
+            # What the SDK warns about at submission, for those who applied the spec with kubectl.
+            state.unposted.extend(
+                status.Transition("Warning", warning.reason, str(warning)) for warning in tj.spec.warnings()
+            )
         return None, job
 
     async def _follow(self, key: Key, state: JobState, pods: list[Json]) -> None:

@@ -1,7 +1,7 @@
 """transferjob: transfer learning on Kubernetes, from YAML or Python.
 
 The public surface is re-exported here: the client and what `watch`/`events` yield, the spec and status
-models, and the errors (all `TransferJobError`). Everything else is internal.
+models, the errors (all `TransferJobError`) and `SpecWarning`. Everything else is internal.
 
 Modules, in layers from the top down; a module imports only lower layers, so the pure bottom half
 (the spec, the protocol, the status) is what the operator and the trainer build on. `make lint`
@@ -36,6 +36,7 @@ from transferjob.errors import (
     JobTimeoutError,
     NamespaceNotFoundError,
     SpecError,
+    SpecWarning,
     TransferJobError,
 )
 from transferjob.models import (
@@ -90,6 +91,7 @@ __all__ = [
     "ResourcesSpec",
     "RunPolicy",
     "SpecError",
+    "SpecWarning",
     "StepAdvanced",
     "StorageSpec",
     "TestMetrics",

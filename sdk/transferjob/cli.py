@@ -3,8 +3,9 @@
 Everything here is argument parsing and printing; what a command does is one client call, so the CLI
 and a notebook behave the same. Exit codes let scripts follow a job: 0 succeeded, 1 failed (or an
 operation failed), 2 usage errors and invalid specs, 124 timed out (like `timeout(1)`), 130 interrupted.
-Errors are one line each on stderr, never a traceback; the SDK's warnings (a local job record that
-cannot be read, left out of `tj list`) are `tj: warning: ...` lines.
+Errors are one line each on stderr, never a traceback; the SDK's warnings (a spec that will learn
+nothing, a local job record that cannot be read and is left out of `tj list`) are `tj: warning: ...`
+lines on stderr, as kubectl prints the API server's warnings.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +33,7 @@ from transferjob.client import (
     format_metrics,
     format_step,
 )
-from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, TransferJobError
+from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, SpecWarning, TransferJobError
 from transferjob.models import Phase, TransferJob
 
 EXIT_OK = 0
@@ -376,6 +379,24 @@ def _plot(client: TransferJobClient, name: str, output: str, out: TextIO) -> Non
 # -------------------------------------------------------------------------------------------- main
 
 
+@contextmanager
+def _spec_warnings_on_stderr() -> Iterator[None]:
+    """Each `SpecWarning` as one `tj: warning: ...` line on stderr (every time, not once per place);
+    other Python warnings are shown as Python shows them."""
+    show = warnings.showwarning
+
+    def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, SpecWarning):
+            sys.stderr.write(f"tj: warning: {message}\n")
+        else:
+            show(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SpecWarning)
+        warnings.showwarning = show_warning
+        yield
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run `tj` with `argv` (default: the process's arguments); returns the exit code."""
     out = out or sys.stdout
@@ -389,12 +410,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse printed its message (or the help)
         return int(exit_.code or 0)
-    warnings = logging.StreamHandler(sys.stderr)
-    warnings.setFormatter(logging.Formatter("tj: warning: %(message)s"))
+    logged_warnings = logging.StreamHandler(sys.stderr)
+    logged_warnings.setFormatter(logging.Formatter("tj: warning: %(message)s"))
     sdk_logger = logging.getLogger("transferjob")
-    sdk_logger.addHandler(warnings)
+    sdk_logger.addHandler(logged_warnings)
     try:
-        return run_command(args, out)
+        with _spec_warnings_on_stderr():
+            return run_command(args, out)
     except SpecError as error:
         for problem in error.problems:
             sys.stderr.write(f"tj: invalid spec: {problem}\n")
@@ -417,7 +439,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except BrokenPipeError:  # `tj logs NAME | head`
         return EXIT_OK
     finally:
-        sdk_logger.removeHandler(warnings)
+        sdk_logger.removeHandler(logged_warnings)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,12 +215,16 @@ class TransferJobClient:
 
         Generated names look like `mobilenetv2-fe-x7k2p` (or `metadata.generateName` + 5 characters).
         Raises `SpecError` for what the API server would refuse (a name longer than 63 characters, too),
-        on either backend, before anything is created.
+        on either backend, before anything is created. A valid spec that will not do what it is for (an
+        untrained base) is created, with a `SpecWarning` for each problem (`warnings.warn`).
         """
         if name is not None:
             job = job.model_copy(deep=True)
             job.metadata.name = name
-        created = self.backend.create(job.revalidated())
+        job = job.revalidated()
+        created = self.backend.create(job)
+        for warning in job.spec.warnings():
+            warnings.warn(warning, stacklevel=2)
         return created.metadata.name or ""
 
     def get(self, name: str) -> TransferJob:

@@ -4,6 +4,9 @@ A notebook user catches `JobFailedError` to read why training failed; the CLI ma
 exit code. Every error carries the job's name, so a message printed on its own still says which job,
 and every error is a `TransferJobError`, so one `except` catches whatever the SDK raises. An error
 raised because of another (an API response, a pydantic validation error) keeps it as `__cause__`.
+
+`SpecWarning` is not an error: a spec that is valid but will not do what it is for is submitted, with a
+Python warning (`warnings.warn`), as the API server answers with a warning that kubectl prints.
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ class SpecError(TransferJobError, ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class SpecWarning(UserWarning):
+    """A valid spec that will not do what it is for (an untrained base, say): submitted anyway.
+
+    `reason` is CamelCase (the operator posts it as a Warning Event on the TransferJob), `field` the wire
+    path of the field to change. Given with `warnings.warn`, so it shows in a notebook, `tj` prints it
+    on stderr, and `warnings.simplefilter("error", SpecWarning)` turns it into a refusal.
+    """
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.reason = reason
+        self.field = field
+        self.message = message
 
 
 class BackendError(TransferJobError):

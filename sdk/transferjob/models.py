@@ -49,7 +49,7 @@ from transferjob.constants import (
     STATUS_CLASS_LIMIT,
     STATUS_WORST_CLASSES,
 )
-from transferjob.errors import SpecError
+from transferjob.errors import SpecError, SpecWarning
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -656,10 +656,26 @@ class TrainingSpec(ApiModel):
     )
 
 
+#: What a job does with an output location another TransferJob owns (`OutputSpec.ownership_policy`).
+OwnershipPolicy = Literal["Exclusive", "Adopt"]
+
+
 class OutputSpec(ApiModel):
     """Where the exported model, checkpoints, metrics and TensorBoard logs go."""
 
-    location: Location = Field(description="Written by the trainer; checkpoints here make runs resumable.")
+    location: Location = Field(
+        description="Written by the trainer; checkpoints here make runs resumable. The trainer records the "
+        "TransferJob that owns it (owner.json): a retry of the same job resumes there, another job fails "
+        "with OutputInUse unless ownershipPolicy is Adopt."
+    )
+    ownership_policy: OwnershipPolicy = Field(
+        default="Exclusive",
+        description="What the job does when its location is owned by another TransferJob (owner.json names "
+        "a different uid): Exclusive fails it at once (reason OutputInUse), so no job overwrites or "
+        "silently reuses another's model; Adopt takes the location over, resuming from its checkpoint "
+        "when the settings and data match (else training anew over it). Reading another job's model "
+        "(model.fromJob, model.fromModel) needs neither.",
+    )
     saved_model: bool = Field(default=True, description="Also export a TensorFlow SavedModel for serving.")
     tensorboard: bool = Field(default=True, description="Write TensorBoard logs under tensorboard/.")
 
@@ -828,6 +844,30 @@ class TransferJobSpec(ApiModel):
     storage: StorageSpec | None = Field(
         default=None, description="Credentials and endpoint for s3:// and gs:// locations."
     )
+
+    def warnings(self) -> list[SpecWarning]:
+        """What in this valid spec will not do what it is for: the SDK warns at submission, the trainer in
+        its log and the operator with a Warning Event. Never a reason to refuse the spec."""
+        found = []
+        model = self.model
+        if model.base in BASES and model.weights == "none" and not (model.from_job or model.from_model):
+            frozen = (
+                "all of them"
+                if self.mode is Mode.FEATURE_EXTRACTION
+                else "BatchNorm and those before fineTuneAt"
+            )
+            found.append(
+                SpecWarning(
+                    "UntrainedBase",
+                    "spec.model.weights",
+                    f"none leaves {model.base} untrained, and its frozen layers ({frozen}) keep their "
+                    "random weights, so the job learns little or nothing (MobileNetV2 at 32 px: features "
+                    "near 1e-12, the loss stays at ln(classes), test accuracy at chance); set weights: "
+                    "imagenet or a weights file, or make model.base a pretrained saved model (python -m "
+                    "transferjob_trainer.pretrain trains a small one)",
+                )
+            )
+        return found
 
     @model_validator(mode="after")
     def _mode_defaults(self) -> TransferJobSpec:

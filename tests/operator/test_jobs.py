@@ -44,6 +44,13 @@ def test_job_is_named_and_owned_by_the_transferjob(tj: TransferJob) -> None:
     assert job["spec"]["template"]["metadata"]["labels"][LABEL_JOB_NAME] == "digits"
 
 
+def test_the_trainer_gets_the_transferjobs_identity_to_own_its_output(tj: TransferJob) -> None:
+    """The uid decides who owns the output location: a retry of this job resumes there, another fails."""
+    job = build_job(tj)
+    assert _arg(job, "--job") == "ml/digits"
+    assert _arg(job, "--job-uid") == "uid-1"
+
+
 def test_same_input_same_manifest(tj: TransferJob) -> None:
     assert build_job(tj) == build_job(make_tj())
 

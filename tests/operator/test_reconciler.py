@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.operator.ops import documented_event_reasons
 from tests.operator.test_workqueue import until
 from transferjob.types import Json
 from transferjob_operator import reconciler as rec
@@ -229,3 +230,25 @@ def test_calls_from_other_threads_are_handed_to_the_loop() -> None:
         assert sorted(kube.of("create")) == [f"t-{i}" for i in range(8)]
 
     run(scenario)
+
+
+def test_a_spec_warning_is_a_warning_event_posted_once_with_the_job() -> None:
+    """What `tj submit` warns about reaches those who `kubectl apply`: a Warning Event on the TransferJob."""
+
+    async def scenario(r: Reconciler, kube: RecordingKube) -> None:
+        untrained = body("untrained")
+        untrained["spec"]["model"] = {"base": "MobileNetV2", "weights": "none", "imageSize": 32}
+        r.observe(untrained)
+        r.observe(body("pretrained"))
+        await until(lambda: sorted(kube.of("status")) == ["pretrained", "untrained"])
+        assert kube.of("event:UntrainedBase") == ["untrained"]
+        created, warned = (
+            kube.calls.index((e, "untrained")) for e in ("event:JobCreated", "event:UntrainedBase")
+        )
+        assert created < warned < kube.calls.index(("status", "untrained"))
+        r.wake(("ml", "untrained"))  # later steps post it no more
+        await asyncio.sleep(0.5)
+        assert kube.of("event:UntrainedBase") == ["untrained"]
+
+    run(scenario)
+    assert "UntrainedBase" in documented_event_reasons()  # docs/operator.md, "Events"

@@ -157,6 +157,24 @@ def test_invalid_data_fails_with_the_trainers_message(tj: TransferJob) -> None:
     assert [(e.type, e.reason) for e in transitions(None, status)] == [("Warning", "InvalidData")]
 
 
+def test_an_output_another_job_owns_fails_with_output_in_use(tj: TransferJob) -> None:
+    """The trainer's OutputInUse (exit 42, before any epoch) on the TransferJob like any permanent error."""
+    message = (
+        "output location /output/digits-fe is owned by TransferJob ml/other (uid 1234, since "
+        "2026-01-01T00:00:00Z), whose model and checkpoints are there; choose another output location, or "
+        "create this TransferJob again with spec.output.ownershipPolicy: Adopt to continue from them"
+    )
+    failed = Failed(reason="OutputInUse", message=message, permanent=True)
+    pod = make_pod(phase="Failed", state=terminated(42, termination_message(failed)))
+    job = make_job([cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 42")], failed=1)
+    status = status_from_job_and_pods(tj, job, [pod], Progress(), NOW)
+    assert status.phase is Phase.FAILED
+    assert _conds(status)["Failed"] == ("True", "OutputInUse", message)
+    assert [(e.type, e.reason, e.message) for e in transitions(None, status)] == [
+        ("Warning", "OutputInUse", message)
+    ]
+
+
 def test_oom_kill_is_named(tj: TransferJob) -> None:
     pod = make_pod(phase="Failed", state=terminated(137, "", "OOMKilled"))
     job = make_job([cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")])

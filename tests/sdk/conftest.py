@@ -40,7 +40,7 @@ def make_job(tmp_path: Path) -> Callable[..., TransferJob]:
         data.mkdir()
         (data / "script.json").write_text(json.dumps(script or {"epochs": 3}))
         body: dict[str, Any] = {
-            "model": {"base": "MobileNetV2", "weights": "none", "imageSize": 32},
+            "model": {"base": "MobileNetV2", "weights": "imagenet", "imageSize": 96},  # no SpecWarning
             "data": {"source": {"hostPath": str(data)}},
             "output": {"location": {"hostPath": str(tmp_path / f"out-{n}")}},
             "resources": {"gpus": 0},

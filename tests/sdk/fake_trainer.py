@@ -26,6 +26,8 @@ def main() -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--termination-log", required=True)
     parser.add_argument("--init-model")
+    parser.add_argument("--job")
+    parser.add_argument("--job-uid")
     args = parser.parse_args()
     spec = TransferJobSpec.model_validate(json.loads(Path(args.spec).read_text()))
     script_file = Path(args.data_dir) / "script.json"

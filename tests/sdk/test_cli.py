@@ -55,6 +55,20 @@ def test_run_local_follows_to_the_end_and_exits_0(tj_home: Path, make_job: MakeJ
     assert result.stderr == ""
 
 
+def test_submit_of_a_spec_that_will_learn_nothing_warns_on_stderr(
+    tj_home: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    """As kubectl prints an API server's warning: created, named on stdout, one warning line on stderr."""
+    job = make_job({"epochs": 1}, name="untrained")
+    job.spec.model.weights = "none"
+    result = tj_process("--local", "submit", "-f", manifest(tmp_path, job), "--wait")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.splitlines()[0] == "untrained"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("tj: warning: spec.model.weights: none leaves MobileNetV2 untrained"), line
+    assert "set weights: imagenet" in line
+
+
 def test_run_of_a_failing_job_exits_1_with_the_reason(
     tj_home: Path, make_job: MakeJob, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from transferjob import (
     Mode,
     Phase,
     SpecError,
+    SpecWarning,
     TransferJob,
     TransferJobClient,
 )
@@ -310,3 +311,28 @@ def test_a_recreated_job_shows_only_its_own_events_and_log(
     reasons = [e.reason for e in local_client.events("again")]
     assert reasons == ["Started", "InvalidData"]
     assert not any('"event":"finished"' in line for line in local_client.logs("again"))
+
+
+def test_a_spec_that_will_learn_nothing_is_submitted_with_a_warning(
+    local_client: TransferJobClient, make_job: MakeJob
+) -> None:
+    """An untrained base (weights: none) is valid, and useless for transfer: a SpecWarning, as kubectl
+    shows an API server's warning; the job is created all the same."""
+    untrained = make_job({"epochs": 1}, name="untrained")
+    untrained.spec.model.weights = "none"
+    with pytest.warns(SpecWarning) as caught:
+        name = local_client.submit(untrained)
+    (warning,) = [w.message for w in caught]
+    assert isinstance(warning, SpecWarning)
+    assert (warning.reason, warning.field) == ("UntrainedBase", "spec.model.weights")
+    assert "weights: imagenet" in warning.message and "pretrained saved model" in warning.message
+    assert local_client.wait(name, timeout=60).status.phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_the_trainer_gets_the_local_jobs_identity(local_client: TransferJobClient, make_job: MakeJob) -> None:
+    """As the operator does with a TransferJob's uid: the trainer owns the output location in its name."""
+    job = make_job({"epochs": 1}, name="owned")
+    name = local_client.submit(job)
+    done = local_client.wait(name, timeout=60)
+    args = json.loads((Path(job.spec.output.location.host_path or "") / "args.json").read_text())
+    assert args["job"] == "local/owned" and args["job_uid"] == done.metadata.uid

@@ -10,7 +10,8 @@ import pytest
 from transferjob_testing.cluster.controlplane import free_port
 from transferjob_testing.s3server import S3Server
 from transferjob_trainer import fs
-from transferjob_trainer.errors import StorageError
+from transferjob_trainer.errors import OutputInUseError, StorageError
+from transferjob_trainer.ownership import Owner, claim_output, read_owner
 
 
 def test_files_round_trip(s3_env: S3Server, tmp_path: Path) -> None:
@@ -73,6 +74,26 @@ def test_stage_folder_copies_once_and_follows_changes(s3_env: S3Server, tmp_path
     assert fs.stage_folder(base, str(tmp_path)) == (folder, 1)
     assert (Path(folder) / "train" / "cat" / "1.png").read_bytes() == b"ONE"
     assert not (Path(folder) / "train" / "dog" / "2.png").exists()
+
+
+def test_an_output_in_a_bucket_is_owned_by_one_job(s3_env: S3Server) -> None:
+    """`owner.json` in an object store: created only where there is none (a conditional put), so of two
+    jobs claiming one prefix only one gets it; the same checks as on a volume."""
+    out = s3_env.bucket("owned") + "/run"
+    assert fs.create_bytes(fs.join(out, "first.txt"), b"one")
+    assert not fs.create_bytes(fs.join(out, "first.txt"), b"two")
+    assert fs.read_bytes(fs.join(out, "first.txt")) == b"one"
+
+    first, second = Owner(uid="uid-a", name="a", namespace="ml"), Owner(uid="uid-b", name="b", namespace="ml")
+    claim_output(out, first, "Exclusive")
+    claim_output(out, first, "Exclusive")  # a retry
+    with pytest.raises(
+        OutputInUseError, match=r"^output location s3://owned/run is owned by TransferJob ml/a"
+    ):
+        claim_output(out, second, "Exclusive")
+    claim_output(out, second, "Adopt")
+    owner = read_owner(out)
+    assert owner is not None and owner.uid == "uid-b"
 
 
 def test_missing_object_and_bucket_are_not_found(s3_env: S3Server, tmp_path: Path) -> None:

@@ -269,3 +269,49 @@ def test_yaml_numbers_read_as_kubectl_reads_them() -> None:
             "  data: {source: {hostPath: /d}}\n  output: {location: {hostPath: /o}}\n"
             "  training: {learningRate: '1e-5'}\n"
         )
+
+
+def test_output_locations_are_exclusive_unless_the_spec_adopts() -> None:
+    assert parse_spec(minimal_spec()).output.ownership_policy == "Exclusive"
+    adopt = minimal_spec(output={"location": {"pvc": {"claimName": "models"}}, "ownershipPolicy": "Adopt"})
+    assert parse_spec(adopt).output.to_dict()["ownershipPolicy"] == "Adopt"
+    adopt["output"]["ownershipPolicy"] = "adopt"
+    with pytest.raises(
+        SpecError, match=r"spec\.output\.ownershipPolicy: Input should be 'Exclusive' or 'Adopt'"
+    ):
+        parse_spec(adopt)
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "frozen"),
+    [
+        ("FeatureExtraction", {"weights": "none", "imageSize": 32}, "all of them"),
+        ("FeatureExtraction", {"base": "VGG16", "weights": "none"}, "all of them"),
+        ("FineTuning", {"weights": "none"}, "BatchNorm and those before fineTuneAt"),
+        ("FineTuning", {"weights": "none", "fineTuneAt": 0}, "BatchNorm and those before fineTuneAt"),
+    ],
+)
+def test_an_untrained_base_is_valid_with_a_warning(mode: str, model: dict[str, Any], frozen: str) -> None:
+    """Measured: MobileNetV2 with weights none gives features near 1e-12 and chance accuracy, in both
+    modes (fine-tuning keeps BatchNorm frozen)."""
+    spec = parse_spec(minimal_spec(mode=mode, model=model))
+    (warning,) = spec.warnings()
+    assert (warning.reason, warning.field) == ("UntrainedBase", "spec.model.weights")
+    base = model.get("base", "MobileNetV2")
+    assert str(warning).startswith(f"spec.model.weights: none leaves {base} untrained, and its frozen layers")
+    assert f"({frozen})" in warning.message
+
+
+@pytest.mark.parametrize(
+    ("mode", "model"),
+    [
+        ("FeatureExtraction", {}),  # imagenet
+        ("FeatureExtraction", {"weights": "/weights/mobilenet_v2.h5"}),
+        ("FeatureExtraction", {"base": "/models/source.keras", "weights": "none", "imageSize": 32}),
+        ("FineTuning", {"weights": "none", "fromJob": "features"}),
+        ("FineTuning", {"weights": "none", "fromModel": "/models/features/model.keras"}),
+    ],
+)
+def test_pretrained_weights_from_anywhere_give_no_warning(mode: str, model: dict[str, Any]) -> None:
+    """Weights from ImageNet, a file, a saved model as the base, or the model fine-tuning starts from."""
+    assert parse_spec(minimal_spec(mode=mode, model=model)).warnings() == []

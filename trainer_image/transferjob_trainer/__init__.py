@@ -6,8 +6,9 @@ and exports.
 
 Modules, in layers from the top down. A module imports only modules of lower layers (function-level
 imports included), never one of its own layer, so there is no import cycle; a module that needs a
-sibling moves up a layer. Layers 5-7 and `layout`, `paths` import no TensorFlow, so a bad spec or bad
-data fails in a second (`fs` reaches object stores through obstore, not TensorFlow).
+sibling moves up a layer. Layers 5-7 and `layout`, `ownership`, `paths` import no TensorFlow, so a bad
+spec, bad data or an output another job owns fails in a second (`fs` reaches object stores through
+obstore, not TensorFlow).
 
 7. `__main__`: the CLI; maps every outcome to a final event and an exit code.
 6. `run`: one run from spec file to exported model; checks spec, flags and data before TensorFlow.
@@ -18,7 +19,8 @@ data fails in a second (`fs` reaches object stores through obstore, not TensorFl
    `pipeline`: tf.data input pipelines and augmentation.
 2. `checkpoint`: per-epoch checkpoints and the feature cache that make runs resumable;
    `layout`: finding and checking the images; `modeling`: base networks, the head, the end-to-end
-   model, fine-tuning freezes; `paths`: where a run reads and writes; `tensorboard_log`: learning curves.
+   model, fine-tuning freezes; `ownership`: which TransferJob owns the output location (`owner.json`);
+   `paths`: where a run reads and writes; `tensorboard_log`: learning curves.
 1. `fs`: local paths and object stores (s3://, gs://, https://), their failures as `StorageError`;
    `metrics`, `stopping`: pure functions for test metrics and early stopping; `report`: the progress
    protocol on stdout, notes on stderr, the termination message.

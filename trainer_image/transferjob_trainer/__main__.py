@@ -1,12 +1,16 @@
-"""`transferjob-trainer --spec FILE [--data-dir DIR] [--output-dir DIR] [--init-model PATH]`.
+"""`transferjob-trainer --spec FILE [--data-dir DIR] [--output-dir DIR] [--init-model PATH]
+[--job NAMESPACE/NAME --job-uid UID]`.
 
 The contract with the operator and the local backend:
 
 - stdout carries only progress-protocol lines (`transferjob.progress`), one per event, flushed; TensorFlow,
   Keras and our own notes go to stderr.
 - The final event (finished or failed) is also written to the termination log.
-- Exit 0 on success; `EXIT_PERMANENT` (42) when no retry can help (InvalidSpecError, InvalidDataError); 1 for
-  anything else (TrainingError: retry, the run resumes from its checkpoint); 143 after SIGTERM.
+- `--job` and `--job-uid` name the TransferJob the run is for: it claims the output location in that name,
+  and a location another job owns fails it (`ownership`).
+- Exit 0 on success; `EXIT_PERMANENT` (42) when no retry can help (InvalidSpecError, InvalidDataError,
+  StorageError, OutputInUseError); 1 for anything else (TrainingError: retry, the run resumes from its
+  checkpoint); 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--init-model", help="the .keras model to fine-tune (resolves model.fromJob)")
     parser.add_argument(
+        "--job", metavar="[NAMESPACE/]NAME", help="the TransferJob this run is for (recorded with --job-uid)"
+    )
+    parser.add_argument(
+        "--job-uid",
+        metavar="UID",
+        help="the TransferJob's uid: the run owns its output location in this name, and a retry with the "
+        "same uid resumes there (without it the run claims nothing)",
+    )
+    parser.add_argument(
         "--termination-log",
         default=None,
         help="where the final event is written (default: $TJ_TERMINATION_LOG, else /dev/termination-log)",
@@ -70,13 +83,14 @@ def interrupted(reporter: Reporter) -> int:
 
 def execute(args: argparse.Namespace, reporter: Reporter) -> int:
     """Run and map every outcome to a final event and an exit code."""
+    from transferjob_trainer.ownership import Owner
     from transferjob_trainer.paths import resolve_paths
     from transferjob_trainer.run import load_spec, run
 
     try:
         spec = load_spec(args.spec)
         paths = resolve_paths(spec, args.data_dir, args.output_dir, args.init_model)
-        reporter.finish(run(spec, paths, reporter))
+        reporter.finish(run(spec, paths, reporter, Owner.from_flags(args.job, args.job_uid)))
         return 0
     except Exception as error:
         if TERMINATED.is_set():

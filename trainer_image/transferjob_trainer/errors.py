@@ -1,7 +1,8 @@
 """Why a run failed, in the terms the operator acts on.
 
-A permanent error (bad spec, bad data) fails the TransferJob at once with exit code `EXIT_PERMANENT`;
-anything else exits 1 and the Job's backoff retries it, resuming from the last checkpoint.
+A permanent error (bad spec, bad data, an output location another job owns) fails the TransferJob at
+once with exit code `EXIT_PERMANENT`; anything else exits 1 and the Job's backoff retries it, resuming
+from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ class StorageError(TrainerError):
         super().__init__(f"{uri}: {problem}" + (f" ({detail})" if detail else ""))
         self.uri = uri
         self.problem = problem
+
+
+class OutputInUseError(TrainerError):
+    """The output location is owned by another TransferJob (its `owner.json`, see `ownership`): writing
+    there would overwrite or silently resume from that job's model. Permanent: every retry of this job
+    meets the same record."""
+
+    reason = "OutputInUse"
+    permanent = True
+
+    def __init__(self, location: str, owner: str) -> None:
+        super().__init__(
+            f"output location {location} is owned by {owner}, whose model and checkpoints are there; "
+            "choose another output location, or create this TransferJob again with "
+            "spec.output.ownershipPolicy: Adopt to continue from them"
+        )
+        self.location = location
+        self.owner = owner
 
 
 class TerminatedError(TrainerError):

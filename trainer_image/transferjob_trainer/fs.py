@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+from obstore.exceptions import AlreadyExistsError, BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import GCSStore, HTTPStore, S3Store
 
 from transferjob_trainer.errors import StorageError, TrainerError
@@ -325,6 +325,55 @@ def _replacing(path: str) -> Iterator[BinaryIO]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def create_bytes(uri: str, data: bytes) -> bool:
+    """Write a file only where there is none, in one step no other writer can slip into; False if there
+    was one. Of two trainers claiming one output location at the same moment, exactly one gets it.
+
+    Locally the bytes go to a temporary file that is then hard-linked to the name (a link fails on an
+    existing name, and the file appears whole); a volume without hard links (some FUSE and SMB ones)
+    gets an exclusive create instead. An object store is asked for a conditional put (If-None-Match),
+    which AWS S3, Google Cloud Storage and the S3-compatible servers we test against (versitygw) honour.
+    """
+    path = local_path(uri)
+    if path is None:
+        remote = _remote(uri)
+        with _storage_errors(remote):
+            try:
+                obstore.put(remote.store, remote.key, data, mode="create")
+            except AlreadyExistsError:
+                return False
+        return True
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this volume
+            return _create_exclusive(path, data)
+        return True
+    finally:
+        os.remove(tmp)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
 
 
 def write_text(uri: str, text: str) -> None:

@@ -1,7 +1,8 @@
 """One run, from a spec file to an exported model, without TensorFlow until the data has been checked.
 
-Everything a retry cannot fix (the spec, the flags (`paths`), the data) is checked first and fails within
-seconds with a permanent error; only then is TensorFlow imported and the model built (`training.train`).
+Everything a retry cannot fix (the spec, the flags (`paths`), an output location another job owns, the
+data) is checked first and fails within seconds with a permanent error; only then is TensorFlow imported
+and the model built (`training.train`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transferjob.progress import Finished
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError, StorageError
 from transferjob_trainer.layout import Layout, check_images, scan_layout
+from transferjob_trainer.ownership import Owner, check_owner, claim_output
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.report import Reporter, StepMeter, log
 
@@ -146,15 +148,21 @@ def stage_data(paths: RunPaths, reporter: Reporter) -> RunPaths:
     return dataclasses.replace(paths, data_root=folder)
 
 
-def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter) -> Finished:
-    """Check the data, then train, test and export (TensorFlow is imported only past the checks)."""
+def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter, job: Owner | None = None) -> Finished:
+    """Check the output's owner and the data, claim the output for `job`, then train, test and export
+    (TensorFlow is imported only past the checks)."""
+    for warning in spec.warnings():
+        log(f"warning: {warning}")
     use_storage(spec)
     check_storage(paths)
+    policy = spec.output.ownership_policy
+    check_owner(paths.output, job, policy)
     paths = stage_data(paths, reporter)
     reporter.phase("loading", f"checking images in {paths.data_root}")
     layout = scan_layout(paths.data_root, spec.data)
     meter = StepMeter(reporter.emit, "loading", len(layout.all_files()))
     layout = check_images(layout, spec.data, on_checked=meter.advance)
+    claim_output(paths.output, job, policy)
 
     use_weights_cache(spec)
     from transferjob_trainer.training import train

@@ -64,6 +64,8 @@ EVENTS_FILE = "events.jsonl"
 LOG_FILE = "log"
 RUNNER_PID_FILE = "runner.pid"
 TERMINATION_LOG = "termination-log"
+#: What `namespace` says for local jobs (they have none); the trainer records it with the job's name.
+LOCAL_NAMESPACE = "local"
 
 
 def default_home() -> Path:
@@ -124,7 +126,7 @@ class LocalBackend(Backend):
     def __init__(self, home: Path | str | None = None, trainer: builtins.list[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.jobs_dir = self.home / "jobs"
-        self.namespace = "local"
+        self.namespace = LOCAL_NAMESPACE
         #: The trainer's command line, before `--spec ...`: `$TJ_TRAINER` (e.g. the interpreter of a
         #: separate TensorFlow environment, `/opt/tf/bin/python -m transferjob_trainer`), else this one.
         self.trainer = trainer or shlex.split(os.environ.get("TJ_TRAINER", "")) or [

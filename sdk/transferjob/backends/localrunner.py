@@ -23,6 +23,7 @@ from pathlib import Path
 from transferjob.backends.local import (
     EVENTS_FILE,
     JOB_FILE,
+    LOCAL_NAMESPACE,
     LOG_FILE,
     SPEC_FILE,
     STATUS_FILE,
@@ -42,7 +43,9 @@ class Runner:
         self.job_dir = job_dir
         self.trainer = trainer
         self.paths = paths
-        #: Every event names the job it is about: `LocalBackend.events` shows only the current one's.
+        #: Every event names the job it is about: `LocalBackend.events` shows only the current one's. The
+        #: trainer gets it too, as the operator passes a TransferJob's: it owns the output location in
+        #: this uid's name, so a retry resumes there and a job created again under the name does not.
         self.uid = TransferJob.from_yaml((job_dir / JOB_FILE).read_text()).metadata.uid
         spec = TransferJobSpec.model_validate(json.loads((job_dir / SPEC_FILE).read_text()))
         status = TransferJobStatus.model_validate(json.loads((job_dir / STATUS_FILE).read_text()))
@@ -90,9 +93,12 @@ class Runner:
         """One trainer run, its lines folded into the status as they come; how it ended."""
         termination = self.job_dir / TERMINATION_LOG
         termination.unlink(missing_ok=True)
+        identity = (
+            ["--job", f"{LOCAL_NAMESPACE}/{self.job_dir.name}", "--job-uid", self.uid] if self.uid else []
+        )
         command = [
             *self.trainer, "--spec", str(self.job_dir / SPEC_FILE), *self.paths,
-            "--termination-log", str(termination),
+            "--termination-log", str(termination), *identity,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         last_lines: list[str] = []

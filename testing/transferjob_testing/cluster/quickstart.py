@@ -12,6 +12,7 @@ functions and runs the docs' marked blocks against it, so what the README promis
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,13 @@ def write_datasets(root: Path) -> Path:
 
 
 def write_volumes(root: Path) -> tuple[Path, Path]:
-    """`root/datasets` (`write_datasets`) and `root/models`, empty and the trainer's."""
+    """`root/datasets` (`write_datasets`) and `root/models`, empty and the trainer's.
+
+    `models` starts empty even in a kept folder: the runs there belong to earlier TransferJobs (their
+    `owner.json`), and today's jobs of the same names would fail on them with OutputInUse.
+    """
     models = root / "models"
+    shutil.rmtree(models, ignore_errors=True)
     hand_to_trainer(models)
     return write_datasets(root), models
 
