@@ -1,9 +1,12 @@
 """The exported SavedModel as servers load it, and `tj predict` on it: one real trainer run, shared.
 
-The run is feature extraction on the digits with MobileNetV2 (random weights, 32 px), whose
-`preprocess_input` (scaling to [-1, 1]) is a layer of the exported model: the same preprocessing for
-training and serving is what the signatures must show. TensorFlow Serving's layout rule is checked
-the way a server applies it: `tf.saved_model.load` of the version folder `<output>/saved_model/1`.
+The run is feature extraction on the digits from the small CNN pretrained on digits 0-4 (the session's
+`source_models`), so the model's answer depends on the image: with a network whose answer did not
+(MobileNetV2 with random weights gives every image the same probabilities), a decoding or resizing
+that differed from training's would go unnoticed. The base's own preprocessing (its Rescaling) is a
+layer of the exported model, as `preprocess_input` is for `keras.applications` bases. TensorFlow
+Serving's layout rule is checked the way a server applies it: `tf.saved_model.load` of the version
+folder `<output>/saved_model/1`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from transferjob.progress import Finished
 from .conftest import (
     IMAGE_SIZE,
     Digits,
+    SourceModels,
     make_spec,
     parse_run,
     served_probabilities,
@@ -41,14 +45,16 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+def exported(
+    digits: Digits, source_models: SourceModels, tmp_path_factory: pytest.TempPathFactory
+) -> Exported:
     """One short run with the SavedModel on (the test default leaves it off)."""
     root = tmp_path_factory.mktemp("serving")
     spec = make_spec(
         digits.small_target,
         root / "out",
-        model={"base": "MobileNetV2", "weights": "none", "head": {"dropout": 0.0}},
-        training={"epochs": 2, "learningRate": 0.01},
+        model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
+        training={"epochs": 3, "learningRate": 0.01},
         output={"savedModel": True, "tensorboard": False},
     )
     spec_file = root / "spec.json"
@@ -66,25 +72,28 @@ def exported(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Export
     return Exported(root / "out", run.finished, run.started.classes)
 
 
-def encoded(image: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+def encoded(path: Path, fmt: str, mode: str = "RGB", size: tuple[int, int] | None = None) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    picture = Image.fromarray(image)
-    (picture.convert(mode) if mode else picture).save(buffer, format=fmt)
+    with Image.open(path) as picture:
+        changed = picture.convert(mode)
+        (changed.resize(size, Image.Resampling.BILINEAR) if size else changed).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
-def image_files() -> dict[str, bytes]:
-    """Files as users send them: not the model's size, not square, grey, with alpha, JPEG."""
-    rng = np.random.default_rng(0)
-    pictures = rng.integers(0, 256, (4, 20, 27, 3), dtype=np.uint8)
+def image_files(digits: Digits) -> dict[str, bytes]:
+    """Test digits as users send them: grey, with alpha, JPEG, larger and not square, as written."""
+    first = {
+        digit: sorted((digits.small_target / "test" / str(digit)).iterdir())[0] for digit in range(5, 10)
+    }
     return {
-        "rgb.png": encoded(pictures[0], "PNG"),
-        "grey.png": encoded(pictures[1], "PNG", "L"),
-        "alpha.png": encoded(pictures[2], "PNG", "RGBA"),
-        "photo.jpg": encoded(pictures[3], "JPEG"),
+        "5.png": first[5].read_bytes(),
+        "6-grey.png": encoded(first[6], "PNG", "L"),
+        "7-alpha.png": encoded(first[7], "PNG", "RGBA"),
+        "8.jpg": encoded(first[8], "JPEG"),
+        "9-large.png": encoded(first[9], "PNG", size=(45, 38)),
     }
 
 
@@ -113,6 +122,8 @@ def test_the_version_folder_serves_image_bytes_and_floats_alike(
     np.testing.assert_allclose(served, served_probabilities(from_floats, exported.classes), atol=1e-6)
     trained = keras.models.load_model(exported.output / "model.keras").predict(floats, verbose=0)
     np.testing.assert_allclose(served, trained, atol=1e-5)
+    # The answers depend on the image: a preprocessing that differed would show.
+    assert len(set(np.argmax(served, axis=-1))) >= 3, served
     metrics = json.loads((exported.output / "metrics.json").read_text())
     assert metrics["classes"] == exported.classes == ["5", "6", "7", "8", "9"]
 
@@ -143,14 +154,14 @@ def test_tj_predict_prints_the_top_classes_and_names_a_broken_file(
     assert [row["classes"] for row in rows] == expected["classes"].numpy()[:, :2].astype(str).tolist()
     np.testing.assert_allclose([row["scores"] for row in rows], expected["scores"].numpy()[:, :2], atol=1e-6)
 
-    (folder / "broken.png").write_bytes(image_files["rgb.png"][:40])
+    (folder / "broken.png").write_bytes(image_files["5.png"][:40])
     code, out = tj(
-        "predict", f"{exported.output}/saved_model/1", str(folder / "rgb.png"), str(folder / "broken.png")
+        "predict", f"{exported.output}/saved_model/1", str(folder / "5.png"), str(folder / "broken.png")
     )
     assert code == EXIT_FAILED
     (line,) = out.splitlines()
-    top = rows[[row["image"] for row in rows].index(str(folder / "rgb.png"))]
-    assert line.split()[:3] == [str(folder / "rgb.png"), top["classes"][0], f"{top['scores'][0]:.4f}"]
+    top = rows[[row["image"] for row in rows].index(str(folder / "5.png"))]
+    assert line.split()[:3] == [str(folder / "5.png"), top["classes"][0], f"{top['scores'][0]:.4f}"]
     assert len(line.split()) == 1 + 2 * 3  # the default --top 3
     error = capsys.readouterr().err
     assert error.startswith(f"tj: error: {folder / 'broken.png'}: ") and error.count("\n") == 1, error
