@@ -108,8 +108,16 @@ def load_serving_signature(model: Path) -> Any:
         ) from error
     folder = version_folder(model)
     signatures = tf.saved_model.load(str(folder)).signatures
-    if SERVING_SIGNATURE not in signatures:
-        raise ModelNotServableError(f"the SavedModel in {folder} has no {SERVING_SIGNATURE} signature")
+    inputs = (
+        list(signatures[SERVING_SIGNATURE].structured_input_signature[1])
+        if SERVING_SIGNATURE in signatures
+        else []
+    )
+    if inputs != [SERVING_INPUT]:
+        raise ModelNotServableError(
+            f"the SavedModel in {folder} does not take image files ({SERVING_SIGNATURE} signature with "
+            f"input {SERVING_INPUT}; exported before the trainer wrote one?): run the job again"
+        )
     return signatures[SERVING_SIGNATURE]
 
 

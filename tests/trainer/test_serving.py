@@ -165,3 +165,18 @@ def test_tj_predict_prints_the_top_classes_and_names_a_broken_file(
     assert len(line.split()) == 1 + 2 * 3  # the default --top 3
     error = capsys.readouterr().err
     assert error.startswith(f"tj: error: {folder / 'broken.png'}: ") and error.count("\n") == 1, error
+
+
+def test_a_saved_model_without_the_image_files_signature_is_named(tmp_path: Path) -> None:
+    """Models exported before the signature took image files (its input was `transferjob_image`)."""
+    import tensorflow as tf
+
+    from transferjob.errors import ModelNotServableError
+    from transferjob.predict import load_serving_signature
+
+    older = tf.function(lambda images: images * 2.0, input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    tf.saved_model.save(
+        tf.Module(), str(tmp_path / "1"), signatures={"serving_default": older.get_concrete_function()}
+    )
+    with pytest.raises(ModelNotServableError, match=r"does not take image files .* run the job again"):
+        load_serving_signature(tmp_path)
