@@ -141,7 +141,7 @@ def ours(data: Path, out: Path, weights: Path, args: argparse.Namespace, augment
     finished = run(spec, resolve_paths(spec, None, None, None), Reporter(clock, None))
     seconds = time.perf_counter() - started
     assert isinstance(finished, Finished)
-    assert (out / "saved_model" / "saved_model.pb").exists() and (out / "tensorboard").is_dir()
+    assert (out / "saved_model" / "1" / "saved_model.pb").exists() and (out / "tensorboard").is_dir()
     assert finished.epochs_run == args.epochs and [p for p, _ in clock.marks][1:3] == ["features", "training"]
     return {
         "seconds": seconds,

@@ -9,9 +9,10 @@ checks this order with import-linter (the contracts are in pyproject.toml).
 
 - `cli`: the `tj` command.
 - `client` (the facade over a backend), `plot`, `crd` (the CRD rendered from the models),
-  `datasets` (the digits written as images).
+  `datasets` (the digits written as images), `predict` (`tj predict`: an exported model run here).
 - `backends`: `kubernetes` (TransferJob objects in a cluster) and `local` (the trainer as a process;
   `localrunner` runs it, `localstatus` is its pure retry and exit-code logic), over `base`.
+- `serving`: a finished job -> its KServe InferenceService (pure; `tj serve`).
 - `status`: progress events -> `TransferJobStatus`, shared with the operator (pure).
 - `progress`: the trainer's protocol (pure).
 - `models`: the spec and status, the single source of the CRD schema (pure).

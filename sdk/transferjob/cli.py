@@ -143,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--wait", action="store_true", help="wait for the outcome; the exit code follows it")
     timeout_option(sub)
 
+    sub = command(
+        "serve", "Print a KServe InferenceService that serves a job's SavedModel (--apply creates it)."
+    )
+    sub.add_argument("name")
+    sub.add_argument("--name", dest="service_name", help="InferenceService name (default: the job's)")
+    sub.add_argument("--service-account", help="the predictor's ServiceAccount (object-store credentials)")
+    sub.add_argument("--apply", action="store_true", help="create it in the cluster instead of printing it")
+    sub.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+    sub = command("predict", "Run a job's exported model on image files here; print the top classes.")
+    sub.add_argument(
+        "model",
+        metavar="NAME|PATH",
+        help="a job whose output is on this machine, or a SavedModel folder (a path: it has a '/')",
+    )
+    sub.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files, or folders of them")
+    sub.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
+    sub.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
     sub = commands.add_parser(
         "datasets",
         help="Write a small image dataset (e.g. digits) in the trainer's layout.",
@@ -156,6 +175,13 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -313,6 +339,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         from transferjob.datasets import main as datasets_main
 
         return int(datasets_main(args.args) or 0)
+    if args.command == "predict" and "/" in args.model:
+        return _predict(Path(args.model), args, out)
     client = make_client(args)
     cmd = args.command
     if cmd in ("submit", "run"):
@@ -352,6 +380,12 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"transferjob {args.name!r} deleted\n")
     elif cmd == "plot":
         _plot(client, args.name, args.output, out)
+    elif cmd == "serve":
+        _serve(client, args, out)
+    elif cmd == "predict":
+        from transferjob.predict import local_model_folder
+
+        return _predict(local_model_folder(client.get(args.model)), args, out)
     return EXIT_OK
 
 
@@ -374,6 +408,48 @@ def _plot(client: TransferJobClient, name: str, output: str, out: TextIO) -> Non
     except ValueError as error:
         raise TransferJobError(str(error)) from error
     out.write(f"wrote {output}\n")
+
+
+def _serve(client: TransferJobClient, args: argparse.Namespace, out: TextIO) -> None:
+    manifest = client.serve(
+        args.name, service_name=args.service_name, service_account=args.service_account, apply=args.apply
+    )
+    if args.apply:
+        metadata = manifest.get("metadata", {})
+        where = f"namespace {metadata.get('namespace')!r}"
+        out.write(f"{manifest.get('kind')} {metadata.get('name')!r} created in {where}\n")
+    elif args.output == "json":
+        out.write(json.dumps(manifest, indent=2) + "\n")
+    else:
+        out.write(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _predict(model: Path, args: argparse.Namespace, out: TextIO) -> int:
+    """Print each image's top classes; an image that cannot be read is an error line, and exit code 1."""
+    from transferjob.predict import image_files, predict
+
+    images = image_files(args.images)
+    predictions = list(predict(model, images, args.top))
+    failed = [p for p in predictions if p.error is not None]
+    for prediction in failed:
+        sys.stderr.write(f"tj: error: {prediction.image}: {prediction.error}\n")
+    if args.output == "json":
+        rows = [
+            {"image": p.image, "error": p.error}
+            if p.error is not None
+            else {"image": p.image, "classes": p.classes, "scores": p.scores}
+            for p in predictions
+        ]
+        out.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        width = max(len(p.image) for p in predictions)
+        for p in predictions:
+            if p.error is None:
+                ranked = "   ".join(
+                    f"{name} {score:.4f}" for name, score in zip(p.classes, p.scores, strict=True)
+                )
+                out.write(f"{p.image.ljust(width)}   {ranked}\n")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # -------------------------------------------------------------------------------------------- main

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from transferjob.backends.base import Backend, JobEvent
 from transferjob.errors import JobFailedError, JobTimeoutError, TransferJobError
@@ -40,6 +40,7 @@ from transferjob.models import (
     TransferJob,
     TransferJobStatus,
 )
+from transferjob.serving import inference_service
 from transferjob.status import TERMINAL_PHASES, failure
 
 if TYPE_CHECKING:
@@ -349,6 +350,25 @@ class TransferJobClient:
             output=output,
         )
         return self.submit(job)
+
+    def serve(
+        self,
+        name: str,
+        *,
+        service_name: str | None = None,
+        service_account: str | None = None,
+        apply: bool = False,
+    ) -> dict[str, Any]:
+        """The KServe InferenceService that serves the SavedModel `name` exported (`serving`).
+
+        `apply` creates it in the cluster and returns it as created (the kubernetes backend only: a
+        local job's model can be served only from an object store, by a cluster the local backend does
+        not know; print the manifest and apply it with kubectl). Raises `JobNotReadyError` before the
+        job has succeeded and `ModelNotServableError` when no server in a cluster can read its model
+        (no SavedModel, or a hostPath output).
+        """
+        manifest = inference_service(self.get(name), name=service_name, service_account=service_account)
+        return self.backend.create_inference_service(manifest) if apply else manifest
 
 
 class _LogPrinter:

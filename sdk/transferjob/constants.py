@@ -42,3 +42,16 @@ HISTORY_LIMIT = 100
 STATUS_CLASS_LIMIT = 50
 #: How many of the lowest-recall classes that summary keeps.
 STATUS_WORST_CLASSES = 10
+
+#: Files the trainer reads as images (what `keras.utils.image_dataset_from_directory` reads, and WebP,
+#: which `tf.io.decode_image` decodes too) and `tj predict` picks out of a folder.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+
+#: The exported SavedModel's default signature, the one TensorFlow Serving and KServe call when a request
+#: names none: encoded images in (a batch of strings: JPEG, PNG, GIF, BMP or WebP files as they are),
+#: decoded and resized as training did; every class out, most probable first.
+SERVING_SIGNATURE = "serving_default"
+SERVING_INPUT = "image_bytes"
+#: Its outputs: `classes` [batch, classes] class names and `scores` [batch, classes] their probabilities.
+SERVING_CLASSES = "classes"
+SERVING_SCORES = "scores"

@@ -103,3 +103,8 @@ class JobTimeoutError(TransferJobError, TimeoutError):
 
 class JobNotReadyError(TransferJobError):
     """An operation needs a finished job (e.g. fine-tuning its model locally) and it is not one yet."""
+
+
+class ModelNotServableError(TransferJobError):
+    """A finished job's model cannot go where it was asked to: it exported no SavedModel, or its output
+    location is one a server (or this machine, for `tj predict`) cannot read."""

@@ -968,7 +968,11 @@ class ModelArtifacts(ApiModel):
     """Where the trainer exported its results."""
 
     uri: str = Field(description="The exported Keras model (.keras).")
-    saved_model_uri: str | None = Field(default=None, description="The TensorFlow SavedModel, for serving.")
+    saved_model_uri: str | None = Field(
+        default=None,
+        description="The TensorFlow SavedModel for serving: the base folder a server loads (the model is "
+        "in its version folder 1/).",
+    )
     tensorboard_uri: str | None = Field(default=None, description="TensorBoard logs.")
     metrics_uri: str | None = Field(
         default=None, description="Full per-epoch history and test metrics (JSON)."

@@ -116,7 +116,7 @@ def test_train_from_and_into_the_store_then_resume_and_fine_tune(
     assert artifacts.saved_model_uri == f"{fe_out}/saved_model"
     stored = set(fs.listdir(fe_out))
     assert {"model.keras", "saved_model", "metrics.json", "tensorboard", "checkpoints"} <= stored, stored
-    assert fs.exists(f"{fe_out}/saved_model/saved_model.pb")
+    assert fs.exists(f"{fe_out}/saved_model/1/saved_model.pb")
     assert any("tfevents" in p for p in fs.walk_files(f"{fe_out}/tensorboard/train"))
 
     again = run_trainer(spec)

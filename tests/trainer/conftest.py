@@ -1,4 +1,5 @@
-"""Shared fixtures: the digits written once per session, pretrained source networks, a trainer runner.
+"""Shared fixtures: the digits written once per session, pretrained source networks, a trainer runner;
+and what the exported SavedModel answered, in the label order.
 
 Every end-to-end test runs the real CLI (`python -m transferjob_trainer`) in a subprocess, exactly as the
 operator and the local backend do, and reads its protocol lines.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from transferjob.datasets import write_digits
@@ -209,3 +211,16 @@ def nuisance_models(tmp_path_factory: pytest.TempPathFactory) -> NuisanceModels:
         root / "scratch.keras",
         float(summary["valAccuracy"]),  # type: ignore[arg-type]
     )
+
+
+def served_probabilities(outputs: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """[batch, classes] probabilities in the label order, from the signatures' ranked names and scores."""
+    names = outputs["classes"].numpy().astype(str)
+    scores = outputs["scores"].numpy()
+    table = np.zeros(scores.shape, dtype=np.float32)
+    for row, (ranked, values) in enumerate(zip(names, scores, strict=True)):
+        assert sorted(ranked) == sorted(classes)
+        assert list(values) == sorted(values, reverse=True)
+        for name, value in zip(ranked, values, strict=True):
+            table[row, classes.index(name)] = value
+    return table

@@ -55,6 +55,7 @@ from .conftest import (
     SourceModels,
     make_spec,
     parse_run,
+    served_probabilities,
     trainer_command,
     trainer_env,
 )
@@ -95,7 +96,7 @@ def test_feature_extraction_then_fine_tuning(
     assert json.loads(fe.termination or "{}")["event"] == "finished"
     metrics = json.loads((fe_out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == fe.epochs
-    assert (fe_out / "saved_model" / "saved_model.pb").exists()
+    assert (fe_out / "saved_model" / "1" / "saved_model.pb").exists()
     assert (fe_out / "tensorboard" / "train").is_dir()
 
     # The exported model is end to end: images in, the same test accuracy out, with plain Keras.
@@ -140,11 +141,12 @@ def test_feature_extraction_then_fine_tuning(
 
 
 def assert_saved_model_matches(folder: Path, images: Any, probabilities: np.ndarray) -> None:
-    """The SavedModel's serving signature computes what the exported .keras model computes."""
+    """The SavedModel (its version 1) computes what the exported .keras model computes."""
     import tensorflow as tf
 
-    serving = tf.saved_model.load(str(folder)).signatures["serving_default"]
-    served = np.concatenate([serving(transferjob_image=x)["output_0"].numpy() for x, _ in images])
+    serving = tf.saved_model.load(str(folder / "1")).signatures["predict_images"]
+    classes = [str(digit) for digit in range(5, 10)]
+    served = np.concatenate([served_probabilities(serving(transferjob_image=x), classes) for x, _ in images])
     np.testing.assert_allclose(served, probabilities, atol=1e-5)
 
 

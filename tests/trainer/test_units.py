@@ -534,10 +534,11 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     frozen: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within the size limit the serving graph holds the weights as constants; above it, variables.
-    Either way the signature is named as Keras' export names it and computes the model."""
+    Either way the images signature computes the model and names its classes, most probable first."""
     import keras
     import tensorflow as tf
 
+    from transferjob.constants import SERVING_SIGNATURE
     from transferjob_trainer import export
     from transferjob_trainer.inference import inference_function
 
@@ -548,16 +549,32 @@ def test_saved_model_serves_the_model_frozen_or_with_variables(
     model = keras.Model(image, output)
     if not frozen:
         monkeypatch.setattr(export, "FREEZE_LIMIT_BYTES", 0)
-    export.write_saved_model(inference_function(model), str(tmp_path / "sm"))
+    export.write_saved_model(inference_function(model), str(tmp_path / "sm"), ["a", "b", "c"])
 
     images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
-    serving = loaded.signatures["serving_default"]
+    serving = loaded.signatures[export.IMAGES_SIGNATURE]
     assert list(serving.structured_input_signature[1]) == ["transferjob_image"]
     served = serving(transferjob_image=tf.constant(images))
-    assert list(served) == ["output_0"]
-    np.testing.assert_allclose(served["output_0"].numpy(), model.predict(images, verbose=0), atol=1e-6)
-    assert (len(serving.variables) == 0) is frozen
+    assert sorted(served) == ["classes", "scores"]
+    probabilities = model.predict(images, verbose=0)
+    order = np.argsort(-probabilities, axis=-1)
+    np.testing.assert_allclose(
+        served["scores"].numpy(), np.take_along_axis(probabilities, order, -1), atol=1e-6
+    )
+    assert served["classes"].numpy().astype(str).tolist() == np.array(["a", "b", "c"])[order].tolist()
+    assert (len(loaded.signatures[SERVING_SIGNATURE].variables) == 0) is frozen
+
+
+def test_a_binary_models_one_unit_is_the_second_class() -> None:
+    """The sigmoid unit of a two-class model is P(label 1); serving names both classes."""
+    import tensorflow as tf
+
+    from transferjob_trainer.export import labelled
+
+    served = labelled(tf.constant([[0.8], [0.1]]), ["cat", "dog"])
+    assert served["classes"].numpy().astype(str).tolist() == [["dog", "cat"], ["cat", "dog"]]
+    np.testing.assert_allclose(served["scores"].numpy(), [[0.8, 0.2], [0.9, 0.1]], atol=1e-7)
 
 
 def test_every_image_pipeline_runs_without_the_autotuning_thread(tmp_path: Path, png_bytes: bytes) -> None:

@@ -1,8 +1,11 @@
 """The run's outputs: `model.keras`, which training continues from, and a SavedModel for serving.
 
-The SavedModel is saved from the forward pass the run already traced (`inference`), frozen where the
+The SavedModel is laid out as TensorFlow Serving and KServe load a model: `<output>/saved_model/` is the
+model's base folder and `1/` in it the one version a job exports (a server loads the highest numbered
+folder). It is saved from the forward pass the run already traced (`inference`), frozen where the
 weights fit, instead of Keras' `model.export`, which traces the whole network again (see
-`write_saved_model` for the figures).
+`write_saved_model` for the figures). Its signatures answer with class names, so a client needs
+neither the label order nor this package.
 """
 
 from __future__ import annotations
@@ -10,57 +13,111 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from transferjob.constants import SERVING_CLASSES, SERVING_INPUT, SERVING_SCORES, SERVING_SIGNATURE
 from transferjob.models import ModelArtifacts, TransferJobSpec
 from transferjob_trainer import fs
 from transferjob_trainer.inference import Inference, inference_function
+from transferjob_trainer.pipeline import decode_resize
 
 #: Largest total size of variables the SavedModel export folds into constants (see `write_saved_model`):
 #: the graph is a protocol buffer, which cannot exceed 2 GiB, and loading a graph this large gets slow.
 FREEZE_LIMIT_BYTES = 512 << 20
+#: The SavedModel's base folder in the output, and the version folder in it that holds the model.
+SAVED_MODEL_FOLDER = "saved_model"
+SAVED_MODEL_VERSION = "1"
+#: The signature over decoded images (float32 0-255 RGB, `imageSize` square, any batch size), for
+#: clients that decode themselves; its input is the model's own (`modeling.INPUT_NAME`).
+IMAGES_SIGNATURE = "predict_images"
 
 
-def write_saved_model(serve: Inference, path: str) -> None:
-    """A SavedModel whose `serving_default` signature is `serve` (input `transferjob_image`: float32
-    0-255 images, any batch size; output `output_0`), as Keras' `model.export` names them.
+def labelled(probabilities: tf.Tensor, classes: Sequence[str]) -> dict[str, tf.Tensor]:
+    """Every class's name and probability, most probable first: `classes` and `scores`, [batch, classes].
 
-    The signature is saved from `serve`'s existing trace, with its variables folded into constants (a
-    frozen graph) when they total at most `FREEZE_LIMIT_BYTES`. A SavedModel with variables carries
-    save and restore operations for every one of them (some 260 for MobileNetV2): building those took
-    about 1.5 s of the 3 s export on 2 CPU cores, and loading the model for serving took 1.6 s against
-    0.5-0.9 s frozen. The SavedModel is for serving; `model.keras` is what training continues from.
-    Larger models keep their variables. Keras' `model.export` instead traces the whole network again
-    and walks every layer's trackable children: about 11 s here.
+    A binary model's single sigmoid unit is the second class's probability (labels are 0 and 1).
+    """
+    if probabilities.shape[-1] == 1:
+        probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+    scores, indices = tf.math.top_k(probabilities, k=len(classes))
+    return {SERVING_CLASSES: tf.gather(tf.constant(list(classes)), indices), SERVING_SCORES: scores}
+
+
+def write_saved_model(serve: Inference, path: str, classes: Sequence[str]) -> None:
+    """A SavedModel with two signatures over `serve`, both answering `classes` and `scores`:
+    `serving_default` takes encoded image files (input `image_bytes`, a batch of strings), decoded and
+    resized by the function the training pipeline uses (`pipeline.decode_resize`); `predict_images`
+    takes the decoded images (input `transferjob_image`: float32 0-255, any batch size). The base's
+    `preprocess_input` is a layer of the model, so both apply it as training did.
+
+    The signatures call `serve`'s existing trace, with its variables folded into constants (a frozen
+    graph, stored once for both) when they total at most `FREEZE_LIMIT_BYTES`. A SavedModel with
+    variables carries save and restore operations for every one of them (some 260 for MobileNetV2):
+    building those took about 1.5 s of the 3 s export on 2 CPU cores, and loading the model for serving
+    took 1.6 s against 0.5-0.9 s frozen. The SavedModel is for serving; `model.keras` is what training
+    continues from. Larger models keep their variables. Keras' `model.export` instead traces the whole
+    network again and walks every layer's trackable children: about 11 s here.
     """
     concrete = serve.get_concrete_function()
     module = tf.Module()
     size = sum(v.shape.num_elements() * v.dtype.size for v in concrete.variables)
     if size <= FREEZE_LIMIT_BYTES:
-        signature = convert_variables_to_constants_v2(concrete)
+        forward = convert_variables_to_constants_v2(concrete)
     else:
         module.model_variables = list(concrete.variables)
-        signature = concrete
-    tf.saved_model.save(module, path, signatures={"serving_default": signature})
+        forward = concrete
+    images_spec = serve.input_signature[0]
+    image_size = int(images_spec.shape[1])
+
+    def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A frozen function returns its outputs as a list, the traced one as a tensor.
+        return labelled(tf.nest.flatten(forward(images))[0], classes)
+
+    def decode(data: tf.Tensor) -> tf.Tensor:
+        return decode_resize(data, image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        decoded = tf.map_fn(
+            decode, image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8)
+        )
+        return predict(tf.cast(decoded, tf.float32))
+
+    signatures = {
+        SERVING_SIGNATURE: from_bytes.get_concrete_function(),
+        IMAGES_SIGNATURE: tf.function(predict, input_signature=[images_spec]).get_concrete_function(),
+    }
+    tf.saved_model.save(module, path, signatures=signatures)
 
 
 def export(
-    model: keras.Model, output: str, spec: TransferJobSpec, serve: Inference | None = None
+    model: keras.Model,
+    output: str,
+    spec: TransferJobSpec,
+    classes: Sequence[str],
+    serve: Inference | None = None,
 ) -> ModelArtifacts:
-    """model.keras, and the SavedModel for serving when asked (from `serve` when already traced)."""
+    """model.keras, and the SavedModel for serving when asked (from `serve` when already traced).
+
+    `saved_model_uri` is the SavedModel's base folder, which servers are pointed at; the model itself
+    is in its version folder (`SAVED_MODEL_VERSION`).
+    """
     model_uri = fs.join(output, "model.keras")
     with fs.local_file_for_write(model_uri, ".keras") as tmp:
         model.save(tmp)
     saved_model_uri = None
     if spec.output.saved_model:
-        saved_model_uri = fs.join(output, "saved_model")
+        saved_model_uri = fs.join(output, SAVED_MODEL_FOLDER)
         staging = tempfile.mkdtemp(prefix="savedmodel-", dir=output if fs.is_local(output) else None)
         try:
-            target = os.path.join(staging, "saved_model")
-            write_saved_model(serve or inference_function(model), target)
+            target = os.path.join(staging, SAVED_MODEL_FOLDER)
+            write_saved_model(
+                serve or inference_function(model), os.path.join(target, SAVED_MODEL_VERSION), classes
+            )
             fs.copy_tree(target, saved_model_uri)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -15,14 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from transferjob.constants import IMAGE_EXTENSIONS
 from transferjob.models import DataSpec
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidDataError
 from transferjob_trainer.report import log
 
-#: What `keras.utils.image_dataset_from_directory` reads, and WebP, which `tf.io.decode_image` decodes
-#: too; other files are ignored.
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 #: Formats `tf.io.decode_image` decodes (Pillow's names; MPO is a JPEG with extra frames).
 DECODABLE_FORMATS = {"BMP", "GIF", "JPEG", "PNG", "MPO", "WEBP"}
 #: A JPEG ends with this marker; a file cut short (an interrupted copy or download) lacks it, and

@@ -575,5 +575,5 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
         test = score_test_set(layout, plan, net, features, images, spec.training.batch_size)
     reporter.phase("exporting", f"writing to {paths.output}")
-    artifacts = export(net.model, paths.output, spec, net.serve)
+    artifacts = export(net.model, paths.output, spec, layout.classes, net.serve)
     return finished_event(spec, layout, state, kept, test, artifacts, paths.output)

@@ -15,8 +15,10 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from transferjob.bases import is_model_path
+from transferjob.errors import BackendError
 from transferjob.models import Mode, TransferJob
 
 #: Characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
@@ -79,6 +81,16 @@ class Backend(abc.ABC):
         The cluster names the job (`fromJob`: the operator waits for it and mounts its output); a local
         run points at the exported file (`fromModel`), which exists only once `job` has succeeded.
         """
+
+    def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a KServe InferenceService (`serving.inference_service`); returns it as created.
+
+        Only a backend with a cluster can: the others say so.
+        """
+        raise BackendError(
+            "creating an InferenceService needs the kubernetes backend; print the manifest (without "
+            "--apply) and apply it with kubectl"
+        )
 
 
 def default_generate_name(job: TransferJob) -> str:

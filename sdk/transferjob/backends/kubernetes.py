@@ -38,6 +38,7 @@ from transferjob.errors import (
     TransferJobError,
 )
 from transferjob.models import TransferJob
+from transferjob.serving import ISVC_API_VERSION, ISVC_GROUP, ISVC_KIND, ISVC_PLURAL, ISVC_VERSION
 from transferjob.status import TERMINAL_PHASES
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -236,6 +237,37 @@ class KubernetesBackend(Backend):
 
     def fine_tune_source(self, job: TransferJob) -> dict[str, str]:
         return {"fromJob": job.metadata.name or ""}
+
+    # ------------------------------------------------------------------ serving
+    def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a KServe InferenceService (`serving.inference_service`) in this namespace.
+
+        Strict field validation, as for TransferJobs: a field this KServe does not know is an error,
+        not silently dropped. A 404 that names no object means the cluster does not serve the API.
+        """
+        name = str(manifest["metadata"]["name"])
+        body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
+        try:
+            created: Any = self.custom.create_namespaced_custom_object(
+                ISVC_GROUP, ISVC_VERSION, self.namespace, ISVC_PLURAL, body, field_validation="Strict"
+            )
+        except ApiException as error:
+            details = _details(error)
+            if error.status == 404 and (details is None or not details.get("name")):
+                raise BackendError(
+                    f"the cluster does not serve {ISVC_KIND} ({ISVC_API_VERSION}): is KServe installed?"
+                ) from error
+            if error.status == 404:
+                raise NamespaceNotFoundError(self.namespace) from error
+            if error.status == 409:
+                raise BackendError(
+                    f"{ISVC_KIND} {name!r} already exists in namespace {self.namespace!r}; delete it or "
+                    "choose another name"
+                ) from error
+            raise BackendError(f"cannot create {ISVC_KIND} {name!r}: {api_error(error)}") from error
+        except (OSError, HTTPError) as error:
+            raise BackendError(f"cannot reach the Kubernetes API: {error}") from error
+        return dict(created)
 
     # ----------------------------------------------------------- events and logs
     def events(self, name: str) -> builtins.list[JobEvent]:
