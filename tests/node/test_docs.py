@@ -5,7 +5,8 @@ The cluster is the README's quickstart (`transferjob_testing.cluster.quickstart`
 `datasets` (digits 5-9 and a small CNN pretrained on digits 0-4) and `models`, and `.local/cluster/env`
 to source, here pointing at a fresh namespace of the session's real cluster. Blocks run in a folder
 that links every top-level entry of the repository (so `manifests/...` resolves) and keeps what they
-write. Local blocks get no kubeconfig and their own `TJ_HOME`. The transcript of each file's blocks is
+write. Local blocks get no kubeconfig and their own `TJ_HOME`. The cluster also serves KServe's
+InferenceService API (its CRD alone), for docs/serving.md. The transcript of each file's blocks is
 in the test's temporary folder.
 """
 
@@ -23,7 +24,7 @@ from kubernetes import client
 
 from transferjob.constants import GROUP, PLURAL, VERSION
 from transferjob_testing.cluster import quickstart
-from transferjob_testing.cluster.kube import temporary_namespace
+from transferjob_testing.cluster.kube import apply_yaml, temporary_namespace, wait_until_served
 from transferjob_testing.cluster.node import NODE_NAME
 from transferjob_testing.cluster.real import RealCluster, kubectl_binary
 from transferjob_testing.cluster.volumes import TRAINER_UID, delete_static_volumes, hand_to_trainer
@@ -32,6 +33,9 @@ from transferjob_testing.docblocks import DocRunner, blocks, doc_files, workdir
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 RUNNABLE = ("cluster", "local")
+KSERVE_CRD = (
+    Path(__file__).resolve().parents[1] / "data" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+)
 
 
 def _runnable_files() -> list[Path]:
@@ -80,7 +84,16 @@ def quickstart_cluster(
             "TJ_HOME": str(root / "tj-home"),
             "MPLBACKEND": "Agg",
         }
-        yield Quickstart(in_cluster_operator, namespace, models, work, env)
+        # KServe's InferenceService API (its CRD, vendored for tests/sdk/test_serving.py; no controller),
+        # so that docs/serving.md's `tj serve --apply` meets a real API server's validation.
+        apply_yaml(api, KSERVE_CRD)
+        wait_until_served(api, "serving.kserve.io", "v1beta1", "inferenceservices", namespace)
+        try:
+            yield Quickstart(in_cluster_operator, namespace, models, work, env)
+        finally:
+            client.ApiextensionsV1Api(api).delete_custom_resource_definition(
+                "inferenceservices.serving.kserve.io"
+            )
     delete_static_volumes(api, namespace)
 
 
