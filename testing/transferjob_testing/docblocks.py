@@ -147,6 +147,11 @@ class DocRunner:
             f.seek(offset)
             return f.read()[-6000:]
 
+    def _timed_out(self, block: Block, offset: int) -> DocBlockError:
+        return DocBlockError(
+            f"{block.where}: still running after {self.timeout:.0f}s:\n{self._output_since(offset)}"
+        )
+
     def _bash(self, block: Block) -> None:
         assert self._transcript is not None
         offset = self.log.stat().st_size
@@ -162,9 +167,7 @@ class DocRunner:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise DocBlockError(
-                f"{block.where}: still running after {self.timeout:.0f}s:\n{self._output_since(offset)}"
-            ) from None
+            raise self._timed_out(block, offset) from None
         if proc.returncode != 0:
             raise DocBlockError(
                 f"{block.where}: exit code {proc.returncode}:\n{block.code}\n{self._output_since(offset)}"
@@ -194,9 +197,7 @@ class DocRunner:
         if not ready:
             self._python.kill()
             self._python = None
-            raise DocBlockError(
-                f"{block.where}: still running after {self.timeout:.0f}s:\n{self._output_since(offset)}"
-            )
+            raise self._timed_out(block, offset)
         line = self._results.readline()
         if not line:
             raise DocBlockError(f"{block.where}: the interpreter died:\n{self._output_since(offset)}")

@@ -100,6 +100,18 @@ def parse_run(rc: int, stdout: str, stderr: str, termination_log: Path) -> Train
     return TrainerRun(rc, events, stdout, stderr, termination, other)
 
 
+def run_spec_file(spec_file: Path, *args: str, termination_log: Path, timeout: float = 600) -> TrainerRun:
+    """The trainer CLI on a spec file, as a pod runs it; its output parsed."""
+    proc = subprocess.run(
+        trainer_command(spec_file, *args, termination_log=termination_log),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=trainer_env(),
+    )
+    return parse_run(proc.returncode, proc.stdout, proc.stderr, termination_log)
+
+
 @pytest.fixture
 def run_trainer(tmp_path: Path):
     """Run the trainer CLI on a spec dict; returns a TrainerRun."""
@@ -110,14 +122,7 @@ def run_trainer(tmp_path: Path):
         spec_file = tmp_path / f"spec-{n}.json"
         spec_file.write_text(json.dumps(spec))
         termination_log = tmp_path / f"termination-{n}.log"
-        proc = subprocess.run(
-            trainer_command(spec_file, *args, termination_log=termination_log),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=trainer_env(),
-        )
-        return parse_run(proc.returncode, proc.stdout, proc.stderr, termination_log)
+        return run_spec_file(spec_file, *args, termination_log=termination_log, timeout=timeout)
 
     return run
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +27,8 @@ from .conftest import (
     Digits,
     SourceModels,
     make_spec,
-    parse_run,
+    run_spec_file,
     served_probabilities,
-    trainer_command,
-    trainer_env,
 )
 
 pytestmark = pytest.mark.trainer
@@ -59,15 +56,7 @@ def exported(
     )
     spec_file = root / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    termination = root / "termination.log"
-    proc = subprocess.run(
-        trainer_command(spec_file, termination_log=termination),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=trainer_env(),
-    )
-    run = parse_run(proc.returncode, proc.stdout, proc.stderr, termination)
+    run = run_spec_file(spec_file, termination_log=root / "termination.log")
     assert run.rc == 0, run.stderr[-3000:]
     return Exported(root / "out", run.finished, run.started.classes)
 

@@ -55,6 +55,7 @@ from .conftest import (
     SourceModels,
     make_spec,
     parse_run,
+    run_spec_file,
     served_probabilities,
     trainer_command,
     trainer_env,
@@ -497,15 +498,7 @@ def test_sigterm_fails_retryably_and_the_rerun_resumes(
     state = json.loads((tmp_path / "out" / "checkpoints" / "state.json").read_text())
     assert state["epochsDone"] >= 1
 
-    rerun_log = tmp_path / "rerun.log"
-    done = subprocess.run(
-        trainer_command(spec_file, termination_log=rerun_log),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=trainer_env(),
-    )
-    rerun = parse_run(done.returncode, done.stdout, done.stderr, rerun_log)
+    rerun = run_spec_file(spec_file, termination_log=tmp_path / "rerun.log")
     assert rerun.rc == 0, rerun.stderr[-3000:]
     assert rerun.started.initial_epoch == state["epochsDone"]
     assert rerun.epochs == list(range(state["epochsDone"] + 1, 201))
