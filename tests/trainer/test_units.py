@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -636,9 +635,9 @@ def run_execute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body) -> tuple[
 
     monkeypatch.setattr(run_module, "load_spec", lambda path: parse_spec(spec_dict()))
     monkeypatch.setattr(paths_module, "resolve_paths", lambda *args: None)
-    monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter: body())
+    monkeypatch.setattr(run_module, "run", lambda spec, paths, reporter, job: body())
     stream = io.StringIO()
-    args = argparse.Namespace(spec="spec.json", data_dir=None, output_dir=None, init_model=None)
+    args = cli.build_parser().parse_args(["--spec", "spec.json"])  # every flag the CLI has, defaulted
     rc = cli.execute(args, Reporter(stream, str(tmp_path / "termination.log")))
     return rc, [json.loads(line) for line in stream.getvalue().splitlines()]
 
