@@ -15,6 +15,9 @@ checks this order with import-linter (the contracts are in pyproject.toml).
   `localrunner` runs it, `localstatus` is its pure retry and exit-code logic), over `base`.
 - `serving`: a finished job -> its KServe InferenceService (pure; `tj serve`).
 - `status`: progress events -> `TransferJobStatus`, shared with the operator (pure).
+- `suggest`: a sweep's next trial's parameters, Grid, Random or Optuna's TPE (pure; needs the
+  `operator` extra, so this package does not import it).
+- `trials`: a sweep's trials named, built from the template, stopped early, ranked (pure).
 - `progress`: the trainer's protocol (pure).
 - `sweeps`: the TransferSweep spec and status, the source of its CRD schema (pure).
 - `models`: the spec and status, the single source of the CRD schema (pure).
