@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.admission import merged
-from tests.unit.test_sweeps import SWEEP_SPEC
+from tests.cluster.admission import SWEEP_SPEC, merged
 from transferjob.suggest import grid_size, startup_trials, suggest
 from transferjob.sweeps import TransferSweepSpec, TrialPhase, TrialStatus, parse_sweep_spec
 

@@ -8,12 +8,13 @@ tests/corpus/sweeps.yaml); here the SDK's half of that corpus runs without a clu
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
 import yaml
 
-from tests.cluster.admission import load_corpus, merged, same_field
+from tests.cluster.admission import SWEEP_SPEC, load_corpus, merged, same_field
 from transferjob import TransferSweep, yamlio
 from transferjob.errors import SpecError
 from transferjob.models import Mode, TransferJobSpec
@@ -38,17 +39,7 @@ from transferjob.sweeps import (
     target_field,
 )
 
-#: The good sweep the corpus cases change (tests/cluster/test_corpus.py has the same).
-SWEEP_SPEC: dict[str, Any] = {
-    "template": {
-        "data": {"source": {"pvc": {"claimName": "datasets", "subPath": "flowers"}}},
-        "output": {"location": {"pvc": {"claimName": "models"}}},
-    },
-    "parameters": {"training.learningRate": {"logUniform": {"min": 1.0e-5, "max": 1.0e-2}}},
-    "objective": {"metric": "valAccuracy"},
-    "maxTrials": 6,
-    "parallelTrials": 2,
-}
+ROOT = Path(__file__).resolve().parents[2]
 
 SWEEP_YAML = """
 apiVersion: transferjob.io/v1alpha1
@@ -265,3 +256,11 @@ def test_status_round_trips_what_the_operator_writes() -> None:
         "data.augmentation.enabled": True,
     }
     assert TransferSweep.from_dict(sweep.to_dict()) == sweep
+
+
+def test_the_docs_example_is_the_shipped_example() -> None:
+    """docs/sweeps.md shows manifests/examples/03-sweep.yaml in short; they must stay the same sweep."""
+    docs = (ROOT / "docs" / "sweeps.md").read_text()
+    shown = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = (ROOT / "manifests" / "examples" / "03-sweep.yaml").read_text()
+    assert TransferSweep.from_yaml(shown) == TransferSweep.from_yaml(example)

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.admission import merged
-from tests.unit.test_sweeps import SWEEP_SPEC
+from tests.cluster.admission import SWEEP_SPEC, merged
 from transferjob.errors import SpecError
 from transferjob.models import EpochMetrics, Mode, TestMetrics, TransferJobStatus
 from transferjob.sweeps import (
