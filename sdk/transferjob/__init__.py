@@ -1,7 +1,8 @@
 """transferjob: transfer learning on Kubernetes, from YAML or Python.
 
 The public surface is re-exported here: the client and what `watch`/`events` yield, the spec and status
-models, the errors (all `TransferJobError`) and `SpecWarning`. Everything else is internal.
+models of TransferJobs and TransferSweeps, the errors (all `TransferJobError`) and `SpecWarning`.
+Everything else is internal.
 
 Modules, in layers from the top down; a module imports only lower layers, so the pure bottom half
 (the spec, the protocol, the status) is what the operator and the trainer build on. `make lint`
@@ -14,7 +15,11 @@ checks this order with import-linter (the contracts are in pyproject.toml).
   `localrunner` runs it, `localstatus` is its pure retry and exit-code logic), over `base`.
 - `serving`: a finished job -> its KServe InferenceService (pure; `tj serve`).
 - `status`: progress events -> `TransferJobStatus`, shared with the operator (pure).
+- `suggest`: a sweep's next trial's parameters, Grid, Random or Optuna's TPE (pure; needs the
+  `operator` extra, so this package does not import it).
+- `trials`: a sweep's trials named, built from the template, stopped early, ranked (pure).
 - `progress`: the trainer's protocol (pure).
+- `sweeps`: the TransferSweep spec and status, the source of its CRD schema (pure).
 - `models`: the spec and status, the single source of the CRD schema (pure).
 - `errors`: every error the SDK raises, all `TransferJobError`.
 - `bases`, `constants`, `types`: facts and names everything agrees on.
@@ -63,6 +68,7 @@ from transferjob.models import (
     TransferJobSpec,
     TransferJobStatus,
 )
+from transferjob.sweeps import TransferSweep, TransferSweepSpec, TransferSweepStatus, TrialStatus
 
 __version__ = "0.1.0"
 
@@ -103,6 +109,10 @@ __all__ = [
     "TransferJobError",
     "TransferJobSpec",
     "TransferJobStatus",
+    "TransferSweep",
+    "TransferSweepSpec",
+    "TransferSweepStatus",
+    "TrialStatus",
     "WatchEvent",
     "__version__",
 ]

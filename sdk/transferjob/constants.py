@@ -15,6 +15,13 @@ SINGULAR = "transferjob"
 SHORT_NAMES = ["tj"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
+#: The TransferSweep resource (transferjob.sweeps): same group and version.
+SWEEP_KIND: Final = "TransferSweep"
+SWEEP_PLURAL = "transfersweeps"
+SWEEP_SINGULAR = "transfersweep"
+SWEEP_SHORT_NAMES = ["tsw"]
+SWEEP_CRD_NAME = f"{SWEEP_PLURAL}.{GROUP}"
+
 #: The trainer image a TransferJob runs unless `spec.resources.image` or the operator's --trainer-image
 #: (TJ_TRAINER_IMAGE) says otherwise.
 DEFAULT_TRAINER_IMAGE = "ghcr.io/transferjob/trainer:0.1.0"

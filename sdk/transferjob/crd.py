@@ -1,7 +1,9 @@
-"""Render the TransferJob CustomResourceDefinition from the pydantic models.
+"""Render the TransferJob and TransferSweep CustomResourceDefinitions from the pydantic models.
 
-The CRD is never edited by hand: `python -m transferjob.crd --write` regenerates
-`manifests/crd/transferjob.io_transferjobs.yaml`, and a test fails when the committed file differs.
+The CRDs are never edited by hand: `python -m transferjob.crd --write` regenerates
+`manifests/crd/transferjob.io_transferjobs.yaml` (from `transferjob.models`) and
+`manifests/crd/transferjob.io_transfersweeps.yaml` (from `transferjob.sweeps`), and a test fails when
+a committed file differs.
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3 subset. The translation
 inlines `$ref`s, drops titles, turns `Optional[X]` into `nullable`, `int | str` into
@@ -10,6 +12,8 @@ IntOrString (the one `anyOf` a structural schema allows; tools that read the fil
 numeric `exclusiveMinimum: N` into `minimum: N, exclusiveMinimum: true`, removes
 `additionalProperties: false` (forbidden in CRDs; the API server prunes unknown fields instead), and
 gives nested objects whose fields all have defaults a `default: {}` so the API server fills them in.
+A node that may hold any JSON value says so with `x-kubernetes-preserve-unknown-fields` and no type
+(a sweep trial's parameter values: numbers, integers, names or switches).
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ from typing import Any
 
 import yaml
 
-from transferjob.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from transferjob.constants import (
+    CRD_NAME,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    SWEEP_CRD_NAME,
+    SWEEP_KIND,
+    SWEEP_PLURAL,
+    SWEEP_SHORT_NAMES,
+    SWEEP_SINGULAR,
+    VERSION,
+)
 from transferjob.models import TransferJobSpec, TransferJobStatus
+from transferjob.sweeps import TransferSweep, TransferSweepSpec, TransferSweepStatus
 
-CRD_PATH = Path("manifests/crd/transferjob.io_transferjobs.yaml")
+CRD_DIR = Path("manifests/crd")
+CRD_PATH = CRD_DIR / "transferjob.io_transferjobs.yaml"
+SWEEP_CRD_PATH = CRD_DIR / "transferjob.io_transfersweeps.yaml"
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.base"},
@@ -42,6 +62,18 @@ PRINTER_COLUMNS = [
     },
     {"name": "Val-Acc", "type": "number", "jsonPath": ".status.metrics.valAccuracy"},
     {"name": "Test-Acc", "type": "number", "jsonPath": ".status.test.accuracy"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Metric", "type": "string", "jsonPath": ".spec.objective.metric"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.objective"},
+    {"name": "Done", "type": "integer", "jsonPath": ".status.finishedTrials"},
+    {"name": "Trials", "type": "integer", "jsonPath": ".spec.maxTrials"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.runningTrials", "priority": 1},
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm.name", "priority": 1},
+    {"name": "Best-Trial", "type": "string", "jsonPath": ".status.bestTrial.name", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -123,7 +155,9 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
         node["additionalProperties"] = to_structural(node["additionalProperties"], defs)
     if "items" in node:
         node["items"] = to_structural(node["items"], defs)
-    if "type" not in node and not node.get("x-kubernetes-int-or-string"):
+    if "type" not in node and not (
+        node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         raise ValueError(f"schema node without a type: {node}")
     return node
 
@@ -143,47 +177,56 @@ def _model_schema(model: type[Any]) -> dict[str, Any]:
     return to_structural(raw, defs)
 
 
-def _status_schema() -> dict[str, Any]:
-    schema = _model_schema(TransferJobStatus)
+def _status_schema(model: type[Any]) -> dict[str, Any]:
+    schema = _model_schema(model)
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     return schema
 
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object, ready to dump as YAML."""
-    spec_schema = _model_schema(TransferJobSpec)
+def _crd(
+    *,
+    name: str,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: list[str],
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    root_rules: list[dict[str, Any]],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
     root = {
         "type": "object",
-        "description": "A TransferJob trains a classifier on labelled images by transfer learning from a "
-        "pretrained ImageNet CNN, by feature extraction or fine-tuning.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "transferjob.io/v1alpha1"},
-            "kind": {"type": "string", "description": "TransferJob"},
+            "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": _status_schema(),
+            "spec": spec,
+            "status": status,
         },
-        "x-kubernetes-validations": ROOT_RULES,
+        "x-kubernetes-validations": root_rules,
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": name,
             "labels": {"app.kubernetes.io/part-of": "transferjob"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
                 "categories": ["all", "ml"],
             },
             "versions": [
@@ -192,7 +235,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -200,35 +243,83 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-def render_crd() -> str:
-    """The CRD as the YAML text committed under manifests/crd/."""
-    header = (
-        "# Generated by `python -m transferjob.crd --write` from sdk/transferjob/models.py. Do not edit.\n"
+def build_crd() -> dict[str, Any]:
+    """The TransferJob CustomResourceDefinition object, ready to dump as YAML."""
+    return _crd(
+        name=CRD_NAME,
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        description="A TransferJob trains a classifier on labelled images by transfer learning from a "
+        "pretrained ImageNet CNN, by feature extraction or fine-tuning.",
+        spec=_model_schema(TransferJobSpec),
+        status=_status_schema(TransferJobStatus),
+        root_rules=ROOT_RULES,
+        columns=PRINTER_COLUMNS,
     )
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+def build_sweep_crd() -> dict[str, Any]:
+    """The TransferSweep CustomResourceDefinition object, ready to dump as YAML."""
+    return _crd(
+        name=SWEEP_CRD_NAME,
+        kind=SWEEP_KIND,
+        plural=SWEEP_PLURAL,
+        singular=SWEEP_SINGULAR,
+        short_names=SWEEP_SHORT_NAMES,
+        description="A TransferSweep searches hyper-parameters of a TransferJob template: it runs trial "
+        "TransferJobs named <sweep>-<index>, stops unpromising ones early and records the best.",
+        spec=_model_schema(TransferSweepSpec),
+        status=_status_schema(TransferSweepStatus),
+        root_rules=[rule.schema() for rule in TransferSweep.rules],
+        columns=SWEEP_PRINTER_COLUMNS,
+    )
+
+
+def _render(crd: dict[str, Any], source: str) -> str:
+    header = f"# Generated by `python -m transferjob.crd --write` from {source}. Do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def render_crd() -> str:
+    """The TransferJob CRD as the YAML text committed under manifests/crd/."""
+    return _render(build_crd(), "sdk/transferjob/models.py")
+
+
+def render_sweep_crd() -> str:
+    """The TransferSweep CRD as the YAML text committed under manifests/crd/."""
+    return _render(build_sweep_crd(), "sdk/transferjob/sweeps.py")
+
+
+#: Each committed CRD file's name and how it is rendered.
+RENDERED = {CRD_PATH.name: render_crd, SWEEP_CRD_PATH.name: render_sweep_crd}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print, write or check the generated CRD."""
+    """Print, write or check the generated CRDs."""
     parser = argparse.ArgumentParser(prog="python -m transferjob.crd", description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help=f"write {CRD_PATH}")
-    group.add_argument("--check", action="store_true", help=f"exit 1 when {CRD_PATH} is out of date")
-    parser.add_argument("--path", type=Path, default=CRD_PATH, help="CRD file (default: %(default)s)")
+    group.add_argument("--write", action="store_true", help=f"write the CRDs into {CRD_DIR}")
+    group.add_argument("--check", action="store_true", help="exit 1 when a CRD there is out of date")
+    parser.add_argument("--dir", type=Path, default=CRD_DIR, help="CRD folder (default: %(default)s)")
     args = parser.parse_args(argv)
-    text = render_crd()
-    if args.write:
-        args.path.parent.mkdir(parents=True, exist_ok=True)
-        args.path.write_text(text)
-        print(f"wrote {args.path}")
-    elif args.check:
-        if not args.path.exists() or args.path.read_text() != text:
-            print(f"{args.path} is out of date: run `python -m transferjob.crd --write`", file=sys.stderr)
-            return 1
-        print(f"{args.path} is up to date")
-    else:
-        sys.stdout.write(text)
-    return 0
+    stale = 0
+    for name, render in RENDERED.items():
+        path, text = args.dir / name, render()
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif args.check:
+            if not path.exists() or path.read_text() != text:
+                print(f"{path} is out of date: run `python -m transferjob.crd --write`", file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{path} is up to date")
+        else:
+            sys.stdout.write(text if name == CRD_PATH.name else f"---\n{text}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

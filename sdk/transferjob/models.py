@@ -226,12 +226,9 @@ class ApiModel(BaseModel):
             if field is not None:
                 if value is None and not _admits(field.annotation, type(None)):
                     continue
-                if (
-                    _admits(field.annotation, int)
-                    and not _admits(field.annotation, float)
-                    and key not in cls.cel_ints
-                    and field.alias not in cls.cel_ints
-                ):
+                if key in cls.cel_ints or field.alias in cls.cel_ints:
+                    pass
+                elif _admits(field.annotation, int) and not _admits(field.annotation, float):
                     value = _whole_to_int(value)
                 elif isinstance(value, list) and _admits_list_of_int(field.annotation):
                     value = [_whole_to_int(v) for v in value]
@@ -1096,20 +1093,30 @@ def describe_validation_error(error: ValidationError, prefix: str = "", whole: s
     lines = []
     for item in error.errors():
         parts = [prefix] if prefix else []
-        for part in item["loc"]:
+        # A rule's error sits on its model, never on a union member; its fieldPath follows.
+        last = -1 if item["type"] == "rule" else len(item["loc"]) - 1
+        for i, part in enumerate(item["loc"]):
             if isinstance(part, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
-            elif part in ("int", "str") or str(part).startswith("function-"):
-                continue  # pydantic's union-member and validator tags, not fields
+            elif (part in ("int", "str") and i == last) or str(part).startswith("function-"):
+                continue  # pydantic's union-member tags (always last: int and str have no fields) and
+                # validator tags, not fields; a field named `int` (a sweep's int range) stays
             else:
                 parts.append(to_camel(part) if "_" in part else part)
         field = (item.get("ctx") or {}).get("field") if item["type"] == "rule" else None
         if field:  # a rule's fieldPath, as the API server reports it: `.model.fromJob` under `spec`
-            parts.extend(field.lstrip(".").split("."))
+            parts.extend(rule_field_parts(field))
         where = ".".join(parts) or whole
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines
+
+
+def rule_field_parts(field: str) -> list[str]:
+    """A rule's fieldPath as the field names the API server reports: `.a.b` -> [a, b], and a property
+    whose name holds dots, which fieldPath quotes, as one name: `['model.head.dropout'].uniform` ->
+    [model.head.dropout, uniform] (the API server prints `spec.parameters.model.head.dropout.uniform`)."""
+    return [quoted or plain for quoted, plain in re.findall(r"\['([^']*)'\]|\.?([^.\[]+)", field)]
 
 
 @contextlib.contextmanager

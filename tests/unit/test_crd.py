@@ -1,4 +1,5 @@
-"""The committed CRD is exactly what the models generate, and it is a structural schema Kubernetes accepts."""
+"""The committed CRDs are exactly what the models generate, and they are structural schemas Kubernetes
+accepts: the TransferJob's from transferjob.models, the TransferSweep's from transferjob.sweeps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import yaml
 
 from transferjob import crd
-from transferjob.models import TransferJobSpec
+from transferjob.models import TransferJobSpec, rule_field_parts
+from transferjob.sweeps import TransferSweepSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / crd.CRD_PATH
@@ -47,11 +49,15 @@ def test_committed_crd_matches_the_models() -> None:
 
 
 def test_drift_check_command_fails_on_a_stale_file(tmp_path: Path) -> None:
-    stale = tmp_path / "crd.yaml"
-    stale.write_text(crd.render_crd().replace("default: 16", "default: 32"))
-    assert crd.main(["--check", "--path", str(stale)]) == 1
-    assert crd.main(["--write", "--path", str(stale)]) == 0
-    assert crd.main(["--check", "--path", str(stale)]) == 0
+    assert crd.main(["--write", "--dir", str(tmp_path)]) == 0
+    assert crd.main(["--check", "--dir", str(tmp_path)]) == 0
+    for name in crd.RENDERED:
+        stale = tmp_path / name
+        text = stale.read_text()
+        stale.write_text(text.replace("default: 16", "default: 32"))
+        assert crd.main(["--check", "--dir", str(tmp_path)]) == 1, name
+        stale.write_text(text)
+    assert crd.main(["--check", "--dir", str(tmp_path)]) == 0
 
 
 def test_schema_is_structural() -> None:
@@ -137,25 +143,27 @@ def test_schema_defaults_equal_model_defaults() -> None:
     spec_schema = _schema()["properties"]["spec"]
     minimal = {"data": {"source": {"hostPath": "/d"}}, "output": {"location": {"hostPath": "/o"}}}
 
-    def apply_defaults(node: dict[str, Any], value: Any) -> Any:
-        if value is None:
-            if "default" not in node:
-                return None
-            value = node["default"]
-        if isinstance(value, dict) and "properties" in node:
-            out = dict(value)
-            for name, child in node["properties"].items():
-                filled = apply_defaults(child, out.get(name))
-                if filled is not None:
-                    out[name] = filled
-            return out
-        return value
-
-    server_side = apply_defaults(spec_schema, minimal)
+    server_side = _apply_defaults(spec_schema, minimal)
     assert TransferJobSpec.model_validate(server_side) == TransferJobSpec.model_validate(minimal)
     assert server_side["training"]["batchSize"] == 16
     assert server_side["model"]["head"]["dropout"] == 0.2
     assert server_side["training"]["earlyStopping"]["patience"] == 3
+
+
+def _apply_defaults(node: dict[str, Any], value: Any) -> Any:
+    """What the API server's defaulting does to `value` under the schema `node` (objects only)."""
+    if value is None:
+        if "default" not in node:
+            return None
+        value = node["default"]
+    if isinstance(value, dict) and "properties" in node:
+        out = dict(value)
+        for name, child in node["properties"].items():
+            filled = _apply_defaults(child, out.get(name))
+            if filled is not None:
+                out[name] = filled
+        return out
+    return value
 
 
 def test_cel_rules_refer_to_existing_fields() -> None:
@@ -172,3 +180,121 @@ def test_spec_is_immutable_but_suspend_is_not() -> None:
     assert len(transition) == 1
     assert "suspend" not in transition[0]["rule"]
     assert "ttlSecondsAfterFinished" not in transition[0]["rule"]
+
+
+# --------------------------------------------------------------------------------------- TransferSweep
+
+
+def _sweep_schema() -> dict[str, Any]:
+    return crd.build_sweep_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_committed_sweep_crd_matches_the_models() -> None:
+    committed = ROOT / crd.SWEEP_CRD_PATH
+    assert committed.read_text() == crd.render_sweep_crd(), (
+        "run `python -m transferjob.crd --write` and commit"
+    )
+
+
+def test_both_crds_are_installed_by_kustomize() -> None:
+    kustomization = yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())
+    for path in (crd.CRD_PATH, crd.SWEEP_CRD_PATH):
+        assert str(path.relative_to("manifests")) in kustomization["resources"]
+
+
+def test_sweep_schema_is_structural() -> None:
+    for path, node in _walk(_sweep_schema()):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node.get("anyOf") == [{"type": "integer"}, {"type": "string"}], path
+            assert "type" not in node, path
+            node = {k: v for k, v in node.items() if k != "anyOf"}
+        assert not FORBIDDEN & node.keys(), f"{path}: forbidden keys {FORBIDDEN & node.keys()}"
+        assert node.get("additionalProperties") is not False, path
+        if "type" not in node:
+            # Only a trial's parameter value (any JSON scalar) goes untyped, and says so.
+            assert node.get("x-kubernetes-int-or-string") or (
+                path == ".status.trials[].parameters[*]"
+                and node == {"x-kubernetes-preserve-unknown-fields": True}
+            ), f"{path} has no type"
+
+
+def test_sweep_names_columns_and_subresources() -> None:
+    obj = yaml.safe_load((ROOT / crd.SWEEP_CRD_PATH).read_text())
+    assert obj["metadata"]["name"] == "transfersweeps.transferjob.io"
+    names = obj["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "TransferSweep",
+        "transfersweeps",
+        ["tsw"],
+    )
+    assert obj["spec"]["scope"] == "Namespaced"
+    version = obj["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"] if "priority" not in c}
+    assert columns == {
+        "Phase": ".status.phase",
+        "Metric": ".spec.objective.metric",
+        "Best": ".status.bestTrial.objective",
+        "Done": ".status.finishedTrials",
+        "Trials": ".spec.maxTrials",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def test_sweep_printer_columns_point_at_real_fields() -> None:
+    schema = _sweep_schema()
+    for column in crd.SWEEP_PRINTER_COLUMNS:
+        node = schema
+        for key in column["jsonPath"].strip(".").split("."):
+            if key == "metadata":
+                break
+            node = node["properties"][key]
+
+
+def test_every_sweep_spec_field_is_documented() -> None:
+    spec = _sweep_schema()["properties"]["spec"]
+    undocumented = [
+        p for p, node in _walk(spec) if p and not p.endswith(("[]", "[*]")) and not node.get("description")
+    ]
+    assert not undocumented
+
+
+def test_sweep_cel_rules_refer_to_existing_fields() -> None:
+    """Rules name properties as CEL spells them: `training.learningRate` is `training__dot__learningRate`."""
+    for path, node in _walk(_sweep_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            for field in re.findall(r"self\.(\w+)", rule["rule"]):
+                name = field.replace("__dot__", ".")
+                assert name in node["properties"], f"{path}: {rule['rule']} names unknown {field}"
+            assert rule["message"]
+            if "fieldPath" in rule:
+                names = rule_field_parts(rule["fieldPath"])
+                target = node
+                for name in names:
+                    target = target["properties"][name]
+
+
+def test_sweep_spec_is_immutable_but_parallelism_and_suspend_are_not() -> None:
+    spec = _sweep_schema()["properties"]["spec"]
+    transition = [r for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert len(transition) == 1
+    compared = set(re.findall(r"self\.(\w+) == oldSelf", transition[0]["rule"]))
+    assert compared == set(spec["properties"]) - {"parallelTrials", "suspend"}
+    # The template's own TransferJob transition rule is not there: the sweep's covers it.
+    template = spec["properties"]["template"]
+    assert not [r for r in template["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+
+
+def test_sweep_schema_defaults_equal_model_defaults() -> None:
+    spec_schema = _sweep_schema()["properties"]["spec"]
+    minimal = {
+        "template": {"data": {"source": {"hostPath": "/d"}}, "output": {"location": {"hostPath": "/o"}}},
+        "parameters": {"training.batchSize": {"int": {"min": 8, "max": 64}}},
+        "objective": {"metric": "valLoss"},
+    }
+    server_side = _apply_defaults(spec_schema, minimal)
+    assert TransferSweepSpec.model_validate(server_side) == TransferSweepSpec.model_validate(minimal)
+    assert server_side["parameters"]["training.batchSize"]["int"]["step"] == 1
+    assert server_side["algorithm"] == {"name": "Random", "seed": 0}
+    assert server_side["template"]["training"]["batchSize"] == 16

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from transferjob import Mode, SpecError, TransferJob
+from transferjob import Mode, SpecError, TransferJob, TransferSweep
 from transferjob.models import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,13 @@ def test_explicit_values_win_over_mode_defaults() -> None:
     "example", sorted((ROOT / "manifests" / "examples").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_examples_parse(example: Path) -> None:
-    job = TransferJob.from_yaml(example.read_text())
+    text = example.read_text()
+    if "kind: TransferSweep" in text:
+        sweep = TransferSweep.from_yaml(text)
+        assert sweep.metadata.name
+        assert sweep.spec.template.data.source.pvc is not None
+        return
+    job = TransferJob.from_yaml(text)
     assert job.metadata.name
     assert job.spec.data.source.pvc is not None
 
