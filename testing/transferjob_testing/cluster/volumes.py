@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from transferjob_testing.cluster.kube import apply_yaml
+from transferjob_testing.cluster.kube import apply_yaml, wait_for
 
 STORAGE_CLASS = "transferjob-test-static"
 TRAINER_UID = 1000
@@ -68,6 +68,16 @@ def static_volume(api: client.ApiClient, namespace: str, claim: str, path: Path,
         },
     }
     apply_yaml(api, yaml.safe_dump_all([pv, pvc]), namespace)
+    # A user's claims are Bound before their jobs start. Unbound, the pod waits Unschedulable ("unbound
+    # immediate PersistentVolumeClaims") until the PV controller's next pass (up to its 15 s resync)
+    # and the scheduler's retry, which a short pendingTimeoutSeconds does not survive on a busy node.
+    core = client.CoreV1Api(api)
+
+    def bound() -> bool:
+        status = core.read_namespaced_persistent_volume_claim(claim, namespace).status
+        return status is not None and status.phase == "Bound"
+
+    wait_for(bound, timeout=60, interval=0.2, what=f"claim {namespace}/{claim} Bound")
 
 
 def delete_static_volumes(api: client.ApiClient, namespace: str) -> None:
