@@ -13,11 +13,16 @@ the same loss plus any layer losses, loss scaling under mixed precision, dropout
 training, and loss and accuracy averaged over samples (Keras' trackers weight each batch by its size).
 A test checks the weights and metrics against Keras' `train_on_batch` on the same batches.
 
-The training order of an epoch depends only on the seed and the epoch number (`epoch_order`), so a run
-resumed from a checkpoint trains on the batches an uninterrupted run would have.
+The batches come from `tf.data` pipelines (`features.FeatureSet`, streaming the feature shards from
+disk), handed to the traced function as arguments: a new pipeline each epoch does not retrace it, and
+no array of features is ever captured in, or held by, the function. Each epoch's pipeline is fixed by
+the seed and the epoch number, so a run resumed from a checkpoint trains on the batches an
+uninterrupted run would have.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -32,11 +37,6 @@ SCORE_BATCH = 512
 _LOG_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order in which epoch `epoch` (from 0) visits the `n` training vectors."""
-    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
-
-
 def correct_predictions(labels: tf.Tensor, predictions: tf.Tensor, binary: bool) -> tf.Tensor:
     """How many predictions are right: Keras' binary (above 0.5) or sparse categorical accuracy."""
     if binary:
@@ -46,47 +46,31 @@ def correct_predictions(labels: tf.Tensor, predictions: tf.Tensor, binary: bool)
     return tf.reduce_sum(tf.cast(hits, tf.float32))
 
 
-def predict_features(head: keras.Model, features: np.ndarray) -> np.ndarray:
-    """The head's predictions (inference mode) for feature vectors, in eager batches.
+def predict_features(head: keras.Model, batches: tf.data.Dataset) -> np.ndarray:
+    """The head's predictions (inference mode) for batches of (features, labels), eagerly, in order.
 
     Keras' `predict` would trace a function for a model this small; calling it directly is cheaper.
     """
-    batches = [
-        np.asarray(head(features[i : i + SCORE_BATCH], training=False), dtype=np.float32)
-        for i in range(0, len(features), SCORE_BATCH)
-    ]
-    return np.concatenate(batches) if batches else np.zeros((0, *head.outputs[0].shape[1:]), np.float32)
+    outputs = [np.asarray(head(x, training=False), dtype=np.float32) for x, _ in batches]
+    return np.concatenate(outputs) if outputs else np.zeros((0, *head.outputs[0].shape[1:]), np.float32)
 
 
 class HeadTrainer:
-    """`fit_one_epoch(epoch)` for a compiled head on cached features; epoch e trains on view e mod K.
-
-    `views` is [K, n, d] (K augmented views of the n training images, K = 1 without augmentation).
-    The arrays are handed to the traced function as arguments, never captured, so they do not end up
-    inside the graph, whatever their size.
-    """
+    """`head_trainer(epoch)` trains a compiled head for one epoch on `train_batches(epoch)`, then scores
+    `val_batches`; both yield (features, labels) batches."""
 
     def __init__(
         self,
         head: keras.Model,
-        views: np.ndarray,
-        train_labels: np.ndarray,
-        val_features: np.ndarray,
-        val_labels: np.ndarray,
+        train_batches: Callable[[int], tf.data.Dataset],
+        val_batches: tf.data.Dataset,
         *,
-        batch_size: int,
-        seed: int,
         binary: bool,
     ) -> None:
         if head.optimizer is None:
             raise ValueError("the head must be compiled: its optimizer is the one checkpoints save")
         self.head = head
-        self.views = [tf.convert_to_tensor(view, tf.float32) for view in views]
-        self.train_labels = tf.convert_to_tensor(train_labels)
-        self.val_features = tf.convert_to_tensor(val_features, tf.float32)
-        self.val_labels = tf.convert_to_tensor(val_labels)
-        self.batch_size = batch_size
-        self.seed = seed
+        self.train_batches, self.val_batches = train_batches, val_batches
         self.binary = binary
         self.loss = loss_function(binary)
         if not head.optimizer.built:
@@ -95,9 +79,7 @@ class HeadTrainer:
 
     def __call__(self, epoch: int) -> dict[str, float]:
         """Train one epoch and score the validation set; keys as in Keras' `History`."""
-        order = epoch_order(self.seed, epoch, int(self.train_labels.shape[0]))
-        view = self.views[epoch % len(self.views)]
-        values = self._epoch(view, self.train_labels, tf.constant(order), self.val_features, self.val_labels)
+        values = self._epoch(self.train_batches(epoch), self.val_batches)
         return {name: float(value) for name, value in zip(_LOG_KEYS, values, strict=True)}
 
     def _objective(self, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
@@ -107,30 +89,27 @@ class HeadTrainer:
         return loss
 
     def _train_and_validate(
-        self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, val_x: tf.Tensor, val_y: tf.Tensor
+        self, train: tf.data.Dataset, val: tf.data.Dataset
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         head, optimizer, variables = self.head, self.head.optimizer, self.head.trainable_variables
-        n = tf.shape(order)[0]
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-        for start in tf.range(0, n, self.batch_size):
-            batch = order[start : start + self.batch_size]
-            labels = tf.gather(y, batch)
+        count, loss_sum, correct = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        for x, labels in train:
             with tf.GradientTape() as tape:
-                predictions = head(tf.gather(x, batch), training=True)
+                predictions = head(x, training=True)
                 loss = self._objective(labels, predictions)
                 scaled = optimizer.scale_loss(loss)
             optimizer.apply(tape.gradient(scaled, variables), variables)
-            loss_sum += tf.cast(loss, tf.float32) * tf.cast(tf.shape(batch)[0], tf.float32)
+            size = tf.cast(tf.shape(labels)[0], tf.float32)
+            loss_sum += tf.cast(loss, tf.float32) * size
             correct += correct_predictions(labels, predictions, self.binary)
-        count = tf.cast(tf.maximum(n, 1), tf.float32)
+            count += size
 
-        m = tf.shape(val_y)[0]
-        val_loss_sum, val_correct = tf.constant(0.0), tf.constant(0.0)
-        for start in tf.range(0, m, SCORE_BATCH):
-            labels = val_y[start : start + SCORE_BATCH]
-            predictions = head(val_x[start : start + SCORE_BATCH], training=False)
+        val_count, val_loss_sum, val_correct = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        for x, labels in val:
+            predictions = head(x, training=False)
             size = tf.cast(tf.shape(labels)[0], tf.float32)
             val_loss_sum += tf.cast(self._objective(labels, predictions), tf.float32) * size
             val_correct += correct_predictions(labels, predictions, self.binary)
-        val_count = tf.cast(tf.maximum(m, 1), tf.float32)
+            val_count += size
+        count, val_count = tf.maximum(count, 1.0), tf.maximum(val_count, 1.0)
         return loss_sum / count, correct / count, val_loss_sum / val_count, val_correct / val_count
