@@ -366,8 +366,10 @@ def test_killed_feature_pass_keeps_its_finished_shards(
     digits: Digits, source_models: SourceModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGKILL halfway through the feature pass (shards of 64 images); the restarted trainer computes
-    only the shards that were not finished, leaves the finished files untouched, and trains as usual."""
+    only the shards that were not finished, leaves the finished files untouched, and trains as usual
+    (the head streaming its features from the shards, as with a large data set)."""
     monkeypatch.setenv("TJ_FEATURE_SHARD_IMAGES", "64")
+    monkeypatch.setenv("TJ_FEATURES_IN_MEMORY_BYTES", "0")
     monkeypatch.setenv("TJ_PROGRESS_SECONDS", "0")
     out = tmp_path / "out"
     spec = make_spec(

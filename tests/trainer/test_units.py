@@ -457,14 +457,21 @@ def _head(n_inputs: int, units: int, activation: str, dropout: float) -> keras.M
     return keras.Model(features, keras.layers.Dense(units, activation=activation)(x))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("binary", [False, True])
-def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
-    """One epoch of HeadTrainer = Keras' train_on_batch over the epoch's batches, then evaluate: the same
-    weights (optimizer state included) and the same loss and accuracy, train and validation; a new
-    pipeline every epoch does not retrace the epoch function."""
+def test_head_trainer_matches_keras_on_the_same_batches(binary: bool, streaming: bool) -> None:
+    """One epoch of the head trainer (features in memory or streamed) = Keras' train_on_batch over the
+    batches of `epoch_order`, then evaluate: the same weights (optimizer state included) and the same
+    loss and accuracy, train and validation; a new pipeline every epoch does not retrace the epoch."""
     import tensorflow as tf
 
-    from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
+    from transferjob_trainer.head import (
+        SCORE_BATCH,
+        HeadTrainer,
+        StreamingHeadTrainer,
+        epoch_order,
+        predict_features,
+    )
     from transferjob_trainer.modeling import compile_model
 
     rng = np.random.default_rng(3)
@@ -479,19 +486,21 @@ def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
     reference.set_weights(ours.get_weights())
     for model in (ours, reference):
         compile_model(model, "adam", 0.05, binary)
-
-    def order(epoch: int) -> np.ndarray:
-        return np.random.default_rng([7, epoch]).permutation(70)
-
-    def batches(epoch: int) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices((x[order(epoch)], y[order(epoch)])).batch(16)
-
     val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(SCORE_BATCH)
-    trainer = HeadTrainer(ours, batches, val, binary=binary)
+    if streaming:
+
+        def batches(epoch: int) -> tf.data.Dataset:
+            order = epoch_order(7, epoch, 70)
+            return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(16)
+
+        trainer: HeadTrainer | StreamingHeadTrainer = StreamingHeadTrainer(ours, batches, val, binary=binary)
+    else:
+        trainer = HeadTrainer(ours, [x], y, val_x, val_y, batch_size=16, seed=7, binary=binary)
 
     for epoch in range(2):
         logs = trainer(epoch)
-        steps = [order(epoch)[i : i + 16] for i in range(0, 70, 16)]
+        order = epoch_order(7, epoch, 70)
+        steps = [order[i : i + 16] for i in range(0, 70, 16)]
         per_batch = [reference.train_on_batch(x[b], y[b], return_dict=True) for b in steps]
         for weight, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
             np.testing.assert_allclose(weight, expected, rtol=1e-4, atol=1e-5)
@@ -510,22 +519,30 @@ def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
     )
 
 
-def test_head_trainer_trains_dropout_and_validates_without_it() -> None:
-    """Dropout is on in training only: validation of the same weights is deterministic."""
-    import tensorflow as tf
-
-    from transferjob_trainer.head import HeadTrainer
+def test_head_trainer_cycles_views_trains_dropout_and_orders_by_seed_and_epoch() -> None:
+    """Epoch e trains on view e mod K; the order is a permutation fixed by (seed, epoch); dropout is on
+    in training only (validation of the same weights is deterministic)."""
+    from transferjob_trainer.head import HeadTrainer, epoch_order
     from transferjob_trainer.modeling import compile_model
 
+    order = epoch_order(1, 4, 50)
+    assert sorted(order.tolist()) == list(range(50))
+    np.testing.assert_array_equal(order, epoch_order(1, 4, 50))
+    assert not np.array_equal(order, epoch_order(1, 5, 50))
+    assert not np.array_equal(order, epoch_order(2, 4, 50))
+
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 8)).astype("float32"), rng.integers(0, 3, 40).astype("int32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    views = np.stack([rng.normal(size=(40, 8)), np.zeros((40, 8))]).astype("float32")
+    y = rng.integers(0, 3, 40).astype("int32")
     head = _head(8, 3, "softmax", 0.5)
     compile_model(head, "sgd", 0.0, binary=False)  # learning rate 0: the weights never move
-    trainer = HeadTrainer(head, lambda epoch: data, data, binary=False)
-    first, second = trainer(0), trainer(1)
-    assert second["val_loss"] == pytest.approx(first["val_loss"], rel=1e-6)
-    assert second["loss"] != pytest.approx(first["loss"], rel=1e-6)  # dropout draws differ per epoch
+    trainer = HeadTrainer(head, views, y, views[0], y, batch_size=8, seed=0, binary=False)
+    first, second, third = trainer(0), trainer(1), trainer(2)
+    # View 1 is all zeros: its loss is that of the bias alone (zero: ln 3), whatever dropout does.
+    assert second["loss"] == pytest.approx(np.log(3), rel=1e-5)
+    assert first["loss"] != pytest.approx(np.log(3), rel=1e-3)
+    assert third["val_loss"] == pytest.approx(first["val_loss"], rel=1e-6)
+    assert third["loss"] != pytest.approx(first["loss"], rel=1e-6)  # dropout draws differ per epoch
 
 
 # ------------------------------------------------------------------------------------------ feature cache
@@ -568,8 +585,9 @@ def test_feature_pass_writes_shards_and_the_head_reads_them_streaming(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every image's features land once in a shard of its part, with its label, training images in their
-    seeded order; an epoch reads its view's every vector once, in batches, in an order fixed by (seed,
-    epoch); validation and test come back in file order. One pass or one call per shard: same bytes."""
+    seeded order; a small part reads back into arrays; an epoch streams its view's every vector once, in
+    batches, in an order fixed by (seed, epoch); validation and test stream in file order. One pass or
+    one call per shard: same bytes."""
     from tests.trainer.conftest import COLOR_COUNTS, color_splits, mean_colour_features
 
     splits = color_splits(tmp_path / "images")
@@ -591,6 +609,13 @@ def test_feature_pass_writes_shards_and_the_head_reads_them_streaming(
     np.testing.assert_array_equal(shard["y"] * 60, shard["x"][:, 2])  # each vector with its own label
 
     features = cache.feature_set(PARTS, binary=False)
+    x, y = features.arrays("train-v1")  # small feature sets are held in memory
+    shards = [np.load(Path(cache.local) / f"train-v1-{i:05d}.npy") for i in range(5)]
+    np.testing.assert_array_equal(x, np.concatenate([shard["x"] for shard in shards]))
+    assert y.dtype == np.int32 and (y * 60 == x[:, 2]).all()
+    assert features.fits_in_memory()
+    monkeypatch.setenv("TJ_FEATURES_IN_MEMORY_BYTES", "100")
+    assert not features.fits_in_memory()
     epochs = {}
     for epoch in (0, 1, 2):
         batches = list(features.train_batches(epoch, 4, seed=5))

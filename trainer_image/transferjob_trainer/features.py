@@ -28,12 +28,13 @@ scratch, `$TMPDIR/transferjob-features/<hash of the location>/` (in a pod the sc
 each finished shard is uploaded to `<output>/checkpoints/features/` as it completes: a pod restarted on
 another node downloads the finished shards instead of computing them again.
 
-**Reading.** The training images are written in one seeded random order (`train_order`), so every
-shard is a random sample of the classes (the files are listed class by class). An epoch reads its
-view's shards in an order fixed by (seed, epoch), `READ_SHARDS` at a time, interleaved record by
-record, through a shuffle buffer of at most `SHUFFLE_BUFFER_BYTES`: memory is bounded by that buffer,
-whatever the data's size. A training set that fits the buffer is shuffled uniformly. Validation and
-test features are read in file order.
+**Reading.** Features the head reads that take at most `IN_MEMORY_BYTES` are read into arrays
+(`FeatureSet.arrays`, for `head.HeadTrainer`). Larger ones are streamed (`FeatureSet.train_batches`):
+the training images are written in one seeded random order (`train_order`), so every shard is a random
+sample of the classes (the files are listed class by class), and an epoch reads its view's shards in an
+order fixed by (seed, epoch), `READ_SHARDS` at a time, interleaved record by record, through a shuffle
+buffer of at most `SHUFFLE_BUFFER_BYTES`: memory is bounded by that buffer, whatever the data's size.
+Validation and test features are read in file order.
 
 Which function runs the base (a traced `inference` function, or Keras' `predict` across replicas) is
 the caller's choice; this module decides what goes through it, and in how few passes.
@@ -69,6 +70,10 @@ SHARD_IMAGES = 4096
 READ_SHARDS = 4
 #: The training shuffle buffer's size: 32 MiB of records (6,500 of MobileNetV2's vectors).
 SHUFFLE_BUFFER_BYTES = 32 << 20
+#: Features the head reads (every training view and validation) up to this size are held in memory:
+#: 64 MiB, 13,000 of MobileNetV2's vectors (see `head`: gathering is faster than streaming).
+#: `TJ_FEATURES_IN_MEMORY_BYTES` overrides it (tests stream small sets).
+IN_MEMORY_BYTES = 64 << 20
 #: The folder beside the checkpoints, and the manifest in it.
 FOLDER = "features"
 MANIFEST = "manifest.json"
@@ -83,6 +88,11 @@ Extract = Callable[[tf.data.Dataset, Callable[[int], None]], Iterable[np.ndarray
 def shard_images() -> int:
     """`TJ_FEATURE_SHARD_IMAGES`, else `SHARD_IMAGES`."""
     return max(1, int(os.environ.get("TJ_FEATURE_SHARD_IMAGES", SHARD_IMAGES)))
+
+
+def in_memory_bytes() -> int:
+    """`TJ_FEATURES_IN_MEMORY_BYTES`, else `IN_MEMORY_BYTES`."""
+    return int(os.environ.get("TJ_FEATURES_IN_MEMORY_BYTES", IN_MEMORY_BYTES))
 
 
 def train_order(n: int, seed: int) -> np.ndarray:
@@ -106,11 +116,14 @@ def record_dtype(dim: int) -> np.dtype:
 
 
 def weights_digest(model: keras.Model) -> str:
-    """A digest of a model's weights (names, shapes, values), one variable in memory at a time."""
+    """A digest of a model's weights (in order: dtypes, shapes, values), one variable in memory at a time.
+
+    Names are left out: Keras numbers automatically named layers per process.
+    """
     h = hashlib.sha256()
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
-        h.update(f"{weight.path}:{value.dtype}:{value.shape}\n".encode())
+        h.update(f"{value.dtype}:{value.shape}\n".encode())
         h.update(value.tobytes())
     return h.hexdigest()
 
@@ -355,8 +368,12 @@ class FeatureCache:
         return cache
 
     def _manifest(self, folder: str) -> dict[str, Any] | None:
+        """The manifest in `folder`, or None where there is none (or an unreadable one)."""
+        path = fs.join(folder, MANIFEST)
+        if not fs.exists(path):
+            return None
         try:
-            manifest = json.loads(fs.read_text(fs.join(folder, MANIFEST)))
+            manifest = json.loads(fs.read_text(path))
         except (OSError, ValueError):
             return None
         return manifest if isinstance(manifest, dict) else None
@@ -364,13 +381,13 @@ class FeatureCache:
     def _drop_stale(self) -> None:
         """Delete shards computed from other inputs; with an object-store output the store decides (the
         local folder only stages its shards), and a local copy of another base's shards goes too."""
-        local = self._manifest(self.local) if os.path.isdir(self.local) else None
+        local = self._manifest(self.local)
         if local is not None and local.get("inputs") != self.inputs:
             local = None
         if self.remote is None:
             self.base = local.get("base") if local else None
         else:
-            remote = self._manifest(self.remote) if fs.exists(self.remote) else None
+            remote = self._manifest(self.remote)
             if remote is None or remote.get("inputs") != self.inputs:
                 fs.remove(self.remote)
                 remote = None
@@ -475,7 +492,8 @@ class FeatureCache:
 
 
 class FeatureSet:
-    """Finished shards read back as `tf.data` pipelines of (features, labels) batches."""
+    """Finished shards read back as `tf.data` pipelines of (features, labels) batches, or, when they are
+    small (`fits_in_memory`), as arrays."""
 
     def __init__(self, shards: Sequence[tuple[Shard, str, int | None]], dim: int, binary: bool) -> None:
         self.dim, self.binary = dim, binary
@@ -488,6 +506,22 @@ class FeatureSet:
 
     def images(self, part: str) -> int:
         return sum(rows for _, _, rows in self._parts.get(part, []))
+
+    def fits_in_memory(self) -> bool:
+        """Whether the training views and validation features together take at most `in_memory_bytes()`."""
+        parts = [part for part in self._parts if part != "test"]
+        return sum(self.images(part) for part in parts) * self.record_bytes <= in_memory_bytes()
+
+    def arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """A part's features [n, d] and labels (binary: float32 [n, 1], else int32 [n]), in shard order."""
+        dtype = record_dtype(self.dim)
+        records = np.empty(self.images(part), dtype)
+        start = 0
+        for path, offset, rows in self._parts.get(part, []):
+            records[start : start + rows] = np.fromfile(path, dtype, count=rows, offset=offset)
+            start += rows
+        labels = records["y"].reshape(-1, 1) if self.binary else records["y"].astype(np.int32)
+        return np.ascontiguousarray(records["x"]), np.ascontiguousarray(labels)
 
     def _decode(self, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         values = tf.reshape(tf.io.decode_raw(records, tf.float32), [-1, self.dim + 1])

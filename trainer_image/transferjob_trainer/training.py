@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import keras
@@ -41,7 +42,7 @@ from transferjob_trainer.features import (
     train_order,
     weights_digest,
 )
-from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
+from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, StreamingHeadTrainer, predict_features
 from transferjob_trainer.inference import (
     Inference,
     inference_batches,
@@ -132,21 +133,31 @@ def epoch_metrics(epoch: int, logs: dict[str, float], lr: float, seconds: float)
 def fit_on_features(
     head: keras.Model, features: FeatureSet, batch_size: int, seed: int, single_device: bool
 ) -> FitOneEpoch:
-    """One epoch of the head on the cached features, streamed from their shards; epoch e uses augmented
-    view e mod views, in an order fixed by the seed and e (`FeatureSet.train_batches`).
+    """One epoch of the head on the cached features; epoch e uses augmented view e mod views.
 
-    On one device, `head.HeadTrainer`: the epoch and its validation in one traced call. With several
-    replicas, Keras' `fit` (which spreads the batches over them).
+    On one device, the epoch and its validation in one traced call: `head.HeadTrainer` on features held
+    in memory when they are small (`FeatureSet.fits_in_memory`), else `head.StreamingHeadTrainer` on the
+    shards streamed from disk (`FeatureSet.train_batches`). With several replicas, Keras' `fit` (which
+    spreads the batches over them) on the streamed shards.
     """
     val = features.eval_batches("val", SCORE_BATCH)
-    if single_device:
-        return HeadTrainer(
-            head,
-            lambda epoch: features.train_batches(epoch, batch_size, seed),
-            val,
-            binary=features.binary,
-        )
-    return fit_on_datasets(head, lambda epoch: features.train_batches(epoch, batch_size, seed), val)
+    train = partial(features.train_batches, batch_size=batch_size, seed=seed)
+    if not single_device:
+        return fit_on_datasets(head, train, val)
+    if not features.fits_in_memory():
+        return StreamingHeadTrainer(head, train, val, binary=features.binary)
+    views = [features.arrays(f"train-v{view}") for view in range(features.views)]
+    val_x, val_y = features.arrays("val")
+    return HeadTrainer(
+        head,
+        [x for x, _ in views],
+        views[0][1],
+        val_x,
+        val_y,
+        batch_size=batch_size,
+        seed=seed,
+        binary=features.binary,
+    )
 
 
 def fit_on_datasets(
@@ -303,6 +314,7 @@ def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, cache: Feat
     epochs = int(spec.training.epochs or 1)
     remaining = state.epochs_done < epochs and not state.stop.stopped
     parts = ("train", "val", "test") if remaining else ("test",)
+    needed = cache.needed(parts) if cache is not None else []
     missing = cache.missing(parts) if cache is not None else []
     n_images = len(layout.train) + len(layout.val) + len(layout.test)
     return Plan(
@@ -311,7 +323,7 @@ def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, cache: Feat
         remaining=remaining,
         feature_parts=parts,
         feature_pass=bool(missing),
-        features_started=bool(missing) and len(missing) < len(cache.needed(parts)) if cache else False,
+        features_started=0 < len(missing) < len(needed),
         cache=should_cache(
             spec.data.cache, cached_image_bytes(n_images, spec.model.image_size), available_memory_bytes()
         ),
