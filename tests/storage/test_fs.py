@@ -47,6 +47,23 @@ def test_files_round_trip(s3_env: S3Server, tmp_path: Path) -> None:
     assert fs.listdir(base) == ["model.keras", "saved_model"]
 
 
+def test_single_files_copy_up_and_down_whole(s3_env: S3Server, tmp_path: Path) -> None:
+    """What the feature cache uses for its shards: a local file to a location and back, store or path."""
+    local = tmp_path / "train-v0-00000.npy"
+    local.write_bytes(b"records" * 1000)
+    for target in (s3_env.bucket("shards") + "/run/features", str(tmp_path / "output" / "features")):
+        fs.upload_file(str(local), fs.join(target, local.name))
+        assert local.exists() and fs.listdir(target) == [local.name]
+        back = tmp_path / "back" / local.name
+        fs.download_file(fs.join(target, local.name), str(back))
+        assert back.read_bytes() == local.read_bytes()
+        assert [p.name for p in back.parent.iterdir()] == [local.name]  # no temporary file left
+        back.unlink()
+    with pytest.raises(StorageError, match="not found"):
+        fs.download_file(s3_env.bucket("shards") + "/run/features/missing.npy", str(tmp_path / "m.npy"))
+    assert not (tmp_path / "m.npy").exists()
+
+
 def test_walk_files_keeps_the_local_order(s3_env: S3Server) -> None:
     """A folder's files before its sub-folders, as os.walk (and so the Keras loader) lists them."""
     base = s3_env.bucket("order")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.trainer.conftest import Digits, SourceModels, TrainerRun, make_spec
 from transferjob.constants import EXIT_PERMANENT
-from transferjob.progress import Failed
+from transferjob.progress import Failed, PhaseChanged
 from transferjob_testing.cluster.controlplane import free_port
 from transferjob_testing.s3server import S3Server
 from transferjob_trainer import fs
@@ -94,9 +94,15 @@ def test_missing_model_to_fine_tune_is_not_found(s3_env: S3Server, digits_in_s3:
 
 @pytest.mark.trainer
 def test_train_from_and_into_the_store_then_resume_and_fine_tune(
-    s3_env: S3Server, digits_in_s3: str, source_models: SourceModels, run_trainer
+    s3_env: S3Server,
+    digits_in_s3: str,
+    source_models: SourceModels,
+    run_trainer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Data, base model and every output in the bucket; a rerun resumes from the checkpoints there."""
+    """Data, base model and every output in the bucket; a rerun resumes from the checkpoints there, in a
+    fresh scratch folder (as a new pod would): the feature shards come back from the bucket."""
     bucket = s3_env.bucket("runs")
     base = f"{bucket}/source/source.keras"
     fs.write_bytes(base, source_models.pretrained.read_bytes())
@@ -119,10 +125,19 @@ def test_train_from_and_into_the_store_then_resume_and_fine_tune(
     assert fs.exists(f"{fe_out}/saved_model/1/saved_model.pb")
     assert any("tfevents" in p for p in fs.walk_files(f"{fe_out}/tensorboard/train"))
 
+    shards = set(fs.listdir(f"{fe_out}/checkpoints/features"))
+    assert {"manifest.json", "train-v0-00000.npy", "val-00000.npy", "test-00000.npy"} <= shards, shards
+
+    scratch = tmp_path / "new-pod"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     again = run_trainer(spec)
     assert again.rc == 0, again.stderr[-3000:]
     assert again.started.initial_epoch == 2, "the rerun must resume from the checkpoints in the bucket"
     assert again.epochs == []
+    assert "features" not in [e.phase for e in again.of(PhaseChanged)]
+    assert [p.name for p in scratch.glob("transferjob-features/*/*.npy")] == ["test-00000.npy"]
+    assert again.finished.test.accuracy == fe.finished.test.accuracy
 
     ft = run_trainer(
         s3_spec(

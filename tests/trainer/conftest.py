@@ -229,3 +229,41 @@ def served_probabilities(outputs: dict[str, Any], classes: list[str]) -> np.ndar
         for name, value in zip(ranked, values, strict=True):
             table[row, classes.index(name)] = value
     return table
+
+
+#: Images per split of the colour-coded splits (`color_splits`): several shards of 5 each.
+COLOR_COUNTS = {"train": 23, "val": 7, "test": 6}
+
+
+def color_splits(root: Path) -> dict[str, Any]:
+    """Tiny solid-colour PNGs whose colour names them: red is 8 x the image's index in its split, green
+    the split, blue 60 x its label (3 classes). Returns the `layout.Split` of each split, in file order.
+
+    A "base" that averages the pixels (`mean_colour_features`) then gives features that say exactly
+    which image they came from, so a test can follow every vector through shards, orders and views.
+    """
+    from PIL import Image
+
+    from transferjob_trainer.layout import Split
+
+    splits = {}
+    for green, (name, n) in enumerate(COLOR_COUNTS.items()):
+        files, labels = [], []
+        for i in range(n):
+            path = root / name / f"{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4, 3), (8 * i, 80 * green, 60 * (i % 3)), np.uint8)).save(path)
+            files.append(str(path))
+            labels.append(i % 3)
+        splits[name] = Split(name, str(root / name), tuple(files), tuple(labels))
+    return splits
+
+
+def mean_colour_features(batches: Any, on_batch: Any) -> Any:
+    """An `features.Extract` that averages each image's pixels: its features are its colour."""
+    import tensorflow as tf
+
+    for batch in batches:
+        features = tf.reduce_mean(batch, axis=[1, 2]).numpy()
+        on_batch(len(features))
+        yield features

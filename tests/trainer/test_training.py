@@ -45,7 +45,7 @@ import pytest
 
 from transferjob.constants import EXIT_PERMANENT
 from transferjob.models import EarlyStoppingSpec
-from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, decode
+from transferjob.progress import EpochEnded, Failed, Finished, PhaseChanged, Started, StepProgress, decode
 from transferjob_trainer.stopping import StopState, kept_epoch, step
 
 from .conftest import (
@@ -352,7 +352,8 @@ def test_killed_trainer_resumes_from_last_epoch(
     assert second.rc == 0, second.stderr[-3000:]
     assert second.of(Started)[0].initial_epoch == kill_after
     assert second.epochs == list(range(kill_after + 1, epochs + 1))
-    assert "features view" not in second.stderr, "the resumed run must reuse the cached features"
+    phases = [e.phase for e in second.of(PhaseChanged)]
+    assert "features" not in phases, "the resumed run must reuse the cached features"
     finished = second.finished
     assert [h.epoch for h in finished.history] == list(range(1, epochs + 1))
     first_metrics = [e.metrics for e in first_events if isinstance(e, EpochEnded)]
@@ -362,6 +363,63 @@ def test_killed_trainer_resumes_from_last_epoch(
     # The best epoch is judged over both runs: early-stopping state survived the restart.
     stopping = EarlyStoppingSpec(patience=50, min_delta=0.0)
     assert finished.best_epoch == expected_best_epoch(metrics["history"], stopping)
+
+
+def test_killed_feature_pass_keeps_its_finished_shards(
+    digits: Digits, source_models: SourceModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL halfway through the feature pass (shards of 64 images); the restarted trainer computes
+    only the shards that were not finished, leaves the finished files untouched, and trains as usual
+    (the head streaming its features from the shards, as with a large data set)."""
+    monkeypatch.setenv("TJ_FEATURE_SHARD_IMAGES", "64")
+    monkeypatch.setenv("TJ_FEATURES_IN_MEMORY_BYTES", "0")
+    monkeypatch.setenv("TJ_PROGRESS_SECONDS", "0")
+    out = tmp_path / "out"
+    spec = make_spec(
+        digits.target,
+        out,
+        model={"base": str(source_models.pretrained), "head": {"dropout": 0.0}},
+        training={"epochs": 2, "learningRate": 0.01},
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    proc = subprocess.Popen(
+        trainer_command(spec_file, termination_log=tmp_path / "first.log"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=trainer_env(),
+    )
+    assert proc.stdout is not None
+    total = 0
+    for line in proc.stdout:
+        event = decode(line)
+        if isinstance(event, StepProgress) and event.step == "features":
+            total = event.total
+            if event.done >= total // 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        assert not isinstance(event, EpochEnded | Finished | Failed), event
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    folder = out / "checkpoints" / "features"
+    finished = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npy")}
+    assert len(finished) >= 3 and (folder / "manifest.json").exists()
+
+    done = subprocess.run(
+        trainer_command(spec_file, termination_log=tmp_path / "second.log"),
+        capture_output=True,
+        text=True,
+        env=trainer_env(),
+    )
+    second = parse_run(done.returncode, done.stdout, done.stderr, tmp_path / "second.log")
+    assert second.rc == 0, second.stderr[-3000:]
+    assert f"features: {len(finished)} shard(s) finished by an earlier run are reused" in second.stderr
+    progress = [e for e in second.of(StepProgress) if e.step == "features"]
+    assert progress[-1].done == progress[-1].total == total - 64 * len(finished)
+    assert {name: (folder / name).stat().st_mtime_ns for name in finished} == finished
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    assert second.epochs == [1, 2] and second.finished.test.accuracy >= FE_MIN_ACCURACY
 
 
 def corrupt_png(root: Path) -> Path:

@@ -456,12 +456,21 @@ def _head(n_inputs: int, units: int, activation: str, dropout: float) -> keras.M
     return keras.Model(features, keras.layers.Dense(units, activation=activation)(x))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("binary", [False, True])
-def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
-    """One epoch of HeadTrainer = Keras' train_on_batch over the batches of `epoch_order`, then evaluate:
-    the same weights (optimizer state included) and the same loss and accuracy, train and validation."""
+def test_head_trainer_matches_keras_on_the_same_batches(binary: bool, streaming: bool) -> None:
+    """One epoch of the head trainer (features in memory or streamed) = Keras' train_on_batch over the
+    batches of `epoch_order`, then evaluate: the same weights (optimizer state included) and the same
+    loss and accuracy, train and validation; a new pipeline every epoch does not retrace the epoch."""
+    import tensorflow as tf
 
-    from transferjob_trainer.head import HeadTrainer, epoch_order, predict_features
+    from transferjob_trainer.head import (
+        SCORE_BATCH,
+        HeadTrainer,
+        StreamingHeadTrainer,
+        epoch_order,
+        predict_features,
+    )
     from transferjob_trainer.modeling import compile_model
 
     rng = np.random.default_rng(3)
@@ -476,26 +485,36 @@ def test_head_trainer_matches_keras_on_the_same_batches(binary: bool) -> None:
     reference.set_weights(ours.get_weights())
     for model in (ours, reference):
         compile_model(model, "adam", 0.05, binary)
-    trainer = HeadTrainer(ours, x[None], y, val_x, val_y, batch_size=16, seed=7, binary=binary)
+    val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(SCORE_BATCH)
+    if streaming:
+
+        def batches(epoch: int) -> tf.data.Dataset:
+            order = epoch_order(7, epoch, 70)
+            return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(16)
+
+        trainer: HeadTrainer | StreamingHeadTrainer = StreamingHeadTrainer(ours, batches, val, binary=binary)
+    else:
+        trainer = HeadTrainer(ours, [x], y, val_x, val_y, batch_size=16, seed=7, binary=binary)
 
     for epoch in range(2):
         logs = trainer(epoch)
         order = epoch_order(7, epoch, 70)
-        batches = [order[i : i + 16] for i in range(0, 70, 16)]
-        per_batch = [reference.train_on_batch(x[b], y[b], return_dict=True) for b in batches]
+        steps = [order[i : i + 16] for i in range(0, 70, 16)]
+        per_batch = [reference.train_on_batch(x[b], y[b], return_dict=True) for b in steps]
         for weight, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
             np.testing.assert_allclose(weight, expected, rtol=1e-4, atol=1e-5)
         # fit's epoch figures: the batch figures averaged with the batch sizes as weights.
-        sizes = [len(b) for b in batches]
+        sizes = [len(b) for b in steps]
         for key in ("loss", "accuracy"):
             expected = np.average([logs_[key] for logs_ in per_batch], weights=sizes)
             assert logs[key] == pytest.approx(expected, rel=1e-4)
-        val = reference.evaluate(val_x, val_y, batch_size=30, return_dict=True, verbose=0)
-        assert logs["val_loss"] == pytest.approx(val["loss"], rel=1e-4)
-        assert logs["val_accuracy"] == pytest.approx(val["accuracy"], rel=1e-5)
+        evaluated = reference.evaluate(val_x, val_y, batch_size=30, return_dict=True, verbose=0)
+        assert logs["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-4)
+        assert logs["val_accuracy"] == pytest.approx(evaluated["accuracy"], rel=1e-5)
     assert int(ours.optimizer.iterations) == 10
+    assert trainer._epoch.experimental_get_tracing_count() == 1
     np.testing.assert_allclose(
-        predict_features(ours, val_x), reference.predict(val_x, verbose=0), rtol=1e-5, atol=1e-6
+        predict_features(ours, val), reference.predict(val_x, verbose=0), rtol=1e-5, atol=1e-6
     )
 
 
@@ -523,6 +542,151 @@ def test_head_trainer_cycles_views_trains_dropout_and_orders_by_seed_and_epoch()
     assert first["loss"] != pytest.approx(np.log(3), rel=1e-3)
     assert third["val_loss"] == pytest.approx(first["val_loss"], rel=1e-6)
     assert third["loss"] != pytest.approx(first["loss"], rel=1e-6)  # dropout draws differ per epoch
+
+
+# ------------------------------------------------------------------------------------------ feature cache
+
+
+def _color_cache(
+    checkpoints: Path, splits: dict, views: int, monkeypatch: pytest.MonkeyPatch, data: str = "d1"
+) -> tuple:
+    """A feature cache of the colour-coded splits in shards of 5, and the pass's sources."""
+    from tests.trainer.conftest import COLOR_COUNTS
+    from transferjob_trainer.features import FeatureCache, Source, reorder, train_order
+    from transferjob_trainer.pipeline import image_dataset
+
+    monkeypatch.setenv("TJ_FEATURE_SHARD_IMAGES", "5")
+    cache = FeatureCache.open(str(checkpoints), {"data": data}, dict(COLOR_COUNTS), views)
+    cache.bind_base({"digest": "base-1", "featureShape": [3]})
+    train = reorder(splits["train"], train_order(len(splits["train"]), 0))
+    ordered = {**splits, "train": train}
+    sources = {name: Source(s, image_dataset(s, 4, binary=False, cache=False)) for name, s in ordered.items()}
+    return cache, sources
+
+
+PARTS = ("train", "val", "test")
+
+
+def _compute(cache, sources, extract, one_pass: bool = True) -> list[int]:  # type: ignore[no-untyped-def]
+    counted: list[int] = []
+    missing = cache.missing(PARTS)
+    cache.compute(
+        missing, sources, extract, one_pass, image_size=4, augment=None, batch_size=4, on_batch=counted.append
+    )
+    return counted
+
+
+def _shard_files(folder: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.npy"))}
+
+
+def test_feature_pass_writes_shards_and_the_head_reads_them_streaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every image's features land once in a shard of its part, with its label, training images in their
+    seeded order; a small part reads back into arrays; an epoch streams its view's every vector once, in
+    batches, in an order fixed by (seed, epoch); validation and test stream in file order. One pass or
+    one call per shard: same bytes."""
+    from tests.trainer.conftest import COLOR_COUNTS, color_splits, mean_colour_features
+
+    splits = color_splits(tmp_path / "images")
+    cache, sources = _color_cache(tmp_path / "a", splits, 2, monkeypatch)
+    counted = _compute(cache, sources, mean_colour_features)
+    assert sum(counted) == 2 * 23 + 7 + 6 and max(counted) == 4
+    assert cache.missing(PARTS) == []
+    names = sorted(p.name for p in Path(cache.local).glob("*.npy"))
+    assert names == [
+        *(f"test-{i:05d}.npy" for i in range(2)),
+        *(f"train-v{v}-{i:05d}.npy" for v in range(2) for i in range(5)),
+        *(f"val-{i:05d}.npy" for i in range(2)),
+    ]
+    assert not [p for p in Path(cache.local).iterdir() if p.name.startswith(".tmp-")]
+    shard = np.load(Path(cache.local) / "train-v0-00001.npy")
+    assert shard.shape == (5,) and shard.dtype.names == ("x", "y")
+    train_files = sources["train"].split.files[5:10]
+    assert [int(r) // 8 for r in shard["x"][:, 0]] == [int(Path(f).stem) for f in train_files]
+    np.testing.assert_array_equal(shard["y"] * 60, shard["x"][:, 2])  # each vector with its own label
+
+    features = cache.feature_set(PARTS, binary=False)
+    x, y = features.arrays("train-v1")  # small feature sets are held in memory
+    shards = [np.load(Path(cache.local) / f"train-v1-{i:05d}.npy") for i in range(5)]
+    np.testing.assert_array_equal(x, np.concatenate([shard["x"] for shard in shards]))
+    assert y.dtype == np.int32 and (y * 60 == x[:, 2]).all()
+    assert features.fits_in_memory()
+    monkeypatch.setenv("TJ_FEATURES_IN_MEMORY_BYTES", "100")
+    assert not features.fits_in_memory()
+    epochs = {}
+    for epoch in (0, 1, 2):
+        batches = list(features.train_batches(epoch, 4, seed=5))
+        assert [len(y) for _, y in batches] == [4] * 5 + [3]
+        x = np.concatenate([b[0].numpy() for b in batches])
+        y = np.concatenate([b[1].numpy() for b in batches])
+        assert sorted((x[:, 0] // 8).astype(int).tolist()) == list(range(23))
+        np.testing.assert_array_equal(y * 60, x[:, 2])
+        epochs[epoch] = x[:, 0].tolist()
+    again = np.concatenate([b[0].numpy() for b in features.train_batches(0, 4, seed=5)])
+    assert again[:, 0].tolist() == epochs[0]
+    assert epochs[0] != epochs[2] and epochs[0] != epochs[1]
+    for part, green in (("val", 80), ("test", 160)):
+        x = np.concatenate([b[0].numpy() for b in features.eval_batches(part, 4)])
+        assert x[:, 0].tolist() == [8.0 * i for i in range(COLOR_COUNTS[part])]
+        assert set(x[:, 1].tolist()) == {green}
+
+    def whole_shards(batches, on_batch):  # type: ignore[no-untyped-def]
+        return [np.concatenate(list(mean_colour_features(batches, on_batch)))]
+
+    other, sources = _color_cache(tmp_path / "b", splits, 2, monkeypatch)
+    _compute(other, sources, whole_shards, one_pass=False)
+    assert _shard_files(other.local) == _shard_files(cache.local)
+
+
+def test_feature_cache_keeps_finished_shards_and_drops_stale_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed pass leaves whole shards and no partial file; a restart computes only the missing ones
+    (their bytes as an uninterrupted pass writes them) and keeps the finished files untouched. A cache
+    from other inputs, another base or a torn shard is not reused."""
+    from tests.trainer.conftest import color_splits, mean_colour_features
+    from transferjob_trainer.features import FeatureCache
+
+    splits = color_splits(tmp_path / "images")
+    whole, sources = _color_cache(tmp_path / "whole", splits, 1, monkeypatch)
+    _compute(whole, sources, mean_colour_features)
+
+    def killed_after_three_batches(batches, on_batch):  # type: ignore[no-untyped-def]
+        for i, features in enumerate(mean_colour_features(batches, on_batch)):
+            if i == 3:
+                raise RuntimeError("killed")
+            yield features
+
+    cache, sources = _color_cache(tmp_path / "run", splits, 1, monkeypatch)
+    everything = len(cache.missing(PARTS))
+    with pytest.raises(RuntimeError, match="killed"):
+        _compute(cache, sources, killed_after_three_batches)
+    folder = Path(cache.local)
+    assert sorted(p.name for p in folder.glob("*.npy")) == ["train-v0-00000.npy", "train-v0-00001.npy"]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    (folder / ".tmp-train-v0-00002.npy-x").write_bytes(b"partial")  # as SIGKILL would leave it
+    finished = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npy")}
+
+    cache, sources = _color_cache(tmp_path / "run", splits, 1, monkeypatch)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    assert len(cache.missing(PARTS)) == everything - 2
+    assert sum(_compute(cache, sources, mean_colour_features)) == 23 + 7 + 6 - 10
+    assert {name: (folder / name).stat().st_mtime_ns for name in finished} == finished
+    assert _shard_files(cache.local) == _shard_files(whole.local)
+
+    torn = folder / "val-00001.npy"
+    torn.write_bytes(torn.read_bytes()[:-4])
+    assert [s.name for s in cache.missing(PARTS)] == ["val-00001.npy"]
+
+    stale = FeatureCache.open(str(tmp_path / "run"), {"data": "d2"}, {"train": 23, "val": 7, "test": 6}, 1)
+    assert len(stale.missing(PARTS)) == everything and not list(folder.glob("*.npy"))
+
+    cache, sources = _color_cache(tmp_path / "whole", splits, 1, monkeypatch)
+    assert cache.missing(PARTS) == []
+    cache.bind_base({"digest": "base-2", "featureShape": [3]})
+    assert len(cache.missing(PARTS)) == everything and not list(Path(cache.local).glob("*.npy"))
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -13,11 +13,12 @@ obstore, not TensorFlow).
 7. `__main__`: the CLI; maps every outcome to a final event and an exit code.
 6. `run`: one run from spec file to exported model; checks spec, flags and data before TensorFlow.
 5. `training`: the epoch loop and `train`, the run's steps from a checked layout to the finished event.
-4. `export`: `model.keras` and the SavedModel; `features`: the base's feature pass;
+4. `export`: `model.keras` and the SavedModel; `features`: the base's feature pass, written to shards
+   on disk as it runs and streamed back to the head;
    `pretrain`: a small source network for honest transfer tests and demos (an entry point of its own).
 3. `head`: the head's traced epoch; `inference`: traced forward passes, reused by the export;
    `pipeline`: tf.data input pipelines and augmentation.
-2. `checkpoint`: per-epoch checkpoints and the feature cache that make runs resumable;
+2. `checkpoint`: per-epoch checkpoints that make runs resumable;
    `layout`: finding and checking the images; `modeling`: base networks, the head, the end-to-end
    model, fine-tuning freezes; `ownership`: which TransferJob owns the output location (`owner.json`);
    `paths`: where a run reads and writes; `tensorboard_log`: learning curves.

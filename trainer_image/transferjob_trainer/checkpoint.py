@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints and the feature cache: what lets a killed trainer continue where it stopped.
+"""Per-epoch checkpoints: what lets a killed trainer continue where it stopped.
 
 Layout under `<output>/checkpoints/`:
 
@@ -7,8 +7,8 @@ Layout under `<output>/checkpoints/`:
 - `epoch-NNNN.weights.h5`: the trained model's weights and optimizer state after epoch NNNN (Keras'
   weights file carries the optimizer variables, so Adam's moments survive too).
 - `best.weights.h5`: the weights of the best epoch so far (restored before test and export).
-- `features-<fingerprint>.npz`: feature extraction's cached features (all augmented views and val), so a
-  resumed run reuses the very same views and skips the expensive pass through the base.
+- `features/`: feature extraction's cached features, in shards (`features.FeatureCache`), so a resumed
+  run reuses the very same views and computes only the shards a killed pass had not finished.
 
 A run resumes only when the fingerprint matches (same mode, model, data files, training settings);
 otherwise it starts over and the stale files are removed. The epoch's progress line is printed after
@@ -17,14 +17,12 @@ otherwise it starts over and the stale files are removed. The epoch's progress l
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from transferjob_trainer import fs
 from transferjob_trainer.stopping import StopState
@@ -119,21 +117,3 @@ class CheckpointStore:
         if previous and previous != name:
             fs.remove(self.path(previous))
         return state
-
-    def features_name(self, fingerprint: str) -> str:
-        return f"features-{fingerprint[:16]}.npz"
-
-    def save_features(self, fingerprint: str, arrays: dict[str, np.ndarray]) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        fs.write_bytes(self.path(self.features_name(fingerprint)), buffer.getvalue())
-
-    def load_features(self, fingerprint: str) -> dict[str, np.ndarray] | None:
-        path = self.path(self.features_name(fingerprint))
-        if not fs.exists(path):
-            return None
-        try:
-            with np.load(io.BytesIO(fs.read_bytes(path))) as data:
-                return {key: data[key] for key in data.files}
-        except (OSError, ValueError):
-            return None

@@ -436,6 +436,31 @@ def local_copy_for_read(uri: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def upload_file(local_file: str, uri: str) -> None:
+    """Copy a local file to a location, atomically (a store's object appears whole; locally a rename).
+
+    The feature cache's shards are written on local disk and copied to a remote output as each one is
+    finished; the local file stays where it is.
+    """
+    path = local_path(uri)
+    if path is None:
+        _upload(local_file, uri)
+        return
+    with _replacing(path) as handle, open(local_file, "rb") as source:
+        shutil.copyfileobj(source, handle)
+
+
+def download_file(uri: str, local_file: str) -> None:
+    """Copy a file at a location to a local path, atomically (a killed copy leaves no partial file)."""
+    path = local_path(uri)
+    if path is None:
+        remote = _remote(uri)
+        _download(remote, remote.key, local_file)
+        return
+    with _replacing(local_file) as handle, open(path, "rb") as source:
+        shutil.copyfileobj(source, handle)
+
+
 def copy_tree(local_dir: str, dest: str) -> None:
     """Copy a local folder to a destination, replacing what was there (SavedModel export, TensorBoard)."""
     path = local_path(dest)

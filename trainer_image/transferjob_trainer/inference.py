@@ -9,7 +9,7 @@ Keras' `predict` instead, which spreads the batches over them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
 import keras
@@ -41,13 +41,22 @@ def serving_function(extract: Inference, head: keras.Model) -> Inference:
     return tf.function(lambda images: head(extract(images), training=False), input_signature=[signature])
 
 
+def inference_batches(
+    fn: Inference, batches: tf.data.Dataset, on_batch: Callable[[int], None] | None = None
+) -> Iterator[np.ndarray]:
+    """`fn` over every batch of images, one float32 output at a time; `on_batch(images)` after each.
+
+    The feature pass writes each batch's features away as it comes, so no pass holds more than a batch.
+    """
+    for batch in batches:
+        output = np.asarray(fn(batch), dtype=np.float32)
+        if on_batch is not None:
+            on_batch(len(output))
+        yield output
+
+
 def run_inference(
     fn: Inference, batches: tf.data.Dataset, on_batch: Callable[[int], None] | None = None
 ) -> np.ndarray:
     """`fn` over every batch of images, outputs concatenated as float32; `on_batch(images)` after each."""
-    outputs = []
-    for batch in batches:
-        outputs.append(np.asarray(fn(batch), dtype=np.float32))
-        if on_batch is not None:
-            on_batch(len(outputs[-1]))
-    return np.concatenate(outputs)
+    return np.concatenate(list(inference_batches(fn, batches, on_batch)))

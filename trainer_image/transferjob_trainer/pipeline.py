@@ -201,11 +201,17 @@ def random_crop_resize(images: tf.Tensor, fraction: float, seed: int) -> tf.Tens
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), crop_size=[shape[1], shape[2]])
 
 
+def augments(spec: AugmentationSpec) -> bool:
+    """Whether the spec changes images at all (enabled, with at least one transformation)."""
+    transforms = (spec.flip != "none", spec.rotation > 0, spec.zoom > 0, spec.translation > 0, spec.crop > 0)
+    return spec.enabled and any(transforms)
+
+
 def build_augmenter(spec: AugmentationSpec, seed: int) -> Augmenter | None:
     """The spec's random flip/rotation/zoom/translation/crop as one batch function, or None when off."""
     import keras
 
-    if not spec.enabled:
+    if not augments(spec):
         return None
     layers: list[keras.layers.Layer] = []
     if spec.flip != "none":
@@ -217,8 +223,6 @@ def build_augmenter(spec: AugmentationSpec, seed: int) -> Augmenter | None:
     if spec.translation > 0:
         layers.append(keras.layers.RandomTranslation(spec.translation, spec.translation, seed=seed + 3))
     crop = spec.crop
-    if not layers and crop <= 0:
-        return None
 
     def augment(images: tf.Tensor) -> tf.Tensor:
         for layer in layers:

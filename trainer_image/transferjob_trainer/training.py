@@ -1,10 +1,11 @@
 """Training proper: the epoch loop, and `train`, the sequence of steps from a checked layout to a result.
 
 Feature extraction never runs the frozen base inside the training loop: the head trains on the base's
-features, computed once per image or per augmented view (`features`); epoch e (from 0) uses view
-`e % cachedViews`. The head shares its layers with the end-to-end model that gets exported, so scoring
-the test features with the head is the end-to-end model's computation, without tracing the whole
-network a second time (a test checks the exported model reproduces the accuracy).
+features, computed once per image or per augmented view into shards on disk and streamed back from
+them (`features`); epoch e (from 0) uses view `e % cachedViews`. The head shares its layers with the
+end-to-end model that gets exported, so scoring the test features with the head is the end-to-end
+model's computation, without tracing the whole network a second time (a test checks the exported model
+reproduces the accuracy).
 
 Fine-tuning trains the end-to-end model on the image pipeline (cached decoded images, augmentation on
 the fly), with the base unfrozen from `fineTuneAt` and BatchNorm frozen.
@@ -20,6 +21,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import keras
@@ -32,15 +34,29 @@ from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
 from transferjob_trainer.export import export
-from transferjob_trainer.features import feature_cache
-from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, predict_features
-from transferjob_trainer.inference import Inference, inference_function, run_inference, serving_function
-from transferjob_trainer.layout import MAX_NAMED_SKIPPED, Layout, Split
+from transferjob_trainer.features import (
+    FeatureCache,
+    FeatureSet,
+    Source,
+    reorder,
+    train_order,
+    weights_digest,
+)
+from transferjob_trainer.head import SCORE_BATCH, HeadTrainer, StreamingHeadTrainer, predict_features
+from transferjob_trainer.inference import (
+    Inference,
+    inference_batches,
+    inference_function,
+    run_inference,
+    serving_function,
+)
+from transferjob_trainer.layout import MAX_NAMED_SKIPPED, Layout
 from transferjob_trainer.metrics import classification_metrics
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
     Augmenter,
     CacheFill,
+    augments,
     available_memory_bytes,
     build_augmenter,
     cached_image_bytes,
@@ -49,7 +65,6 @@ from transferjob_trainer.pipeline import (
     image_dataset,
     should_cache,
     shuffled_images,
-    static_tuning,
     training_batches,
 )
 from transferjob_trainer.report import Reporter, StepMeter, log
@@ -75,12 +90,6 @@ def distribution_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
         return tf.distribute.MirroredStrategy([d.name for d in gpus]), [d.name for d in gpus]
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")[:1]]
     return tf.distribute.get_strategy(), devices
-
-
-def labels_array(split: Split, binary: bool) -> np.ndarray:
-    if binary:
-        return np.asarray(split.labels, dtype=np.float32).reshape(-1, 1)
-    return np.asarray(split.labels, dtype=np.int32)
 
 
 def build_or_load_model(spec: TransferJobSpec, paths: RunPaths, n_classes: int) -> keras.Model:
@@ -122,42 +131,33 @@ def epoch_metrics(epoch: int, logs: dict[str, float], lr: float, seconds: float)
 
 
 def fit_on_features(
-    head: keras.Model,
-    features: dict[str, np.ndarray],
-    layout: Layout,
-    binary: bool,
-    batch_size: int,
-    seed: int,
-    single_device: bool,
+    head: keras.Model, features: FeatureSet, batch_size: int, seed: int, single_device: bool
 ) -> FitOneEpoch:
-    """One epoch of the head on cached features; epoch e uses augmented view e mod views.
+    """One epoch of the head on the cached features; epoch e uses augmented view e mod views.
 
-    On one device, `head.HeadTrainer`: the epoch and its validation in one traced call. With several
-    replicas, Keras' `fit` (which spreads the batches over them) on datasets made once (reshuffled every
-    pass), since handing NumPy arrays to each per-epoch `fit` call re-slices them every time.
+    On one device, the epoch and its validation in one traced call: `head.HeadTrainer` on features held
+    in memory when they are small (`FeatureSet.fits_in_memory`), else `head.StreamingHeadTrainer` on the
+    shards streamed from disk (`FeatureSet.train_batches`). With several replicas, Keras' `fit` (which
+    spreads the batches over them) on the streamed shards.
     """
-    train_y, val_y = labels_array(layout.train, binary), labels_array(layout.val, binary)
-    if single_device:
-        return HeadTrainer(
-            head,
-            features["train"],
-            train_y,
-            features["val"],
-            val_y,
-            batch_size=batch_size,
-            seed=seed,
-            binary=binary,
-        )
-    n = len(train_y)
-    views = [
-        static_tuning(tf.data.Dataset.from_tensor_slices((view, train_y)))
-        .shuffle(n, seed=seed + i, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-        for i, view in enumerate(features["train"])
-    ]
-    val = static_tuning(tf.data.Dataset.from_tensor_slices((features["val"], val_y))).batch(SCORE_BATCH)
-    return fit_on_datasets(head, lambda epoch: views[epoch % len(views)], val)
+    val = features.eval_batches("val", SCORE_BATCH)
+    train = partial(features.train_batches, batch_size=batch_size, seed=seed)
+    if not single_device:
+        return fit_on_datasets(head, train, val)
+    if not features.fits_in_memory():
+        return StreamingHeadTrainer(head, train, val, binary=features.binary)
+    views = [features.arrays(f"train-v{view}") for view in range(features.views)]
+    val_x, val_y = features.arrays("val")
+    return HeadTrainer(
+        head,
+        [x for x, _ in views],
+        views[0][1],
+        val_x,
+        val_y,
+        batch_size=batch_size,
+        seed=seed,
+        binary=features.binary,
+    )
 
 
 def fit_on_datasets(
@@ -249,8 +249,12 @@ class Plan:
     feature_extraction: bool
     #: Epochs are left to train (the run is not resuming a finished or early-stopped one).
     remaining: bool
-    #: The base's features must be computed (feature extraction without features saved by a killed run).
+    #: The splits whose features this run reads: all three while epochs remain, else only test.
+    feature_parts: tuple[str, ...]
+    #: The base's features must be computed (feature extraction, and shards this run reads are missing).
     feature_pass: bool
+    #: A killed pass left finished shards: the missing ones decode just their own images.
+    features_started: bool
     #: Decoded images are kept in memory (`data.cache`).
     cache: bool
 
@@ -263,6 +267,8 @@ class Images:
     val: tf.data.Dataset
     test: tf.data.Dataset
     fill: CacheFill | None
+    #: Each split in the order its features are written, with its dataset (feature extraction's pass).
+    sources: dict[str, Source]
 
     def wait(self) -> None:
         """Return once the caches are full: a tf.data memory cache must not be filled by two iterators."""
@@ -303,41 +309,76 @@ def open_checkpoints(output: str, fp: str) -> tuple[CheckpointStore, RunState]:
     return store, state
 
 
-def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, features_saved: bool) -> Plan:
+def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, cache: FeatureCache | None) -> Plan:
     """Decide once what is left, so that the steps after it agree on which passes happen."""
     epochs = int(spec.training.epochs or 1)
-    feature_extraction = spec.mode is Mode.FEATURE_EXTRACTION
+    remaining = state.epochs_done < epochs and not state.stop.stopped
+    parts = ("train", "val", "test") if remaining else ("test",)
+    needed = cache.needed(parts) if cache is not None else []
+    missing = cache.missing(parts) if cache is not None else []
     n_images = len(layout.train) + len(layout.val) + len(layout.test)
     return Plan(
         epochs=epochs,
-        feature_extraction=feature_extraction,
-        remaining=state.epochs_done < epochs and not state.stop.stopped,
-        feature_pass=feature_extraction and not features_saved,
+        feature_extraction=cache is not None,
+        remaining=remaining,
+        feature_parts=parts,
+        feature_pass=bool(missing),
+        features_started=0 < len(missing) < len(needed),
         cache=should_cache(
             spec.data.cache, cached_image_bytes(n_images, spec.model.image_size), available_memory_bytes()
         ),
     )
 
 
-def open_images(layout: Layout, size: int, plan: Plan) -> Images:
+def open_feature_cache(
+    spec: TransferJobSpec, layout: Layout, store: CheckpointStore, fp: str
+) -> FeatureCache | None:
+    """Feature extraction's shard cache beside the checkpoints (None when fine-tuning)."""
+    if spec.mode is not Mode.FEATURE_EXTRACTION:
+        return None
+    augmentation = spec.data.augmentation
+    inputs = {
+        "fingerprint": fp,
+        "imageSize": spec.model.image_size,
+        "data": layout.digest(),
+        "trainOrderSeed": spec.training.seed,
+        "augmentation": augmentation.model_dump(mode="json") if augmentation.enabled else None,
+    }
+    counts = {"train": len(layout.train), "val": len(layout.val), "test": len(layout.test)}
+    views = augmentation.cached_views if augments(augmentation) else 1
+    return FeatureCache.open(store.folder, inputs, counts, views)
+
+
+def open_images(layout: Layout, size: int, plan: Plan, seed: int) -> Images:
     """The splits' datasets, with the caches this run will read filling from now on, in the background.
 
     Called before the network is built, so the decoding runs on the cores that building (single-threaded
-    Python) leaves idle (`pipeline.CacheFill`).
+    Python) leaves idle (`pipeline.CacheFill`). Feature extraction reads the training images in the
+    order their features are written (`features.train_order`).
     """
     binary = layout.binary
-    train = image_dataset(layout.train, size, binary=binary, cache=plan.cache)
+    train_split = (
+        reorder(layout.train, train_order(len(layout.train), seed))
+        if plan.feature_extraction
+        else layout.train
+    )
+    train = image_dataset(train_split, size, binary=binary, cache=plan.cache)
     val = image_dataset(layout.val, size, binary=binary, cache=plan.cache)
     # Feature extraction without cached features sends every split through the base in one pass; the
     # test images are then decoded (and cached) early too. Fine-tuning decodes them at the end.
     test = image_dataset(layout.test, size, binary=binary, cache=plan.cache and plan.feature_pass)
-    if plan.feature_pass:
+    if plan.feature_pass and not plan.features_started:
         needed = [train, val, test]
     elif not plan.feature_extraction and plan.remaining:
         needed = [train, val]
     else:
         needed = []
-    return Images(train, val, test, CacheFill(needed) if plan.cache and needed else None)
+    sources = {
+        "train": Source(train_split, train),
+        "val": Source(layout.val, val),
+        "test": Source(layout.test, test),
+    }
+    return Images(train, val, test, CacheFill(needed) if plan.cache and needed else None, sources)
 
 
 def build_network(
@@ -407,43 +448,62 @@ def started_event(
 
 def extract_features(
     spec: TransferJobSpec,
+    binary: bool,
     plan: Plan,
+    cache: FeatureCache,
     images: Images,
     net: Network,
     augment: Augmenter | None,
     reporter: Reporter,
-) -> dict[str, np.ndarray]:
-    """The base's features of every split (`features.feature_cache`), the base traced meanwhile.
+) -> FeatureSet:
+    """The base's features of the splits this run reads: the shards a killed run finished are kept,
+    the missing ones computed (`features.FeatureCache`), the base traced meanwhile.
 
     The trace is made while the background pass may still be decoding images; only then does this
     wait for the caches, which the feature pass is the first to read.
     """
-    views = spec.data.augmentation.cached_views if augment is not None and plan.remaining else 1
-    reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
     assert net.parts is not None  # feature extraction always splits the model
     extractor, extract = net.parts.extractor, net.extract
-    if extract is not None:
-        extract.get_concrete_function()  # traced while the images may still be decoding
-    images.wait()  # the caches are full before any pipeline reads them
-    n_train = int(images.train.cardinality())
-    total = views * n_train + int(images.val.cardinality()) + int(images.test.cardinality())
-    meter = StepMeter(reporter.emit, "features", total)
-    return feature_cache(
-        (lambda batches, on_batch: run_inference(extract, batches, on_batch))
-        if extract is not None
-        else (
-            lambda batches, on_batch: extractor.predict(
-                batches, verbose=0, callbacks=[CountBatches(on_batch, spec.training.batch_size)]
-            )
-        ),
-        images.train,
-        images.val,
-        images.test,
-        views,
-        augment,
-        spec.training.batch_size,
-        meter.advance,
+    cache.bind_base(
+        {
+            "base": spec.model.base,
+            "weights": spec.model.weights,
+            "featureShape": list(extractor.outputs[0].shape[1:]),
+            "digest": weights_digest(extractor),
+        }
     )
+    missing = cache.missing(plan.feature_parts)
+    if missing:
+        views = len({s.part for s in missing if s.split == "train"})
+        reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
+        if extract is not None:
+            extract.get_concrete_function()  # traced while the images may still be decoding
+        images.wait()  # the caches are full before any pipeline reads them
+        reused = len(cache.needed(plan.feature_parts)) - len(missing)
+        if reused:
+            log(f"features: {reused} shard(s) finished by an earlier run are reused")
+        meter = StepMeter(reporter.emit, "features", sum(s.images for s in missing))
+        cache.compute(
+            missing,
+            images.sources,
+            (lambda batches, on_batch: inference_batches(extract, batches, on_batch))
+            if extract is not None
+            else (
+                lambda batches, on_batch: [
+                    extractor.predict(
+                        batches, verbose=0, callbacks=[CountBatches(on_batch, spec.training.batch_size)]
+                    )
+                ]
+            ),
+            one_pass=extract is not None,
+            image_size=spec.model.image_size,
+            augment=augment,
+            batch_size=spec.training.batch_size,
+            on_batch=meter.advance,
+        )
+    else:
+        images.wait()
+    return cache.feature_set(plan.feature_parts, binary)
 
 
 def epoch_fitter(
@@ -451,7 +511,7 @@ def epoch_fitter(
     layout: Layout,
     plan: Plan,
     net: Network,
-    features: dict[str, np.ndarray],
+    features: FeatureSet | None,
     images: Images,
     augment: Augmenter | None,
     single_device: bool,
@@ -463,16 +523,8 @@ def epoch_fitter(
     head's epochs on cached features take seconds and report only as they end.
     """
     training = spec.training
-    if plan.feature_extraction:
-        return fit_on_features(
-            net.train_model,
-            features,
-            layout,
-            layout.binary,
-            training.batch_size,
-            training.seed,
-            single_device,
-        )
+    if features is not None:
+        return fit_on_features(net.train_model, features, training.batch_size, training.seed, single_device)
     shuffled = shuffled_images(
         layout.train,
         spec.model.image_size,
@@ -500,15 +552,15 @@ def restore_kept_epoch(state: RunState, store: CheckpointStore, net: Network, sp
 
 
 def score_test_set(
-    layout: Layout, plan: Plan, net: Network, features: dict[str, np.ndarray], images: Images, batch_size: int
+    layout: Layout, net: Network, features: FeatureSet | None, images: Images, batch_size: int
 ) -> TestMetrics:
     """Test-set metrics of the kept weights, scored by the forward pass the export then reuses.
 
     Feature extraction scores the cached test features with the head (the end-to-end model's own
     layers); fine-tuning runs the test images through the traced model, whose trace the export saves.
     """
-    if plan.feature_extraction:
-        probabilities = predict_features(net.train_model, features["test"])
+    if features is not None:
+        probabilities = predict_features(net.train_model, features.eval_batches("test", SCORE_BATCH))
     else:
         test_batches = eval_batches(images.test, batch_size).map(lambda x, y: x)
         if net.serve is not None:
@@ -550,19 +602,18 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
     """Build (or resume), train, restore the best epoch, test, export; returns the finished event."""
     strategy, devices = set_up_devices(spec.training)
     store, state = open_checkpoints(paths.output, fp)
-    saved = (store.load_features(fp) or {}) if spec.mode is Mode.FEATURE_EXTRACTION else {}
-    plan = plan_run(spec, layout, state, features_saved=bool(saved))
-    images = open_images(layout, spec.model.image_size, plan)
+    cache = open_feature_cache(spec, layout, store, fp)
+    plan = plan_run(spec, layout, state, cache)
+    images = open_images(layout, spec.model.image_size, plan, spec.training.seed)
     net = build_network(spec, paths, layout, plan, state, store, strategy)
     single_device = strategy.num_replicas_in_sync == 1
     reporter.emit(started_event(spec, layout, plan, state, devices))
     with decode_errors_as_invalid_data([layout.train, layout.val, layout.test]):
         augment = build_augmenter(spec.data.augmentation, spec.training.seed)
-        if plan.feature_pass:
-            features = extract_features(spec, plan, images, net, augment, reporter)
-            store.save_features(fp, features)
+        features = None
+        if cache is not None:
+            features = extract_features(spec, layout.binary, plan, cache, images, net, augment, reporter)
         else:
-            features = saved
             images.wait()
         if plan.remaining:
             fit_one_epoch = epoch_fitter(
@@ -573,7 +624,7 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             state = train_epochs(spec, state, store, net.train_model, fit_one_epoch, board, reporter)
         kept = restore_kept_epoch(state, store, net, spec)
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
-        test = score_test_set(layout, plan, net, features, images, spec.training.batch_size)
+        test = score_test_set(layout, net, features, images, spec.training.batch_size)
     reporter.phase("exporting", f"writing to {paths.output}")
     artifacts = export(net.model, paths.output, spec, layout.classes, net.serve)
     return finished_event(spec, layout, state, kept, test, artifacts, paths.output)
