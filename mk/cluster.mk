@@ -12,7 +12,7 @@ cluster-binaries: ## Build (or reuse) the pinned control-plane binaries; cached 
 	@hack/k8s/build.sh >/dev/null
 
 .PHONY: node-binaries
-node-binaries: cluster-binaries ## Build (or reuse) kubelet, kube-proxy, kubectl, crictl and the TEST-ONLY fake GPU device plugin.
+node-binaries: cluster-binaries ## Build (or reuse) kubelet, kube-proxy, kubectl, crictl, the TEST-ONLY fake GPU device plugin and CoreDNS.
 	@hack/k8s/build.sh node >/dev/null
 
 .PHONY: node-packages

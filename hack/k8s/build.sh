@@ -5,13 +5,13 @@
 # A binary that already exists there, or that KUBEBUILDER_ASSETS / TEST_ASSET_<NAME> provide, is not
 # built again, so a second run is instant. Prints the cache bin directory on success.
 #   build.sh                 the control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-#   build.sh node            a real node: kubelet, kube-proxy, kubectl, crictl and the TEST-ONLY fake GPU
-#                            device plugin
+#   build.sh node            a real node: kubelet, kube-proxy, kubectl, crictl, the TEST-ONLY fake GPU
+#                            device plugin, and the cluster DNS (a minimal CoreDNS from ../coredns)
 #   build.sh all             both
 set -euo pipefail
 
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
-node=(kubelet kube-proxy kubectl crictl test-only-fake-gpu-plugin)
+node=(kubelet kube-proxy kubectl crictl test-only-fake-gpu-plugin coredns)
 case "${1:-control-plane}" in
     control-plane) wanted=("${control_plane[@]}") ;;
     node) wanted=("${node[@]}") ;;
@@ -50,7 +50,7 @@ fi
 # crictl is not part of Kubernetes' module; it installs from cri-tools (the newest tag the proxy serves).
 CRICTL_VERSION=v1.34.0
 pkgs=()
-for name in "${missing[@]}"; do [[ $name == crictl ]] || pkgs+=("./cmd/$name"); done
+for name in "${missing[@]}"; do [[ $name == crictl || $name == coredns ]] || pkgs+=("./cmd/$name"); done
 echo "building ${missing[*]} (Kubernetes ${version}) into $bin; the first build takes a while..." >&2
 mkdir -p "$bin"
 tmp=$(mktemp -d "$bin/.build.XXXXXX")
@@ -72,6 +72,12 @@ if [[ ${#pkgs[@]} -gt 0 ]]; then
 fi
 if [[ " ${missing[*]} " == *" crictl "* ]]; then
     GOBIN="$tmp" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+fi
+# CoreDNS is its own module (../coredns: CoreDNS's module with only the plugins the cluster DNS uses), so
+# its dependencies never touch the Kubernetes build's go.sum.
+if [[ " ${missing[*]} " == *" coredns "* ]]; then
+    (cd "$here/../coredns" && GOFLAGS="${GOFLAGS:-} -buildvcs=false" go build -trimpath -gcflags=all=-dwarf=false \
+        -ldflags "-s -w" -o "$tmp/coredns" .)
 fi
 for name in "${missing[@]}"; do mv -f "$tmp/$name" "$bin/$name"; done
 echo "built ${missing[*]} in $(( $(date +%s) - start ))s" >&2

@@ -239,3 +239,59 @@ def test_a_pod_calls_the_api_server_with_its_projected_token(
     pod = run_to_end(real_api, real_namespace, probe_pod("token", probe_image, script, token=True))
     assert pod.status.phase == "Succeeded", logs(real_api, real_namespace, "token")
     assert logs(real_api, real_namespace, "token").strip() == "APIVersions"
+
+
+DNS_PROBE = """
+import json, socket, time
+results = {}
+deadline = time.monotonic() + 60
+while True:  # the peer's EndpointSlice may reach CoreDNS a moment after the pod runs
+    try:
+        results["peer"] = socket.gethostbyname("w-0.workers")
+        break
+    except OSError as e:
+        if time.monotonic() > deadline:
+            results["peer"] = "error " + str(e)
+            break
+        time.sleep(0.5)
+results["kubernetes"] = socket.gethostbyname("kubernetes.default")
+started = time.monotonic()
+try:
+    results["outside"] = socket.gethostbyname("pypi.org")
+except OSError as e:
+    results["outside"] = "error"
+results["outsideSeconds"] = time.monotonic() - started
+print(json.dumps(results))
+"""
+
+
+def test_pods_resolve_services_and_stable_hostnames_but_nothing_outside(
+    real_api: Any, real_namespace: str, probe_image: str
+) -> None:
+    """The cluster DNS answers what an Indexed Job's workers need (`<hostname>.<headless service>`) and
+    the `kubernetes` Service, and refuses every other name at once rather than letting it time out."""
+    core: Any = client.CoreV1Api(real_api)
+    core.create_namespaced_service(
+        real_namespace,
+        {
+            "metadata": {"name": "workers"},
+            "spec": {"clusterIP": "None", "selector": {"app": "peer"}, "publishNotReadyAddresses": True},
+        },
+    )
+    peer = probe_pod("peer", probe_image, "import time; time.sleep(600)")
+    peer["metadata"]["labels"] = {"app": "peer"}
+    peer["spec"].update({"hostname": "w-0", "subdomain": "workers"})
+    core.create_namespaced_pod(real_namespace, peer)
+    peer_ip = wait_for(
+        lambda: core.read_namespaced_pod("peer", real_namespace).status.pod_ip,
+        timeout=120,
+        interval=0.3,
+        what="the peer pod's address",
+    )
+    pod = run_to_end(real_api, real_namespace, probe_pod("dns", probe_image, DNS_PROBE), timeout=120)
+    assert pod.status.phase == "Succeeded", logs(real_api, real_namespace, "dns")
+    results = json.loads(logs(real_api, real_namespace, "dns"))
+    assert results["peer"] == peer_ip
+    assert results["kubernetes"] == "10.0.0.1"
+    assert results["outside"] == "error"
+    assert results["outsideSeconds"] < 5, results

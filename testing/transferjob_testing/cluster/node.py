@@ -13,6 +13,10 @@ that the kubelet, kube-proxy, CNI and we made:
   sends leaves the machine or reaches another address on it (the CNI bridge is ``ipMasq: false``);
 - the sysctls the kubelet and the bridge plugin set (``vm.overcommit_memory``, ``kernel.panic``,
   ``kernel.panic_on_oops``, ``net.ipv4.ip_forward``), restored to their values from before;
+- the cluster DNS: a minimal CoreDNS (``hack/coredns``) on the bridge address, port 53, answering only
+  for ``cluster.local`` from the API server under its own identity (``system:coredns``, read-only RBAC);
+  the kubelet's ``clusterDNS``, so pods resolve Services and the stable hostnames of an Indexed Job
+  behind a headless Service (``<pod>.<service>``), and nothing else (no ``forward``);
 - the iptables chains of the kubelet and kube-proxy, the ``/kubepods`` cgroups, mounts under the
   kubelet's root folder, ``/var/lib/kubelet/device-plugins`` and ``/var/log/containers``.
 
@@ -78,6 +82,33 @@ HOST_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/
 """Folders the kubelet creates at fixed places: removed on the way down if they did not exist before."""
 DEB_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "nftables", "iptables", "conntrack")
 CNI_BIN = Path("/usr/lib/cni")
+CLUSTER_DOMAIN = "cluster.local"
+COREDNS_USER = "system:coredns"
+COREDNS_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["services", "namespaces", "pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+]
+"""What CoreDNS's kubernetes plugin reads (the rules of kubeadm's ``system:coredns`` ClusterRole)."""
+
+
+def corefile(kubeconfig: Path, health_port: int, ready_port: int) -> str:
+    """The cluster DNS: ``cluster.local`` and reverse lookups from the API server; every other name is
+    refused at once (no upstream: pods may not resolve anything outside), so a lookup never hangs."""
+    return f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {NODE_IP}
+    ready {LOOPBACK}:{ready_port}
+    health {LOOPBACK}:{health_port}
+    errors
+    log
+    loadbalance
+    cache 5
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods verified
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+}}
+"""
 
 
 class NodeError(RuntimeError):
@@ -106,7 +137,7 @@ def missing_prerequisites() -> list[str]:
             problems.append(
                 f"the CNI plugin {CNI_BIN / plugin} is missing (apt-get install containernetworking-plugins)"
             )
-    for binary in ("kubelet", "kube-proxy", "crictl", "test-only-fake-gpu-plugin"):
+    for binary in ("kubelet", "kube-proxy", "crictl", "test-only-fake-gpu-plugin", "coredns"):
         if not (cache_bin_dir() / binary).exists():
             problems.append(f"{cache_bin_dir() / binary} is missing (hack/k8s/build.sh node)")
     return problems
@@ -215,7 +246,7 @@ disabled_plugins = [
 
 
 def kubelet_config(root: Path, ca: Path, cert: Path, key: Path, healthz_port: int) -> dict[str, Any]:
-    """The kubelet's configuration file: cgroup v1 with cgroupfs, containerd, webhook auth, no DNS."""
+    """The kubelet's configuration file: cgroup v1 with cgroupfs, containerd, webhook auth, our CoreDNS."""
     socket = f"unix://{CONTAINERD_SOCKET}"
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -237,7 +268,10 @@ def kubelet_config(root: Path, ca: Path, cert: Path, key: Path, healthz_port: in
         "authorization": {"mode": "Webhook"},
         "tlsCertFile": str(cert),
         "tlsPrivateKeyFile": str(key),
-        # No nameserver: nothing outside this machine may be asked anything.
+        # Pods (dnsPolicy ClusterFirst) ask our CoreDNS on the bridge address; the node itself has no
+        # nameserver (dnsPolicy Default), so nothing outside this machine is ever asked anything.
+        "clusterDNS": [NODE_IP],
+        "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(root / "resolv.conf"),
         "podLogsDir": str(root / "pod-logs"),
         "failSwapOn": False,
@@ -352,6 +386,7 @@ class RealNode:
                 self.load_images(self.containerd_address)
             self._start_kubelet(cp)
             self._start_kube_proxy(cp)
+            self._start_coredns(cp, deadline)
             self._start_device_plugin()
             self._wait_ready(cp, deadline)
         except BaseException:
@@ -454,6 +489,55 @@ class RealNode:
         config = self.root / "kube-proxy.yaml"
         config.write_text(yaml.safe_dump(kube_proxy_config(kubeconfig, free_port(), free_port())))
         self._spawn("kube-proxy", [str(cache_bin_dir() / "kube-proxy"), f"--config={config}", "--v=1"])
+
+    def _start_coredns(self, cp: ControlPlane, deadline: float) -> None:
+        """CoreDNS under its own read-only identity; returns once it has synced with the API server."""
+        import urllib.request
+
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        try:
+            rbac = client.RbacAuthorizationV1Api(api)
+            role: dict[str, Any] = {"metadata": {"name": COREDNS_USER}, "rules": COREDNS_RULES}
+            binding: dict[str, Any] = {
+                "metadata": {"name": COREDNS_USER},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": COREDNS_USER,
+                },
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+            }
+            creates: list[tuple[Callable[..., Any], dict[str, Any]]] = [
+                (rbac.create_cluster_role, role),
+                (rbac.create_cluster_role_binding, binding),
+            ]
+            for create, body in creates:
+                try:
+                    create(body)
+                except client.ApiException as exc:
+                    if exc.status != 409:  # a node joining the same control plane again
+                        raise
+        finally:
+            api.close()
+        cert = cp.pki.issue("coredns", COREDNS_USER)
+        kubeconfig = write_kubeconfig(
+            self.root / "coredns.kubeconfig", cp.server, cp.pki.ca.cert, cert, COREDNS_USER
+        )
+        ready_port = free_port()
+        conf = self.root / "Corefile"
+        conf.write_text(corefile(kubeconfig, free_port(), ready_port))
+        p = self._spawn("coredns", [str(cache_bin_dir() / "coredns"), "-conf", str(conf)])
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{ready_port}/ready", timeout=1) as reply:
+                    return bool(reply.status == 200)
+            except OSError:
+                return False
+
+        self._wait(p, ready, deadline, "CoreDNS to sync with the API server")
 
     def _start_device_plugin(self) -> None:
         self._spawn(
@@ -562,6 +646,7 @@ def teardown_from_state() -> bool:
             stop_pid(int(pids[name]["pid"]), str(pids[name]["binary"]), grace=10)
 
     stop("test-only-fake-gpu-plugin")
+    stop("coredns")
     stop("kubelet")  # first, or it would start the pods again
     if CONTAINERD_SOCKET.exists() and (cache_bin_dir() / "crictl").exists():
         # Stops every pod sandbox: containers die, CNI DEL releases addresses and removes the veths.
