@@ -90,7 +90,11 @@ def execute(args: argparse.Namespace, reporter: Reporter) -> int:
     try:
         spec = load_spec(args.spec)
         paths = resolve_paths(spec, args.data_dir, args.output_dir, args.init_model)
-        reporter.finish(run(spec, paths, reporter, Owner.from_flags(args.job, args.job_uid)))
+        finished = run(spec, paths, reporter, Owner.from_flags(args.job, args.job_uid))
+        if finished is None:  # a worker of a group: the chief reports the result
+            reporter.phase("exporting", "done: the chief worker tests and exports the model")
+        else:
+            reporter.finish(finished)
         return 0
     except Exception as error:
         if TERMINATED.is_set():

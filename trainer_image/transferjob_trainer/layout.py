@@ -234,14 +234,20 @@ def _listed(bad: Sequence[tuple[str, str]]) -> str:
     return f"{listed}{more}"
 
 
-def check_images(layout: Layout, data: DataSpec, on_checked: Callable[[int], None] | None = None) -> Layout:
+def check_images(
+    layout: Layout,
+    data: DataSpec,
+    on_checked: Callable[[int], None] | None = None,
+    files: list[str] | None = None,
+) -> Layout:
     """The layout to train on (`skipped` lists the files left out of it), or InvalidDataError.
 
     Any invalid file fails the job unless `data.skipInvalidImages`; then the invalid files are left out,
     unless they are more than `data.maxInvalidFraction` of all images (a broken copy of the data set,
-    not a few bad files) or leave a class of a split without images.
+    not a few bad files) or leave a class of a split without images. `files` (default: all) are the
+    ones this run reads: a worker of a group checks only its own shard.
     """
-    files = layout.all_files()
+    files = layout.all_files() if files is None else files
     total = len(files)
     bad = invalid_images(files, on_checked=on_checked)
     if not bad:

@@ -20,7 +20,7 @@ import yaml
 from transferjob import yamlio
 from transferjob.constants import KIND
 from transferjob.errors import SpecError
-from transferjob.models import TransferJobSpec, parse_spec
+from transferjob.models import Mode, TransferJobSpec, parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError, StorageError
@@ -28,6 +28,7 @@ from transferjob_trainer.layout import Layout, check_images, scan_layout
 from transferjob_trainer.ownership import Owner, check_owner, claim_output
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.report import Reporter, StepMeter, log
+from transferjob_trainer.workers import Group, Worker, start_strategy
 
 
 def spec_from_document(document: Any) -> TransferJobSpec:
@@ -148,23 +149,53 @@ def stage_data(paths: RunPaths, reporter: Reporter) -> RunPaths:
     return dataclasses.replace(paths, data_root=folder)
 
 
-def run(spec: TransferJobSpec, paths: RunPaths, reporter: Reporter, job: Owner | None = None) -> Finished:
+def run(
+    spec: TransferJobSpec, paths: RunPaths, reporter: Reporter, job: Owner | None = None
+) -> Finished | None:
     """Check the output's owner and the data, claim the output for `job`, then train, test and export
-    (TensorFlow is imported only past the checks)."""
+    (TensorFlow is imported only past the checks).
+
+    A worker of a group (`workers.Worker.from_env`) starts the group's strategy first (TensorFlow's
+    collectives must be set up before it runs anything), then checks and trains on its own shard of
+    the images; only the chief claims the output. Returns None on the other workers.
+    """
     for warning in spec.warnings():
         log(f"warning: {warning}")
+    worker = Worker.from_env()
+    if worker is not None and spec.mode is not Mode.FINE_TUNING:
+        raise InvalidSpecError(f"resources.workers {worker.count}: only FineTuning runs on several workers")
     use_storage(spec)
     check_storage(paths)
     policy = spec.output.ownership_policy
     check_owner(paths.output, job, policy)
+    strategy = None
+    if worker is not None:
+        reporter.phase("loading", f"joining workers {', '.join(worker.hosts)} as worker {worker.index}")
+        strategy = start_strategy(worker)
     paths = stage_data(paths, reporter)
     reporter.phase("loading", f"checking images in {paths.data_root}")
     layout = scan_layout(paths.data_root, spec.data)
-    meter = StepMeter(reporter.emit, "loading", len(layout.all_files()))
-    layout = check_images(layout, spec.data, on_checked=meter.advance)
-    claim_output(paths.output, job, policy)
+    fp = fingerprint(spec, layout)
+    full = layout
+    if worker is not None:
+        layout = worker.shard_layout(layout)
+        log(worker.describe(full, layout))
+    files = [
+        *layout.train.files,
+        *layout.val.files,
+        *(layout.test.files if worker is None or worker.chief else ()),
+    ]
+    meter = StepMeter(reporter.emit, "loading", len(files))
+    layout = check_images(layout, spec.data, on_checked=meter.advance, files=files)
+    if worker is None:
+        fp = fingerprint(spec, layout)
+    if worker is None or worker.chief:
+        claim_output(paths.output, job, policy)
 
     use_weights_cache(spec)
     from transferjob_trainer.training import train
 
-    return train(spec, paths, layout, fingerprint(spec, layout), reporter)
+    group = None
+    if worker is not None:
+        group = Group(strategy, worker, len(full.train), len(full.val))
+    return train(spec, paths, layout, fp, reporter, group)

@@ -70,6 +70,7 @@ from transferjob_trainer.pipeline import (
 from transferjob_trainer.report import Reporter, StepMeter, log
 from transferjob_trainer.stopping import kept_epoch, step
 from transferjob_trainer.tensorboard_log import TensorBoardLog
+from transferjob_trainer.workers import Group, distributed_fitter
 
 # Images go through the base in batches of the spec's `batchSize`: on CPUs, larger batches run slower
 # per image once the activations no longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of
@@ -216,8 +217,13 @@ def train_epochs(
     fit_one_epoch: FitOneEpoch,
     board: TensorBoardLog,
     reporter: Reporter,
+    chief: bool = True,
 ) -> RunState:
-    """Epochs from `state.epochs_done` until the planned number or early stopping."""
+    """Epochs from `state.epochs_done` until the planned number or early stopping.
+
+    Only the `chief` of a worker group writes the checkpoint and TensorBoard; every worker computes the
+    same metrics and so takes the same early-stopping decisions.
+    """
     epochs = int(spec.training.epochs or 1)
     stopping = spec.training.early_stopping
     while state.epochs_done < epochs and not state.stop.stopped:
@@ -231,8 +237,9 @@ def train_epochs(
         state.stop, improved = step(state.stop, epoch, monitored, stopping)
         state.epochs_done = epoch
         state.history.append(metrics.to_dict())
-        board.write(epoch, logs, lr)
-        store.commit(state, train_model, improved)
+        if chief:
+            board.write(epoch, logs, lr)
+            store.commit(state, train_model, improved)
         reporter.emit(EpochEnded(epochs=epochs, metrics=metrics))
         raise_if_terminated()
     return state
@@ -291,11 +298,19 @@ class Network:
     extract: Inference | None
 
 
-def set_up_devices(training: TrainingSpec) -> tuple[tf.distribute.Strategy, list[str]]:
-    """Seeds and the precision policy first: both must be set before any layer or random op is made."""
+def set_up_devices(
+    training: TrainingSpec, group: tf.distribute.Strategy | None = None
+) -> tuple[tf.distribute.Strategy, list[str]]:
+    """Seeds and the precision policy first: both must be set before any layer or random op is made.
+
+    `group` is a worker group's MultiWorkerMirroredStrategy (`workers.start_strategy`), made before
+    anything else ran; it spans this worker's devices.
+    """
     keras.utils.set_random_seed(training.seed)
     if training.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
+    if group is not None:
+        return group, list(group.extended.worker_devices)
     return distribution_strategy()
 
 
@@ -418,7 +433,8 @@ def build_network(
         if state.weights:
             store.load_weights(train_model, state.weights)
     extract = serve = None
-    if strategy.num_replicas_in_sync == 1:
+    if strategy.num_replicas_in_sync == 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # A worker group's chief tests and exports alone: Keras' `predict` would wait for the others.
         if parts is not None:
             extract = inference_function(parts.extractor)
             serve = serving_function(extract, parts.head)
@@ -516,6 +532,7 @@ def epoch_fitter(
     augment: Augmenter | None,
     single_device: bool,
     reporter: Reporter,
+    group: Group | None = None,
 ) -> FitOneEpoch:
     """One epoch of training: the head on cached features, or the whole model on augmented images.
 
@@ -532,6 +549,20 @@ def epoch_fitter(
         seed=training.seed,
         cached=images.train if plan.cache else None,
     )
+    if group is not None:
+        # This worker's images an epoch: its share of the steps that cover the data set once.
+        steps = group.worker.steps(group.train_images, training.batch_size)
+        group_meter = StepMeter(reporter.emit, "training", steps * training.batch_size)
+        return distributed_fitter(
+            group,
+            net.train_model,
+            layout.binary,
+            training_batches(shuffled.repeat(), training.batch_size, augment),
+            eval_batches(images.val, training.batch_size),
+            training.batch_size,
+            lambda epoch: group_meter.new_epoch(epoch + 1, max(0, plan.epochs - epoch - 1)),
+            group_meter.advance,
+        )
     train_ds = training_batches(shuffled, training.batch_size, augment)
     meter = StepMeter(reporter.emit, "training", len(layout.train))
     return fit_on_datasets(
@@ -598,9 +629,22 @@ def finished_event(
     return finished.model_copy(update={"test": test.summary()})
 
 
-def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, reporter: Reporter) -> Finished:
-    """Build (or resume), train, restore the best epoch, test, export; returns the finished event."""
-    strategy, devices = set_up_devices(spec.training)
+def train(
+    spec: TransferJobSpec,
+    paths: RunPaths,
+    layout: Layout,
+    fp: str,
+    reporter: Reporter,
+    group: Group | None = None,
+) -> Finished | None:
+    """Build (or resume), train, restore the best epoch, test, export; returns the finished event.
+
+    In a worker `group` (`layout` is then this worker's shard), every worker trains; only the chief
+    writes checkpoints and TensorBoard, tests and exports, and the others return None once the epochs
+    are done.
+    """
+    chief = group is None or group.worker.chief
+    strategy, devices = set_up_devices(spec.training, group.strategy if group else None)
     store, state = open_checkpoints(paths.output, fp)
     cache = open_feature_cache(spec, layout, store, fp)
     plan = plan_run(spec, layout, state, cache)
@@ -617,11 +661,14 @@ def train(spec: TransferJobSpec, paths: RunPaths, layout: Layout, fp: str, repor
             images.wait()
         if plan.remaining:
             fit_one_epoch = epoch_fitter(
-                spec, layout, plan, net, features, images, augment, single_device, reporter
+                spec, layout, plan, net, features, images, augment, single_device, reporter, group
             )
             reporter.phase("training", f"epochs {state.epochs_done + 1}-{plan.epochs}")
-            board = TensorBoardLog(fs.join(paths.output, "tensorboard") if spec.output.tensorboard else None)
-            state = train_epochs(spec, state, store, net.train_model, fit_one_epoch, board, reporter)
+            logs = spec.output.tensorboard and chief
+            board = TensorBoardLog(fs.join(paths.output, "tensorboard") if logs else None)
+            state = train_epochs(spec, state, store, net.train_model, fit_one_epoch, board, reporter, chief)
+        if not chief:
+            return None
         kept = restore_kept_epoch(state, store, net, spec)
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
         test = score_test_set(layout, net, features, images, spec.training.batch_size)
