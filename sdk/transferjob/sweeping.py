@@ -24,7 +24,7 @@ whose TransferJob disappeared failed; a Pending one is created (again). Stopping
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from transferjob.constants import LABEL_KUEUE_QUEUE, LABEL_SWEEP, LABEL_TRIAL
@@ -170,13 +170,15 @@ def plan_sweep(
     sweep: TransferSweep,
     children: Mapping[str, TransferJob],
     now: dt.datetime,
-    taken: Collection[str] = (),
+    refused: Mapping[str, str] | None = None,
 ) -> SweepPlan:
     """One step of `sweep`; see the module docstring.
 
-    `children`: the sweep's trial TransferJobs by name (only those it owns); `taken`: trial names held
-    by a TransferJob that is not the sweep's (that trial fails: its name cannot be had).
+    `children`: the sweep's trial TransferJobs by name (only those it owns); `refused`: trials whose
+    TransferJob cannot be created, by name, with why (the name is another object's, the API server
+    refused it): those trials fail.
     """
+    refused = refused or {}
     spec = sweep.spec
     old = sweep.status or TransferSweepStatus()
     if old.phase in TERMINAL:
@@ -192,10 +194,8 @@ def plan_sweep(
         child = children.get(trial.name)
         if child is not None:
             trials[i] = _observe(trial, child, spec)
-        elif trial.name in taken:
-            trials[i] = _ended(
-                trial, TrialPhase.FAILED, f"TransferJob {trial.name} exists and is not this sweep's trial"
-            )
+        elif trial.name in refused:
+            trials[i] = _ended(trial, TrialPhase.FAILED, refused[trial.name])
         elif trial.phase is TrialPhase.RUNNING:
             trials[i] = _ended(
                 trial, TrialPhase.FAILED, f"TransferJob {trial.name} was deleted while running"

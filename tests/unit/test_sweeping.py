@@ -295,7 +295,7 @@ def test_a_running_trial_whose_job_vanished_failed_and_a_taken_name_fails_its_tr
     world.report("lr-0", Phase.RUNNING, [0.5])
     world.step()
     del world.children["lr-0"]
-    plan = plan_sweep(world.sweep, {}, NOW, taken={"lr-1"})
+    plan = plan_sweep(world.sweep, {}, NOW, {"lr-1": "TransferJob lr-1 exists and is not this sweep's trial"})
     assert plan.status.trials[0].phase is TrialPhase.FAILED and "deleted" in plan.status.trials[0].message
     assert (
         plan.status.trials[1].phase is TrialPhase.FAILED and "not this sweep" in plan.status.trials[1].message
