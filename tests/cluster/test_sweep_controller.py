@@ -13,15 +13,21 @@ collector).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
+from transferjob import TransferJobClient
+from transferjob.backends.kubernetes import KubernetesBackend
+from transferjob.cli import main
 from transferjob.constants import GROUP, LABEL_SWEEP, LABEL_TRIAL, PLURAL, SWEEP_PLURAL, VERSION
+from transferjob.errors import SpecError, SweepNotFoundError
 from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.harness import OperatorProcess, serving_operator
 
@@ -107,7 +113,7 @@ class Sweeps:
     def report(self, trial: str, phase: str, curve: list[float], **extra: Any) -> None:
         """Write the trial's `.status` as the TransferJob controller would."""
         history = [{"epoch": i + 1, "valAccuracy": v} for i, v in enumerate(curve)]
-        status: dict[str, Any] = {"phase": phase, **extra}
+        status: dict[str, Any] = {"phase": phase}
         if curve:
             status |= {"epoch": len(curve), "epochs": 3, "history": history, "metrics": history[-1]}
         if phase == "Succeeded":
@@ -116,6 +122,7 @@ class Sweeps:
             now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             condition = {"type": "Failed", "status": "True", "reason": "OOMKilled", "lastTransitionTime": now}
             status["conditions"] = [{**condition, "message": "the trainer ran out of memory"}]
+        status |= extra
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.ns, PLURAL, trial, {"status": status}
         )
@@ -251,3 +258,74 @@ def test_deleting_the_sweep_deletes_its_trials(sweeps: Sweeps) -> None:
     sweeps.wait_trials("gone", {"gone-0", "gone-1", "gone-2"})
     sweeps.custom.delete_namespaced_custom_object(GROUP, VERSION, sweeps.ns, SWEEP_PLURAL, "gone")
     sweeps.wait("the garbage collector to delete the trials", lambda: not sweeps.trials("gone"), timeout=60)
+
+
+def test_the_sdk_and_cli_create_follow_show_and_delete_a_sweep(
+    sweeps: Sweeps, api_client: client.ApiClient, kubeconfig: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "TransferSweep",
+                "metadata": {"name": "cli"},
+                "spec": {
+                    "template": TEMPLATE,
+                    "parameters": {"training.batchSize": {"categorical": {"values": [16, 32]}}},
+                    "objective": {"metric": "valLoss"},
+                    "algorithm": {"name": "Grid"},
+                    "parallelTrials": 2,
+                },
+            }
+        )
+    )
+    cli = ["--kubeconfig", str(kubeconfig), "-n", sweeps.ns]
+    out = io.StringIO()
+    assert main(["sweep", "-f", str(manifest), *cli], out=out) == 0
+    assert out.getvalue() == "cli\n"
+    sweeps.wait_trials("cli", {"cli-0", "cli-1"})
+    sweeps.report("cli-0", "Succeeded", [0.5, 0.4, 0.3], metrics={"epoch": 3, "valLoss": 0.3})
+    sweeps.report("cli-1", "Succeeded", [0.5, 0.4, 0.2], metrics={"epoch": 3, "valLoss": 0.2})
+
+    sdk = TransferJobClient(KubernetesBackend(sweeps.ns, api_client=api_client))
+    done = sdk.wait_sweep("cli", timeout=30, poll=0.2)
+    assert done.status is not None and done.status.best_trial is not None
+    assert done.status.best_trial.name == "cli-1"  # the lower valLoss
+    out = io.StringIO()
+    assert main(["sweep", "show", "cli", *cli], out=out) == 0
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert rows[1] == ["INDEX", "NAME", "PHASE", "TRAINING.BATCHSIZE", "VALLOSS", "EPOCHS"]
+    assert rows[2:] == [
+        ["1", "cli-1", "Succeeded", "32", "0.2000", "3"],
+        ["0", "cli-0", "Succeeded", "16", "0.3000", "3"],
+    ]
+    assert main(["sweep", "delete", "cli", *cli], out=io.StringIO()) == 0
+    with pytest.raises(SweepNotFoundError):
+        sdk.get_sweep("cli")
+    sweeps.wait("the garbage collector to delete the trials", lambda: not sweeps.trials("cli"), timeout=60)
+
+
+def test_client_sweep_builds_the_sweep_from_its_parts(sweeps: Sweeps, api_client: client.ApiClient) -> None:
+    sdk = TransferJobClient(KubernetesBackend(sweeps.ns, api_client=api_client))
+    name = sdk.sweep(
+        TEMPLATE,
+        {"model.head.dropout": {"uniform": {"min": 0.0, "max": 0.5}}},
+        "valAccuracy",
+        name="parts",
+        algorithm={"name": "TPE", "seed": 1},
+        max_trials=3,
+        early_stopping={"rule": "Median"},
+    )
+    sweeps.wait_trials(name, {"parts-0"})
+    stored = sdk.get_sweep(name)
+    assert stored.spec.algorithm.name.value == "TPE" and stored.spec.max_trials == 3
+    with pytest.raises(SpecError, match=r"spec\.parallelTrials"):
+        sdk.sweep(
+            TEMPLATE,
+            {"training.epochs": {"int": {"min": 1, "max": 3}}},
+            "loss",
+            name="bad",
+            parallel_trials=4,
+            max_trials=2,
+        )
