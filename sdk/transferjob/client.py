@@ -53,7 +53,6 @@ from transferjob.models import (
 )
 from transferjob.serving import inference_service
 from transferjob.status import TERMINAL_PHASES, failure
-from transferjob.sweeping import plan_sweep
 from transferjob.sweeps import (
     Algorithm,
     Objective,
@@ -503,8 +502,11 @@ def run_sweep_here(
     For a backend no operator serves (the local one). One trial at a time (parallelTrials is taken as
     1): with the same seed, Grid and Random give the trials the operator gives, and TPE gives the
     operator's trials for parallelTrials 1. A trial the backend refuses to create fails, as a trial
-    the API server refuses does; a trial stopped early is deleted (its process stopped).
+    the API server refuses does; a trial stopped early is deleted (its process stopped). Needs Optuna
+    and numpy (the `operator` extra), as `transferjob.suggest` does; the SDK does not import them else.
     """
+    from transferjob.sweeping import plan_sweep
+
     clock = now or (lambda: dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
     refused: dict[str, str] = {}
     while True:

@@ -4,7 +4,7 @@
 trial TransferJobs as they are now, and says what to do: the new `.status`, the trial TransferJobs to
 create, the ones to delete (stopped early) and to suspend or resume, and the Events to post. It keeps
 no state and does no I/O, so the operator (`transferjob_operator.sweeper`) and a local sweep
-(`transferjob.backends.localsweep`) run the same trials, and a restarted operator continues from
+(`transferjob.client.run_sweep_here`) run the same trials, and a restarted operator continues from
 `.status` alone.
 
 The order that makes restarts safe is the caller's: **write `.status` first, then create**. A trial is
