@@ -129,7 +129,7 @@ class Sweeps:
 
     def reasons(self, name: str) -> list[str]:
         events = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
-        return [e.reason for e in events]
+        return [e.reason or "" for e in events]
 
 
 @pytest.fixture()
