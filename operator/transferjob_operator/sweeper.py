@@ -132,11 +132,13 @@ class SweepController:
             return
         meta = body["metadata"]
         key: Key = (meta.get("namespace"), (meta.get("labels") or {}).get(LABEL_SWEEP, ""))
-        trials = self.trials.setdefault(key, {})
         if deleted:
+            trials = self.trials.get(key, {})
             trials.pop(meta["name"], None)
+            if not trials:
+                self.trials.pop(key, None)
         else:
-            trials[meta["name"]] = _plain(body)
+            self.trials.setdefault(key, {})[meta["name"]] = _plain(body)
         if key in self.sweeps:
             self.queue.wake(key)
 
