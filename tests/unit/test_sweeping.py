@@ -9,7 +9,10 @@ when exhausted, and the best trial is the succeeded one with the best objective.
 from __future__ import annotations
 
 import datetime as dt
+import random
 from typing import Any
+
+import pytest
 
 from tests.cluster.admission import SWEEP_SPEC, merged
 from transferjob.constants import LABEL_KUEUE_QUEUE, LABEL_SWEEP, LABEL_TRIAL
@@ -305,3 +308,43 @@ def test_a_running_trial_whose_job_vanished_failed_and_a_taken_name_fails_its_tr
 def test_trials_inherit_the_sweeps_kueue_queue() -> None:
     plan = World(make_sweep(labels={LABEL_KUEUE_QUEUE: "gpus"})).step()
     assert all(j.metadata.labels[LABEL_KUEUE_QUEUE] == "gpus" for j in plan.create)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crashes_at_any_step_never_lose_duplicate_or_change_a_trial(seed: int) -> None:
+    """A TPE sweep where the operator dies after writing the status (its creates lost) at random
+    steps, and trials finish, fail or run on at random: every trial is created once, as recorded."""
+    rng = random.Random(seed)
+    world = World(
+        make_sweep(
+            algorithm={"name": "TPE", "seed": seed},
+            maxTrials=8,
+            parallelTrials=3,
+            maxFailedTrials=8,
+            earlyStopping={"rule": "Median", "minTrials": 2},
+        )
+    )
+    for _ in range(200):
+        plan = world.step(create=rng.random() < 0.6)
+        if plan.finished:
+            break
+        for name, job in list(world.children.items()):
+            done = job.status is not None and job.status.phase in (Phase.SUCCEEDED, Phase.FAILED)
+            roll = rng.random()
+            if done or roll < 0.4:
+                continue
+            epochs = len(job.status.history) + 1 if job.status is not None else 1
+            curve = [rng.uniform(0.1, 0.9) for _ in range(epochs)]
+            if roll < 0.6:
+                world.report(name, Phase.RUNNING, curve)
+            elif roll < 0.9:
+                world.succeed(name, curve)
+            else:
+                world.report(name, Phase.FAILED, curve)
+    status = world.sweep.status
+    assert status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED)
+    assert [t.index for t in status.trials] == list(range(8))
+    assert sorted(world.created) == sorted(set(world.created))  # none created twice
+    recorded = {t.name: t for t in status.trials}
+    for name, job in world.children.items():
+        assert job.spec.training.learning_rate == recorded[name].parameters["training.learningRate"]
