@@ -34,8 +34,10 @@ from transferjob.backends.base import Backend, JobEvent, generate_name
 from transferjob.errors import (
     JobFailedError,
     JobNotFoundError,
+    JobNotReadyError,
     JobTimeoutError,
     SweepFailedError,
+    SweepNotFoundError,
     TransferJobError,
 )
 from transferjob.models import (
@@ -381,7 +383,8 @@ class TransferJobClient:
         service_account: str | None = None,
         apply: bool = False,
     ) -> dict[str, Any]:
-        """The KServe InferenceService that serves the SavedModel `name` exported (`serving`).
+        """The KServe InferenceService that serves the SavedModel `name` exported (`serving`); for a
+        TransferSweep `name`, its best trial's.
 
         `apply` creates it in the cluster and returns it as created (the kubernetes backend only: a
         local job's model can be served only from an object store, by a cluster the local backend does
@@ -389,8 +392,24 @@ class TransferJobClient:
         job has succeeded and `ModelNotServableError` when no server in a cluster can read its model
         (no SavedModel, or a hostPath output).
         """
-        manifest = inference_service(self.get(name), name=service_name, service_account=service_account)
+        manifest = inference_service(
+            self._served_job(name), name=service_name, service_account=service_account
+        )
         return self.backend.create_inference_service(manifest) if apply else manifest
+
+    def _served_job(self, name: str) -> TransferJob:
+        """The TransferJob `name`, or when a sweep has that name (and no TransferJob does), its best trial."""
+        try:
+            return self.get(name)
+        except JobNotFoundError:
+            try:
+                sweep = self.get_sweep(name)
+            except SweepNotFoundError:
+                raise JobNotFoundError(name, self.namespace) from None
+        best = sweep.status.best_trial if sweep.status else None
+        if best is None:
+            raise JobNotReadyError(f"TransferSweep {name!r} has no succeeded trial to serve yet")
+        return self.get(best.name)
 
     # ------------------------------------------------------------------------------------ sweeps
 

@@ -286,7 +286,13 @@ def test_the_sdk_and_cli_create_follow_show_and_delete_a_sweep(
     assert out.getvalue() == "cli\n"
     sweeps.wait_trials("cli", {"cli-0", "cli-1"})
     sweeps.report("cli-0", "Succeeded", [0.5, 0.4, 0.3], metrics={"epoch": 3, "valLoss": 0.3})
-    sweeps.report("cli-1", "Succeeded", [0.5, 0.4, 0.2], metrics={"epoch": 3, "valLoss": 0.2})
+    best_model = {
+        "uri": "pvc://models/search/cli-1/model.keras",
+        "savedModelUri": "pvc://models/search/cli-1/saved_model",
+    }
+    sweeps.report(
+        "cli-1", "Succeeded", [0.5, 0.4, 0.2], metrics={"epoch": 3, "valLoss": 0.2}, model=best_model
+    )
 
     sdk = TransferJobClient(KubernetesBackend(sweeps.ns, api_client=api_client))
     done = sdk.wait_sweep("cli", timeout=30, poll=0.2)
@@ -300,6 +306,9 @@ def test_the_sdk_and_cli_create_follow_show_and_delete_a_sweep(
         ["1", "cli-1", "Succeeded", "32", "0.2000", "3"],
         ["0", "cli-0", "Succeeded", "16", "0.3000", "3"],
     ]
+    served = sdk.serve("cli")  # a sweep: its best trial's model
+    assert served["metadata"]["name"] == "cli-1"
+    assert served["spec"]["predictor"]["model"]["storageUri"] == "pvc://models/search/cli-1/saved_model"
     assert main(["sweep", "delete", "cli", *cli], out=io.StringIO()) == 0
     with pytest.raises(SweepNotFoundError):
         sdk.get_sweep("cli")
