@@ -321,13 +321,17 @@ class _Pause:
 
     async def _mirror(self, controllers: list[Reconciler | SweepController]) -> None:
         log = logging.getLogger("transferjob_operator")
+        # "acting: resuming the reconciler" is what the HA tests wait for in the log.
+        names = " and the ".join(
+            "reconciler" if isinstance(c, Reconciler) else "sweep controller" for c in controllers
+        )
         while True:
             await self.toggles.wait_for(True)
             log.info("paused by peering (another replica acts, or peering is not settled yet)")
             for controller in controllers:
                 controller.pause()
             await self.toggles.wait_for(False)
-            log.info("acting: resuming the controllers")
+            log.info("acting: resuming the %s", names)
             for controller in controllers:
                 controller.resume()
 
