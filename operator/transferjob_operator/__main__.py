@@ -92,6 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_UPSTREAM_TIMEOUT,
         help="seconds a fromJob waits for a TransferJob that does not exist (default: %(default)s)",
     )
+    parser.add_argument(
+        "--controllers",
+        default=",".join(handlers.CONTROLLERS),
+        metavar="LIST",
+        help="comma-separated controllers to run: transferjobs (TransferJob -> training Job), "
+        "transfersweeps (TransferSweep -> trial TransferJobs); e.g. one Deployment per controller, or "
+        "a sweep controller tested against a control plane without a node (default: %(default)s)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="more logs")
     verbosity.add_argument("--debug", action="store_true", help="kopf's debug logs too")
@@ -174,6 +182,15 @@ def tame_malloc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    controllers = frozenset(c.strip() for c in args.controllers.split(",") if c.strip())
+    unknown = sorted(controllers - set(handlers.CONTROLLERS))
+    if unknown or not controllers:
+        print(
+            f"tj-operator: --controllers takes some of {', '.join(handlers.CONTROLLERS)}, "
+            f"not {args.controllers!r}",
+            file=sys.stderr,
+        )
+        return 2
     tame_malloc()
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
     if not (args.verbose or args.debug):
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream_timeout=args.from_job_timeout,
             peering_lifetime=args.peering_lifetime,
             trainer_image=args.trainer_image,
+            controllers=controllers,
         )
     )
     if args.metrics_port is not None:

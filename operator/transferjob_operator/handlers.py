@@ -1,4 +1,9 @@
-"""The kopf glue: watches feed the reconciler; kopf's indexes hold the training Jobs and pods.
+"""The kopf glue: watches feed the reconciler and the sweep controller; kopf's indexes hold the training
+Jobs and pods.
+
+TransferSweeps and their trials (TransferJobs labelled `transferjob.io/sweep`) feed the
+`sweeper.SweepController` the same way: slim copies and wake-ups, the work on its own queue.
+`--controllers` chooses which of the two controllers a process runs.
 
 kopf watches TransferJobs, Jobs and pods, keeps slim indexes of the Jobs and pods (and makes every
 handler wait until those are filled, so a restarted operator never takes a Job for missing), handles
@@ -20,18 +25,30 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from transferjob.constants import DEFAULT_TRAINER_IMAGE, GROUP, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.constants import (
+    DEFAULT_TRAINER_IMAGE,
+    GROUP,
+    LABEL_JOB_NAME,
+    LABEL_SWEEP,
+    PLURAL,
+    SWEEP_PLURAL,
+    VERSION,
+)
 from transferjob.types import Json
 from transferjob_operator import metrics
 from transferjob_operator.kube import Kube
 from transferjob_operator.reconciler import Reconciler
 from transferjob_operator.slim import slim_job, slim_pod
+from transferjob_operator.sweeper import SweepController
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT
 
 Key = tuple[str | None, str]
 IndexEntry = dict[Key, Json]
 
-__all__ = ["OperatorConfig", "configure", "slim_job", "slim_pod"]
+__all__ = ["CONTROLLERS", "OperatorConfig", "configure", "slim_job", "slim_pod"]
+
+#: The controllers one operator process can run (`tj-operator --controllers`).
+CONTROLLERS = ("transferjobs", "transfersweeps")
 
 
 @dataclass
@@ -44,10 +61,13 @@ class OperatorConfig:
     peering_lifetime: int = 15
     workers: int = 32
     trainer_image: str = DEFAULT_TRAINER_IMAGE
+    #: Which of `CONTROLLERS` run; the watches of the others stay, their handlers do nothing.
+    controllers: frozenset[str] = frozenset(CONTROLLERS)
 
 
 CONFIG = OperatorConfig()
 RECONCILER: Reconciler | None = None
+SWEEPER: SweepController | None = None
 
 
 def configure(config: OperatorConfig) -> None:
@@ -68,7 +88,7 @@ def _kube() -> Kube:
 class _QuietWakeUps(logging.Filter):
     """Drops kopf's "Handler 'job_changed' succeeded." lines: one per watch event, they say nothing."""
 
-    HANDLERS = ("transferjob_event", "job_changed", "pod_changed")
+    HANDLERS = ("transferjob_event", "job_changed", "pod_changed", "transfersweep_event", "trial_event")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
@@ -99,7 +119,7 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     The finalizer name stays set although no handler needs a finalizer any more: kopf then removes
     the finalizer that operators before 0.2 put on TransferJobs, instead of leaving it behind.
     """
-    global RECONCILER
+    global RECONCILER, SWEEPER
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = _NoDiffBase()
@@ -116,12 +136,24 @@ async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any
     # A replica that dies without saying goodbye (SIGKILL, node loss) counts as gone this long after
     # its last keep-alive; only then does a paused replica take over. kopf's default is 60 s.
     settings.peering.lifetime = CONFIG.peering_lifetime
-    RECONCILER = Reconciler(
-        _kube(), CONFIG.interval, CONFIG.upstream_timeout, CONFIG.workers, trainer_image=CONFIG.trainer_image
+    if "transferjobs" in CONFIG.controllers:
+        RECONCILER = Reconciler(
+            _kube(),
+            CONFIG.interval,
+            CONFIG.upstream_timeout,
+            CONFIG.workers,
+            trainer_image=CONFIG.trainer_image,
+        )
+        RECONCILER.start()
+    if "transfersweeps" in CONFIG.controllers:
+        SWEEPER = SweepController(_kube(), CONFIG.interval)
+        SWEEPER.start()
+    PAUSE.follow([c for c in (RECONCILER, SWEEPER) if c is not None])
+    logger.info(
+        "transferjob operator starting: %s, status every %.1fs",
+        ", ".join(sorted(CONFIG.controllers)),
+        CONFIG.interval,
     )
-    RECONCILER.start()
-    PAUSE.follow(RECONCILER)
-    logger.info("transferjob operator starting: status every %.1fs", CONFIG.interval)
 
 
 @kopf.on.login()
@@ -154,6 +186,8 @@ async def cleanup(**_: Any) -> None:
     PAUSE.unfollow()
     if RECONCILER is not None:
         await RECONCILER.stop()
+    if SWEEPER is not None:
+        await SWEEPER.stop()
     if CONFIG.api is not None:
         CONFIG.api.close()
 
@@ -221,6 +255,26 @@ async def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> N
         RECONCILER.wake((namespace, labels[LABEL_JOB_NAME]))
 
 
+@kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)
+async def transfersweep_event(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    """A TransferSweep was listed, changed or deleted: the sweep controller steps it."""
+    if SWEEPER is None:
+        return
+    if event.get("type") == "DELETED":
+        SWEEPER.forget_sweep((namespace, name))
+    else:
+        SWEEPER.observe_sweep(body)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_SWEEP: kopf.PRESENT})
+async def trial_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A sweep's trial TransferJob changed: its sweep has a look (it reads the trial's `.status`)."""
+    if SWEEPER is not None:
+        SWEEPER.observe_trial(body, deleted=event.get("type") == "DELETED")
+
+
 # ---------------------------------------------------------------------------------------------- pause
 
 
@@ -256,24 +310,30 @@ class _Pause:
         orchestrator._transferjob_pause = True  # type: ignore[attr-defined]
         orchestration.orchestrator = orchestrator  # type: ignore[assignment]
 
-    def follow(self, reconciler: Reconciler) -> None:
-        """Mirror kopf's pause onto the reconciler, from now on (kopf's loop)."""
+    def follow(self, controllers: list[Reconciler | SweepController]) -> None:
+        """Mirror kopf's pause onto the controllers, from now on (kopf's loop)."""
         if self.toggles is None:
             logging.getLogger("transferjob_operator").warning(
                 "kopf's pause is not visible (hook not installed): the reconciler never pauses"
             )
             return
-        self._task = asyncio.create_task(self._mirror(reconciler), name="tj-pause-mirror")
+        self._task = asyncio.create_task(self._mirror(controllers), name="tj-pause-mirror")
 
-    async def _mirror(self, reconciler: Reconciler) -> None:
+    async def _mirror(self, controllers: list[Reconciler | SweepController]) -> None:
         log = logging.getLogger("transferjob_operator")
+        # "acting: resuming the reconciler" is what the HA tests wait for in the log.
+        names = " and the ".join(
+            "reconciler" if isinstance(c, Reconciler) else "sweep controller" for c in controllers
+        )
         while True:
             await self.toggles.wait_for(True)
             log.info("paused by peering (another replica acts, or peering is not settled yet)")
-            reconciler.pause()
+            for controller in controllers:
+                controller.pause()
             await self.toggles.wait_for(False)
-            log.info("acting: resuming the reconciler")
-            reconciler.resume()
+            log.info("acting: resuming the %s", names)
+            for controller in controllers:
+                controller.resume()
 
     def unfollow(self) -> None:
         if self._task is not None:

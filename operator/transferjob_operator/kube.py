@@ -21,7 +21,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from transferjob.constants import GROUP, PLURAL, VERSION
+from transferjob.constants import GROUP, PLURAL, SWEEP_PLURAL, VERSION
 from transferjob.errors import TransferJobError
 from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
@@ -143,6 +143,63 @@ class Kube:
             _preload_content=False,
         )
         _drain(response)
+
+    @_api_errors
+    def patch_sweep_status(self, namespace: str, name: str, patch: Json, resource_version: str) -> Json:
+        """Merge-patch a TransferSweep's `.status` if the sweep is still at `resource_version` (else 409).
+
+        The precondition is what lets a sweep step trust what it read: a step that planned from a stale
+        copy must not record its trials over newer ones. Returns the sweep as stored.
+        """
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
+        response = self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            SWEEP_PLURAL,
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE_PATCH,
+            _preload_content=False,
+        )
+        return _json(response)
+
+    @_api_errors
+    def ensure_transferjob(self, body: Json) -> tuple[Json, bool]:
+        """Create a sweep's trial TransferJob unless one of that name exists; return it and whether this
+        call created it (the caller checks that an existing one is the sweep's)."""
+        ns = body["metadata"]["namespace"]
+        name = body["metadata"]["name"]
+        try:
+            created = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, body, field_manager=FIELD_MANAGER, _preload_content=False
+            )
+            return _json(created), True
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, _preload_content=False
+        )
+        return _json(existing), False
+
+    @_api_errors
+    def patch_transferjob(self, namespace: str, name: str, patch: Json) -> None:
+        """Merge-patch a TransferJob's spec (a sweep suspending or resuming its trial)."""
+        _drain(
+            self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                patch,
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
 
     @_api_errors
     def delete_transferjob(self, namespace: str, name: str, uid: str) -> None:

@@ -13,10 +13,12 @@ checks this order with import-linter (the contracts are in pyproject.toml).
   `datasets` (the digits written as images), `predict` (`tj predict`: an exported model run here).
 - `backends`: `kubernetes` (TransferJob objects in a cluster) and `local` (the trainer as a process;
   `localrunner` runs it, `localstatus` is its pure retry and exit-code logic), over `base`.
+- `sweeping`: one step of a TransferSweep (`plan_sweep`), what the operator and a local sweep do (pure;
+  imports `suggest`, so only the operator and `client.run_sweep_here` import it).
 - `serving`: a finished job -> its KServe InferenceService (pure; `tj serve`).
 - `status`: progress events -> `TransferJobStatus`, shared with the operator (pure).
 - `suggest`: a sweep's next trial's parameters, Grid, Random or Optuna's TPE (pure; needs the
-  `operator` extra, so this package does not import it).
+  `operator` extra, so this package does not import it; nor does `client`, but in a local sweep).
 - `trials`: a sweep's trials named, built from the template, stopped early, ranked (pure).
 - `progress`: the trainer's protocol (pure).
 - `sweeps`: the TransferSweep spec and status, the source of its CRD schema (pure).
@@ -43,6 +45,9 @@ from transferjob.errors import (
     NamespaceNotFoundError,
     SpecError,
     SpecWarning,
+    SweepExistsError,
+    SweepFailedError,
+    SweepNotFoundError,
     TransferJobError,
 )
 from transferjob.models import (
@@ -101,6 +106,9 @@ __all__ = [
     "SpecWarning",
     "StepAdvanced",
     "StorageSpec",
+    "SweepExistsError",
+    "SweepFailedError",
+    "SweepNotFoundError",
     "TestMetrics",
     "Toleration",
     "TrainingSpec",

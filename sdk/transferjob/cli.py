@@ -33,8 +33,18 @@ from transferjob.client import (
     format_metrics,
     format_step,
 )
-from transferjob.errors import JobFailedError, JobTimeoutError, SpecError, SpecWarning, TransferJobError
+from transferjob.errors import (
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    SpecError,
+    SpecWarning,
+    SweepFailedError,
+    SweepNotFoundError,
+    TransferJobError,
+)
 from transferjob.models import Phase, TransferJob
+from transferjob.sweeps import Goal, TransferSweep
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -130,7 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("delete", "Delete a job (stops its training).")
     sub.add_argument("name")
 
-    sub = command("plot", "Save the loss and accuracy curves (training vs validation) as an image.")
+    sub = command(
+        "sweep",
+        "Run a TransferSweep (-f FILE), show its trials sorted by the objective (show NAME), or delete it "
+        "with its trials (delete NAME).",
+    )
+    sub.add_argument("action", nargs="?", choices=("show", "delete"), help="show or delete NAME")
+    sub.add_argument("name", nargs="?", help="the sweep (with show or delete)")
+    sub.add_argument("-f", "--filename", help="TransferSweep YAML ('-' for stdin): create it")
+    sub.add_argument("--wait", action="store_true", help="with -f: wait for the outcome, then show it")
+    timeout_option(sub)
+
+    sub = command(
+        "plot",
+        "Save the loss and accuracy curves (training vs validation) as an image; for a sweep, the "
+        "objective per trial and the learning curves of the best trials.",
+    )
     sub.add_argument("name")
     sub.add_argument("-o", "--output", required=True, help="image file, e.g. curves.png")
 
@@ -190,6 +215,15 @@ def _positive(text: str) -> int:
 
 def read_manifest(filename: str) -> TransferJob:
     """A TransferJob from a YAML file; problems become `SpecError` lines naming the field."""
+    return TransferJob.model_validate(_read_yaml(filename, "TransferJob"))
+
+
+def read_sweep(filename: str) -> TransferSweep:
+    """A TransferSweep from a YAML file; problems become `SpecError` lines naming the field."""
+    return TransferSweep.model_validate(_read_yaml(filename, "TransferSweep"))
+
+
+def _read_yaml(filename: str, kind: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
     except OSError as error:
@@ -199,8 +233,8 @@ def read_manifest(filename: str) -> TransferJob:
     except yaml.YAMLError as error:
         raise UsageError(f"{filename} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
-        raise UsageError(f"{filename} does not hold a TransferJob manifest (a YAML mapping)")
-    return TransferJob.model_validate(data)
+        raise UsageError(f"{filename} does not hold a {kind} manifest (a YAML mapping)")
+    return data
 
 
 def make_client(args: argparse.Namespace) -> TransferJobClient:
@@ -378,6 +412,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     elif cmd == "delete":
         client.delete(args.name)
         out.write(f"transferjob {args.name!r} deleted\n")
+    elif cmd == "sweep":
+        return _sweep(client, args, out)
     elif cmd == "plot":
         _plot(client, args.name, args.output, out)
     elif cmd == "serve":
@@ -400,14 +436,90 @@ def _print_events(client: TransferJobClient, name: str, out: TextIO) -> None:
 
 
 def _plot(client: TransferJobClient, name: str, output: str, out: TextIO) -> None:
-    from transferjob.plot import plot_curves
+    """A TransferJob's curves; for a sweep of that name (no TransferJob has it), the sweep's plot."""
+    from transferjob.plot import plot_curves, plot_sweep
 
-    job = client.get(name)
     try:
-        plot_curves(job, output)
+        try:
+            plot_curves(client.get(name), output)
+        except JobNotFoundError:
+            try:
+                sweep = client.get_sweep(name)
+            except SweepNotFoundError:
+                raise TransferJobError(f"no TransferJob or TransferSweep named {name!r}") from None
+            plot_sweep(sweep, output)
     except ValueError as error:
         raise TransferJobError(str(error)) from error
     out.write(f"wrote {output}\n")
+
+
+def _sweep(client: TransferJobClient, args: argparse.Namespace, out: TextIO) -> int:
+    if args.filename is not None:
+        if args.action is not None:
+            raise UsageError("tj sweep takes -f FILE, or show NAME, or delete NAME")
+        name = client.sweep(read_sweep(args.filename))
+        out.write(f"{name}\n")
+        out.flush()
+        if not args.wait:
+            return EXIT_OK
+        try:
+            client.wait_sweep(name, timeout=args.timeout)
+        finally:
+            print_sweep(client.get_sweep(name), out)
+        return EXIT_OK
+    if args.action is None or args.name is None:
+        raise UsageError("tj sweep takes -f FILE, or show NAME, or delete NAME")
+    if args.action == "delete":
+        client.delete_sweep(args.name)
+        out.write(f"transfersweep {args.name!r} deleted (its trials with it)\n")
+    else:
+        print_sweep(client.get_sweep(args.name), out)
+    return EXIT_OK
+
+
+def sweep_rows(sweep: TransferSweep) -> list[list[str]]:
+    """`tj sweep show`'s table: a header, then the trials, best objective first, those without one last."""
+    status = sweep.status
+    trials = list(status.trials) if status else []
+    paths = sweep.spec.parameters.paths()
+    sign = -1.0 if sweep.spec.objective.direction is Goal.MAXIMIZE else 1.0
+    trials.sort(key=lambda t: (t.objective is None, sign * (t.objective or 0.0), t.index))
+    metric = sweep.spec.objective.metric
+    rows = [["INDEX", "NAME", "PHASE", *[p.upper() for p in paths], metric.upper(), "EPOCHS"]]
+    for t in trials:
+        values = [_cell(t.parameters.get(p)) for p in paths]
+        objective = f"{t.objective:.4f}" if t.objective is not None else "-"
+        epochs = str(t.epochs) if t.epochs is not None else "-"
+        rows.append([str(t.index), t.name, t.phase.value, *values, objective, epochs])
+    return rows
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def print_sweep(sweep: TransferSweep, out: TextIO) -> None:
+    status = sweep.status
+    phase = status.phase.value if status and status.phase else "Pending"
+    line = f"{sweep.metadata.name}: {phase}"
+    if status is not None:
+        line += f", {status.finished_trials or 0} of {sweep.spec.max_trials} trials finished"
+        if status.best_trial is not None:
+            best = status.best_trial
+            line += f"; best {best.name} ({sweep.spec.objective.metric} {best.objective:.4f})"
+            if best.model is not None:
+                line += f", model {best.model.uri}"
+    out.write(line + "\n")
+    rows = sweep_rows(sweep)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
 
 
 def _serve(client: TransferJobClient, args: argparse.Namespace, out: TextIO) -> None:
@@ -503,7 +615,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except JobTimeoutError as error:
         sys.stderr.write(f"tj: {error}\n")
         return EXIT_TIMEOUT
-    except JobFailedError as error:
+    except (JobFailedError, SweepFailedError) as error:
         sys.stderr.write(f"tj: {error}\n")
         return EXIT_FAILED
     except TransferJobError as error:

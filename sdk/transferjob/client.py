@@ -20,16 +20,28 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import datetime as dt
+import logging
 import threading
+import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from transferjob.backends.base import Backend, JobEvent
-from transferjob.errors import JobFailedError, JobTimeoutError, TransferJobError
+from transferjob.backends.base import Backend, JobEvent, generate_name
+from transferjob.errors import (
+    JobFailedError,
+    JobNotFoundError,
+    JobNotReadyError,
+    JobTimeoutError,
+    SweepFailedError,
+    SweepNotFoundError,
+    TransferJobError,
+)
 from transferjob.models import (
+    ApiModel,
     EpochMetrics,
     Location,
     Mode,
@@ -38,10 +50,19 @@ from transferjob.models import (
     PVCSource,
     StepProgressStatus,
     TransferJob,
+    TransferJobSpec,
     TransferJobStatus,
 )
 from transferjob.serving import inference_service
 from transferjob.status import TERMINAL_PHASES, failure
+from transferjob.sweeps import (
+    Algorithm,
+    Objective,
+    SearchSpace,
+    SweepEarlyStopping,
+    TransferSweep,
+    TransferSweepStatus,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -55,7 +76,10 @@ __all__ = [
     "WatchEvent",
     "fine_tuning_job",
     "progress_events",
+    "run_sweep_here",
 ]
+
+log = logging.getLogger("transferjob")
 
 
 @dataclass(frozen=True)
@@ -359,7 +383,8 @@ class TransferJobClient:
         service_account: str | None = None,
         apply: bool = False,
     ) -> dict[str, Any]:
-        """The KServe InferenceService that serves the SavedModel `name` exported (`serving`).
+        """The KServe InferenceService that serves the SavedModel `name` exported (`serving`); for a
+        TransferSweep `name`, its best trial's.
 
         `apply` creates it in the cluster and returns it as created (the kubernetes backend only: a
         local job's model can be served only from an object store, by a cluster the local backend does
@@ -367,8 +392,171 @@ class TransferJobClient:
         job has succeeded and `ModelNotServableError` when no server in a cluster can read its model
         (no SavedModel, or a hostPath output).
         """
-        manifest = inference_service(self.get(name), name=service_name, service_account=service_account)
+        manifest = inference_service(
+            self._served_job(name), name=service_name, service_account=service_account
+        )
         return self.backend.create_inference_service(manifest) if apply else manifest
+
+    def _served_job(self, name: str) -> TransferJob:
+        """The TransferJob `name`, or when a sweep has that name (and no TransferJob does), its best trial."""
+        try:
+            return self.get(name)
+        except JobNotFoundError:
+            try:
+                sweep = self.get_sweep(name)
+            except SweepNotFoundError:
+                raise JobNotFoundError(name, self.namespace) from None
+        best = sweep.status.best_trial if sweep.status else None
+        if best is None:
+            raise JobNotReadyError(f"TransferSweep {name!r} has no succeeded trial to serve yet")
+        return self.get(best.name)
+
+    # ------------------------------------------------------------------------------------ sweeps
+
+    def sweep(
+        self,
+        template: TransferSweep | TransferJobSpec | dict[str, Any],
+        parameters: SearchSpace | dict[str, Any] | None = None,
+        objective: Objective | dict[str, Any] | str | None = None,
+        *,
+        name: str | None = None,
+        algorithm: Algorithm | dict[str, Any] | str | None = None,
+        max_trials: int = 10,
+        parallel_trials: int = 1,
+        max_failed_trials: int = 3,
+        early_stopping: SweepEarlyStopping | dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Create a TransferSweep and return its name; `wait` waits for its outcome (`wait_sweep`).
+
+        Either a whole `TransferSweep` (its name, or `name`), or its parts: the TransferJob `template`,
+        the search space (`{"training.learningRate": {"logUniform": {"min": 1e-5, "max": 1e-2}}}`), the
+        `objective` (a metric name such as "valAccuracy", or `{"metric": ..., "goal": ...}`) and the
+        options of `TransferSweepSpec`; `algorithm` is a name ("TPE") or `{"name": ..., "seed": ...}`.
+        Without a name, one is generated (`sweep-x7k2p`). Raises `SpecError` for what admission would
+        refuse. On the cluster the operator runs the trials; on the local backend this call runs
+        them here, one at a time, and returns when the sweep has finished (`run_sweep_here`).
+        """
+        if isinstance(template, TransferSweep):
+            sweep = template.model_copy(deep=True)
+        else:
+            body = template.to_dict() if isinstance(template, TransferJobSpec) else template
+            if isinstance(objective, str):
+                objective = {"metric": objective}
+            if isinstance(algorithm, str):
+                algorithm = {"name": algorithm}
+            spec: dict[str, Any] = {
+                "template": body,
+                "parameters": _wire(parameters),
+                "objective": _wire(objective),
+                "maxTrials": max_trials,
+                "parallelTrials": parallel_trials,
+                "maxFailedTrials": max_failed_trials,
+            }
+            if algorithm is not None:
+                spec["algorithm"] = _wire(algorithm)
+            if early_stopping is not None:
+                spec["earlyStopping"] = _wire(early_stopping)
+            sweep = TransferSweep.model_validate({"spec": spec})
+        if name is not None:
+            sweep.metadata.name = name
+        sweep.metadata.name = sweep.metadata.name or generate_name("sweep-")
+        created = self.backend.create_sweep(TransferSweep.model_validate(sweep.to_dict()))
+        created_name = created.metadata.name or ""
+        if not self.backend.runs_sweeps:
+            run_sweep_here(self.backend, created_name)
+        if wait:
+            self.wait_sweep(created_name, timeout=timeout)
+        return created_name
+
+    def get_sweep(self, name: str) -> TransferSweep:
+        """The sweep with its status (trials, best trial)."""
+        return self.backend.get_sweep(name)
+
+    def watch_sweep(
+        self, name: str, timeout: float | None = None, poll: float = 2.0
+    ) -> Iterator[TransferSweep]:
+        """The sweep now, then each time its status changes, until it finishes (the last one yielded);
+        raises `JobTimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: TransferSweepStatus | None = None
+        while True:
+            sweep = self.backend.get_sweep(name)
+            status = sweep.status or TransferSweepStatus()
+            if status != last:
+                yield sweep
+            last = status
+            if last.phase in TERMINAL_PHASES:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                phase = last.phase.value if last.phase else None
+                raise JobTimeoutError(name, timeout or 0, phase)
+            time.sleep(poll)
+
+    def wait_sweep(self, name: str, timeout: float | None = None, poll: float = 2.0) -> TransferSweep:
+        """Block until the sweep has finished and return it; raises `SweepFailedError` if it failed."""
+        *_, sweep = self.watch_sweep(name, timeout, poll)  # the last one: finished
+        assert sweep.status is not None
+        if sweep.status.phase is Phase.FAILED:
+            failed = next((c for c in sweep.status.conditions if c.type == "Failed"), None)
+            raise SweepFailedError(name, *((failed.reason, failed.message) if failed else ("Failed", "")))
+        return sweep
+
+    def delete_sweep(self, name: str) -> None:
+        """Delete the sweep and its trials (stopping the running ones)."""
+        self.backend.delete_sweep(name)
+
+
+def _wire(value: Any) -> Any:
+    """A model as its wire dict; anything else as given (pydantic validates it)."""
+    return value.to_dict() if isinstance(value, ApiModel) else value
+
+
+def run_sweep_here(
+    backend: Backend, name: str, poll: float = 1.0, now: Callable[[], dt.datetime] | None = None
+) -> TransferSweep:
+    """Run a sweep in this process, to its end, with the operator's own steps (`sweeping.plan_sweep`).
+
+    For a backend no operator serves (the local one). One trial at a time (parallelTrials is taken as
+    1): with the same seed, Grid and Random give the trials the operator gives, and TPE gives the
+    operator's trials for parallelTrials 1. A trial the backend refuses to create fails, as a trial
+    the API server refuses does; a trial stopped early is deleted (its process stopped). Needs Optuna
+    and numpy (the `operator` extra), as `transferjob.suggest` does; the SDK does not import them else.
+    """
+    from transferjob.sweeping import plan_sweep
+
+    clock = now or (lambda: dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    refused: dict[str, str] = {}
+    while True:
+        sweep = backend.get_sweep(name)
+        one_at_a_time = sweep.model_copy(
+            update={"spec": sweep.spec.model_copy(update={"parallel_trials": 1})}
+        )
+        children: dict[str, TransferJob] = {}
+        for trial in sweep.status.trials if sweep.status else []:
+            with contextlib.suppress(JobNotFoundError):
+                children[trial.name] = backend.get(trial.name)
+        plan = plan_sweep(one_at_a_time, children, clock(), refused)
+        backend.update_sweep_status(name, plan.status)
+        for event in plan.events:
+            (log.warning if event.type == "Warning" else log.info)(
+                "%s: %s: %s", name, event.reason, event.message
+            )
+        for trial_name in plan.delete:
+            with contextlib.suppress(JobNotFoundError):
+                backend.delete(trial_name)
+        for job in plan.create:
+            try:
+                backend.create(job)
+            except TransferJobError as error:
+                refused[job.metadata.name or ""] = str(error)
+            else:
+                log.info("%s: TrialCreated: created trial %s", name, job.metadata.name)
+        if plan.finished:
+            return backend.get_sweep(name)
+        if not plan.create:
+            time.sleep(poll)
 
 
 class _LogPrinter:

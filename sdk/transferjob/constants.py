@@ -39,6 +39,9 @@ TERMINATION_MESSAGE_LIMIT = 4096
 LABEL_JOB_NAME = f"{GROUP}/job-name"
 LABEL_MODE = f"{GROUP}/mode"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+#: On a sweep's trial TransferJobs: the sweep's name and the trial's index.
+LABEL_SWEEP = f"{GROUP}/sweep"
+LABEL_TRIAL = f"{GROUP}/trial"
 
 #: How many epochs `.status.history` keeps (the newest ones); the full curve is in the output location.
 HISTORY_LIMIT = 100

@@ -108,3 +108,30 @@ class JobNotReadyError(TransferJobError):
 class ModelNotServableError(TransferJobError):
     """A finished job's model cannot go where it was asked to: it exported no SavedModel, or its output
     location is one a server (or this machine, for `tj predict`) cannot read."""
+
+
+class SweepNotFoundError(TransferJobError, LookupError):
+    """No TransferSweep of that name in the namespace (or, locally, on this machine)."""
+
+    def __init__(self, name: str, namespace: str | None = None) -> None:
+        where = f" in namespace {namespace!r}" if namespace else ""
+        super().__init__(f"TransferSweep {name!r} not found{where}")
+        self.name = name
+
+
+class SweepFailedError(TransferJobError):
+    """The sweep ended in phase Failed (too many failed trials, or none succeeded)."""
+
+    def __init__(self, name: str, reason: str, message: str) -> None:
+        super().__init__(f"TransferSweep {name!r} failed: {reason}: {message}")
+        self.name = name
+        self.reason = reason
+        self.message = message
+
+
+class SweepExistsError(TransferJobError):
+    """A TransferSweep of that name exists already."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"TransferSweep {name!r} already exists; delete it or choose another name")
+        self.name = name

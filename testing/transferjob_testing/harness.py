@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from transferjob.constants import CRD_NAME
+from transferjob.constants import CRD_NAME, SWEEP_CRD_NAME
 from transferjob_testing.cluster.controlplane import free_port, stop_process
 from transferjob_testing.cluster.kube import apply_yaml, wait_for
 from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only
@@ -30,22 +30,25 @@ from transferjob_testing.digits import make_digits as make_digits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transferjobs.yaml"
+SWEEP_CRD = REPO_ROOT / "manifests" / "crd" / "transferjob.io_transfersweeps.yaml"
 RBAC = REPO_ROOT / "manifests" / "rbac"
 OPERATOR_NAMESPACE = "transferjob-system"
 SERVICE_ACCOUNT = "transferjob-operator"
 
 
 def install(api: client.ApiClient) -> None:
-    """The CRD (waiting until it is served) and the operator's namespace, ServiceAccount and RBAC."""
+    """The CRDs (waiting until they are served) and the operator's namespace, ServiceAccount and RBAC."""
     apply_yaml(api, CRD)
+    apply_yaml(api, SWEEP_CRD)
     ext = client.ApiextensionsV1Api(api)
 
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(CRD_NAME)
+    def established(name: str) -> bool:
+        crd = ext.read_custom_resource_definition(name)
         conditions = (crd.status.conditions if crd.status else None) or []
         return any(c.type == "Established" and c.status == "True" for c in conditions)
 
-    wait_for(established, timeout=30, what="the TransferJob CRD to be established")
+    wait_for(lambda: established(CRD_NAME), timeout=30, what="the TransferJob CRD to be established")
+    wait_for(lambda: established(SWEEP_CRD_NAME), timeout=30, what="the TransferSweep CRD to be established")
     apply_yaml(api, REPO_ROOT / "manifests" / "namespace.yaml")
     for name in ("service_account.yaml", "cluster_role.yaml", "cluster_role_binding.yaml", "user_roles.yaml"):
         apply_yaml(api, RBAC / name)

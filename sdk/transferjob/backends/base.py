@@ -20,6 +20,7 @@ from typing import Any
 from transferjob.bases import is_model_path
 from transferjob.errors import BackendError
 from transferjob.models import Mode, TransferJob
+from transferjob.sweeps import TransferSweep, TransferSweepStatus
 
 #: Characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -81,6 +82,26 @@ class Backend(abc.ABC):
         The cluster names the job (`fromJob`: the operator waits for it and mounts its output); a local
         run points at the exported file (`fromModel`), which exists only once `job` has succeeded.
         """
+
+    #: Whether something else (the operator) runs the backend's sweeps; if not, `TransferJobClient`
+    #: runs them in the calling process, through `update_sweep_status`.
+    runs_sweeps: bool = True
+
+    @abc.abstractmethod
+    def create_sweep(self, sweep: TransferSweep) -> TransferSweep:
+        """Store the sweep (`metadata.name` set); raises `SpecError`, or `SweepExistsError`."""
+
+    @abc.abstractmethod
+    def get_sweep(self, name: str) -> TransferSweep:
+        """The sweep as stored now, with its status; raises `SweepNotFoundError`."""
+
+    @abc.abstractmethod
+    def delete_sweep(self, name: str) -> None:
+        """Delete the sweep and its trials; raises `SweepNotFoundError`."""
+
+    def update_sweep_status(self, name: str, status: TransferSweepStatus) -> None:
+        """Store a sweep's status: only for a backend whose sweeps its client runs (`runs_sweeps`)."""
+        raise BackendError("the sweep controller writes the status of this backend's sweeps")
 
     def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create a KServe InferenceService (`serving.inference_service`); returns it as created.

@@ -28,18 +28,20 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from transferjob.backends.base import Backend, JobEvent, default_generate_name
-from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.constants import GROUP, KIND, LABEL_JOB_NAME, PLURAL, SWEEP_PLURAL, VERSION
 from transferjob.errors import (
     BackendError,
     JobExistsError,
     JobNotFoundError,
     NamespaceNotFoundError,
     SpecError,
+    SweepNotFoundError,
     TransferJobError,
 )
 from transferjob.models import TransferJob
 from transferjob.serving import ISVC_API_VERSION, ISVC_GROUP, ISVC_KIND, ISVC_PLURAL, ISVC_VERSION
 from transferjob.status import TERMINAL_PHASES
+from transferjob.sweeps import TransferSweep
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Longest single watch request; the server ends it and we reconnect, which also re-checks deadlines.
@@ -237,6 +239,43 @@ class KubernetesBackend(Backend):
 
     def fine_tune_source(self, job: TransferJob) -> dict[str, str]:
         return {"fromJob": job.metadata.name or ""}
+
+    # ------------------------------------------------------------------- sweeps
+    def _sweep_call(self, name: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_call` for TransferSweeps: the same errors, named for a sweep."""
+        try:
+            return self._call(name, func, *args, **kwargs)
+        except JobNotFoundError as error:
+            raise SweepNotFoundError(name, self.namespace) from error
+        except JobExistsError as error:
+            raise BackendError(
+                f"TransferSweep {name!r} already exists; delete it or choose another name"
+            ) from error
+
+    def create_sweep(self, sweep: TransferSweep) -> TransferSweep:
+        body = sweep.model_copy(deep=True)
+        body.metadata.namespace = self.namespace
+        body.status = None
+        created = self._sweep_call(
+            body.metadata.name or "",
+            self.custom.create_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, SWEEP_PLURAL, body.to_dict(), field_validation="Strict",
+        )  # fmt: skip
+        return TransferSweep.from_dict(created)
+
+    def get_sweep(self, name: str) -> TransferSweep:
+        obj = self._sweep_call(
+            name, self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, SWEEP_PLURAL, name
+        )
+        return TransferSweep.from_dict(obj)
+
+    def delete_sweep(self, name: str) -> None:
+        """Delete the sweep; the garbage collector deletes its trials (they are its dependents)."""
+        self._sweep_call(
+            name,
+            self.custom.delete_namespaced_custom_object,
+            GROUP, VERSION, self.namespace, SWEEP_PLURAL, name, propagation_policy="Background",
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ serving
     def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -48,9 +48,18 @@ from transferjob.backends.base import (
     generate_name,
     matches_selector,
 )
-from transferjob.errors import BackendError, JobExistsError, JobNotFoundError, JobNotReadyError, SpecError
+from transferjob.constants import LABEL_SWEEP
+from transferjob.errors import (
+    BackendError,
+    JobExistsError,
+    JobNotFoundError,
+    JobNotReadyError,
+    SpecError,
+    SweepNotFoundError,
+)
 from transferjob.models import Location, Phase, TransferJob, TransferJobStatus
 from transferjob.status import TERMINAL_PHASES, merge_conditions
+from transferjob.sweeps import TransferSweep, TransferSweepStatus
 
 _log = logging.getLogger(__name__)
 
@@ -126,6 +135,7 @@ class LocalBackend(Backend):
     def __init__(self, home: Path | str | None = None, trainer: builtins.list[str] | None = None) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.jobs_dir = self.home / "jobs"
+        self.sweeps_dir = self.home / "sweeps"
         self.namespace = LOCAL_NAMESPACE
         #: The trainer's command line, before `--spec ...`: `$TJ_TRAINER` (e.g. the interpreter of a
         #: separate TensorFlow environment, `/opt/tf/bin/python -m transferjob_trainer`), else this one.
@@ -365,3 +375,63 @@ class LocalBackend(Backend):
     def job_dir(self, name: str) -> Path:
         """Where a local job keeps its files (for people who want to look)."""
         return self._dir(name)
+
+    # ------------------------------------------------------------------- sweeps
+    # A local sweep is one file, `sweeps/<name>.yaml` (spec and status); its trials are local jobs.
+    # No operator runs it: `TransferJobClient` takes its steps in the calling process.
+    runs_sweeps = False
+
+    def _sweep_file(self, name: str) -> Path:
+        if "/" in name or name in ("", ".", ".."):
+            raise SweepNotFoundError(name)
+        return self.sweeps_dir / f"{name}.yaml"
+
+    def create_sweep(self, sweep: TransferSweep) -> TransferSweep:
+        sweep = TransferSweep.model_validate(sweep.to_dict())
+        spec = sweep.spec
+        if spec.suspend or spec.template.run_policy.suspend:
+            raise SpecError(["spec.suspend: the local backend cannot suspend a sweep or its trials"])
+        name = sweep.metadata.name or ""
+        path = self._sweep_file(name)
+        self.sweeps_dir.mkdir(parents=True, exist_ok=True)
+        sweep.metadata.namespace = None
+        sweep.metadata.uid = str(uuid.uuid4())
+        sweep.metadata.creation_timestamp = now()
+        sweep.metadata.generation = 1
+        sweep.status = None
+        try:
+            with path.open("x") as file:
+                file.write(sweep.to_yaml())
+        except FileExistsError as error:
+            raise BackendError(
+                f"TransferSweep {name!r} already exists; delete it or choose another name"
+            ) from error
+        return sweep
+
+    def get_sweep(self, name: str) -> TransferSweep:
+        path = self._sweep_file(name)
+        try:
+            return TransferSweep.from_yaml(path.read_text())
+        except FileNotFoundError as error:
+            raise SweepNotFoundError(name) from error
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise BackendError(
+                f"local sweep {name!r} has an unreadable record in {path} ({error})"
+            ) from error
+
+    def update_sweep_status(self, name: str, status: TransferSweepStatus) -> None:
+        sweep = self.get_sweep(name)
+        sweep.status = status
+        path = self._sweep_file(name)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(sweep.to_yaml())
+        partial.replace(path)  # atomic: a reader sees the old status or the new one
+
+    def delete_sweep(self, name: str) -> None:
+        path = self._sweep_file(name)
+        if not path.exists():
+            raise SweepNotFoundError(name)
+        for job in self.list(f"{LABEL_SWEEP}={name}"):
+            with contextlib.suppress(JobNotFoundError):
+                self.delete(job.metadata.name or "")
+        path.unlink(missing_ok=True)

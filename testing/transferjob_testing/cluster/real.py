@@ -133,7 +133,13 @@ class RealCluster:
 def install_operator(cluster: RealCluster, timeout: float = 180.0) -> None:
     """The README's install, step for step: apply the overlay, wait for the CRD and the Deployment."""
     cluster.kubectl("apply", "-k", str(LOCAL_OVERLAY))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/transferjobs.transferjob.io", "--timeout=60s")
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/transferjobs.transferjob.io",
+        "crd/transfersweeps.transferjob.io",
+        "--timeout=60s",
+    )
     cluster.kubectl(
         "-n",
         OPERATOR_NAMESPACE,
