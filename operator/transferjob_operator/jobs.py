@@ -48,6 +48,11 @@ SCRATCH_MOUNT = "/scratch"
 #: The non-root identity the training pod runs as (Pod Security "restricted" wants a numeric one).
 RUN_AS_USER = 1000
 
+#: The port a worker of a group listens on for the others (TensorFlow's gRPC server).
+WORKER_PORT = 2222
+#: The environment variable that hands each worker the group's addresses (`transferjob_trainer.workers`).
+WORKER_HOSTS_ENV = "TRANSFERJOB_WORKER_HOSTS"
+
 MANAGED_BY = "transferjob-operator"
 
 
@@ -82,6 +87,44 @@ def labels_for(tj: TransferJob) -> dict[str, str]:
     if queue:
         labels[LABEL_KUEUE_QUEUE] = queue
     return labels
+
+
+def service_name(tj_name: str) -> str:
+    """A worker group's headless Service: named after the TransferJob, like its Job."""
+    return tj_name
+
+
+def worker_hosts(tj: TransferJob) -> list[str]:
+    """Every worker's stable address, in index order: an Indexed Job names pod i's host `<job>-<i>`, and
+    the headless Service (the pods' subdomain) makes `<job>-<i>.<service>` resolve to it."""
+    name = tj.metadata.name or ""
+    return [
+        f"{job_name(name)}-{i}.{service_name(name)}:{WORKER_PORT}" for i in range(tj.spec.resources.workers)
+    ]
+
+
+def build_service(tj: TransferJob) -> dict[str, Any]:
+    """The headless Service that gives a worker group's pods their DNS names (workers > 1 only).
+
+    `publishNotReadyAddresses`: the workers look each other up while they start, before any is Ready.
+    """
+    name = tj.metadata.name or ""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(name),
+            "namespace": tj.metadata.namespace,
+            "labels": labels_for(tj),
+            "ownerReferences": [owner_reference(tj)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB_NAME: name},
+            "ports": [{"name": "tf-worker", "port": WORKER_PORT, "targetPort": WORKER_PORT}],
+        },
+    }
 
 
 def owner_reference(tj: TransferJob) -> dict[str, Any]:
@@ -292,6 +335,11 @@ def build_job(
     resources = _resources(tj)
     if resources:
         container["resources"] = resources
+    workers = spec.resources.workers
+    if workers > 1:
+        # The trainer writes TF_CONFIG from these and JOB_COMPLETION_INDEX (one pod template for all).
+        env.append({"name": WORKER_HOSTS_ENV, "value": ",".join(worker_hosts(tj))})
+        container["ports"] = [{"name": "tf-worker", "containerPort": WORKER_PORT}]
 
     res = spec.resources
     pod_spec: dict[str, Any] = {
@@ -314,13 +362,15 @@ def build_job(
         pod_spec["tolerations"] = [t.to_dict() for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
+    if workers > 1:
+        pod_spec["subdomain"] = service_name(name)
 
     labels = labels_for(tj)
     run = spec.run_policy
     job_spec: dict[str, Any] = {
         "backoffLimit": run.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
+        "completions": workers,
+        "parallelism": workers,
         # A replacement pod only once the failed one is gone: never two pods holding GPUs at once.
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": pod_failure_policy(),
@@ -331,6 +381,17 @@ def build_job(
             "spec": pod_spec,
         },
     }
+    if workers > 1:
+        # One pod per index, all at once. A worker that fails retryably is replaced (same index, same
+        # hostname) and the others, whose collectives then fail, are replaced too: the group restarts
+        # from the last checkpoint, each index at most backoffLimit times; one index over its limit, or
+        # a permanent error on any worker (podFailurePolicy), fails the Job.
+        del job_spec["backoffLimit"]
+        job_spec |= {
+            "completionMode": "Indexed",
+            "backoffLimitPerIndex": run.backoff_limit,
+            "maxFailedIndexes": 0,
+        }
     if run.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds
     return {

@@ -123,6 +123,21 @@ class Kube:
         return existing, False
 
     @_api_errors
+    def ensure_service(self, body: Json, owner_uid: str) -> None:
+        """Create a worker group's headless Service unless it exists (a 409 adopts ours, refuses others)."""
+        ns = body["metadata"]["namespace"]
+        name = body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_service(ns, body, field_manager=FIELD_MANAGER, _preload_content=False)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        existing = _json(self.core.read_namespaced_service(name, ns, _preload_content=False))
+        if not owned_by(existing, owner_uid):
+            raise ConflictError(f"Service {name} already exists and is not owned by this TransferJob")
+
+    @_api_errors
     def patch_job(self, namespace: str, name: str, patch: Json) -> None:
         self.batch.patch_namespaced_job(
             name, namespace, patch, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH

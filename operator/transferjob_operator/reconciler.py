@@ -49,7 +49,13 @@ from transferjob.status import TERMINAL_PHASES, Progress
 from transferjob.types import Json
 from transferjob_operator import jobs, metrics, status
 from transferjob_operator.kube import ConflictError, Kube, LogFollower, owned_by
-from transferjob_operator.slim import fingerprint, slim_job, slim_transferjob, slim_transferjob_status
+from transferjob_operator.slim import (
+    COMPLETION_INDEX_LABEL,
+    fingerprint,
+    slim_job,
+    slim_transferjob,
+    slim_transferjob_status,
+)
 from transferjob_operator.tracking import SharedProgress
 from transferjob_operator.upstream import DEFAULT_UPSTREAM_TIMEOUT, cycle_gate, from_job_cycle, upstream_gate
 from transferjob_operator.workqueue import WorkQueue
@@ -463,6 +469,8 @@ class Reconciler:
         self._creating += 1
         try:
             manifest = jobs.build_job(tj, decision, self.trainer_image)
+            if tj.spec.resources.workers > 1:  # the workers' DNS names, before any of them starts
+                await _call(self._create_pool, self.kube.ensure_service, jobs.build_service(tj), state.uid)
             created_job, created = await _call(self._create_pool, self.kube.ensure, manifest, state.uid)
         except ConflictError as error:
             return status.Gate(Phase.FAILED, "Failed", "JobConflict", str(error)), None
@@ -492,8 +500,14 @@ class Reconciler:
         return None, job
 
     async def _follow(self, key: Key, state: JobState, pods: list[Json]) -> None:
-        """Follow the running pod's log; replay a finished pod's log the operator never followed."""
+        """Follow the running pod's log; replay a finished pod's log the operator never followed.
+
+        In a worker group only the chief's (index 0) pods are followed: every worker reports the same
+        all-reduced epochs, and only the chief tests and exports.
+        """
         for pod in pods:
+            if pod["metadata"].get("labels", {}).get(COMPLETION_INDEX_LABEL, "0") != "0":
+                continue
             pod_name = pod["metadata"]["name"]
             phase = pod.get("status", {}).get("phase")
             if phase not in ("Running", "Succeeded", "Failed"):

@@ -49,12 +49,21 @@ def slim_job(body: Mapping[str, Any]) -> Json:
     }
 
 
+#: The Job controller's label of an Indexed Job's pod: its index (the worker's, in a group).
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
 def slim_pod(body: Mapping[str, Any]) -> Json:
-    """What the status logic reads of a pod: phase, conditions, the containers' states and images."""
+    """What the status logic reads of a pod: phase, conditions, the containers' states and images, and
+    a worker's index (its only label kept)."""
     status_ = body.get("status") or {}
     containers = body.get("spec", {}).get("containers") or []
+    meta = _slim_meta(body)
+    index = (body.get("metadata", {}).get("labels") or {}).get(COMPLETION_INDEX_LABEL)
+    if index is not None:
+        meta["labels"] = {COMPLETION_INDEX_LABEL: index}
     return {
-        "metadata": _slim_meta(body),
+        "metadata": meta,
         "spec": {"containers": [{"name": c.get("name"), "image": c.get("image")} for c in containers]},
         "status": {
             k: copy.deepcopy(status_[k]) for k in ("phase", "conditions", "containerStatuses") if k in status_

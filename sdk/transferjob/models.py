@@ -727,6 +727,16 @@ class ResourcesSpec(ApiModel):
     """What the training pod asks of the cluster."""
 
     gpus: int = Field(default=1, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Pods that train together, data-parallel (FineTuning only): an Indexed Job of this many "
+        "pods behind a headless Service, with MultiWorkerMirroredStrategy. Each worker reads its own share "
+        "of the images; training.batchSize is per worker, so the global batch is batchSize x workers. gpus, "
+        "cpu and memory are per worker. The output location must be readable by every worker (an object "
+        "store, or a claim every node can mount).",
+    )
     cpu: str | None = Field(
         default=None, max_length=32, pattern=QUANTITY, description="CPU request and limit."
     )
@@ -814,6 +824,14 @@ class TransferJobSpec(ApiModel):
                 or (m.model.base in BASES and BASES[m.model.base].fine_tune_at is not None)
             ),
             ".model.fineTuneAt",
+        ),
+        Rule(
+            "self.mode == 'FineTuning' || !has(self.resources) || !has(self.resources.workers) || "
+            "self.resources.workers == 1",
+            "resources.workers above 1 needs mode FineTuning: feature extraction runs on one worker (its "
+            "cost is one pass of the frozen base, which is not split across workers yet)",
+            lambda m: m.mode is Mode.FINE_TUNING or m.resources.workers == 1,
+            ".resources.workers",
         ),
         Rule(
             _IMMUTABLE_SPEC,

@@ -12,6 +12,7 @@ from transferjob.models import Location, TransferJob
 from transferjob_operator.jobs import (
     UpstreamModel,
     build_job,
+    build_service,
     host_output_folder,
     job_spec_patch,
     output_dir,
@@ -368,3 +369,44 @@ def test_unset_image_is_the_operators_default() -> None:
     assert (
         _container(build_job(tj, trainer_image="mirror.local/trainer:1"))["image"] == "mirror.local/trainer:1"
     )
+
+
+def test_a_worker_group_is_an_indexed_job_behind_a_headless_service() -> None:
+    tj = make_tj(
+        {
+            "mode": "FineTuning",
+            "model": {"base": "MobileNetV2"},
+            "data": {"source": {"pvc": {"claimName": "datasets", "subPath": "digits"}}},
+            "output": {"location": {"pvc": {"claimName": "models", "subPath": "digits-ft"}}},
+            "resources": {"workers": 3, "gpus": 1},
+            "runPolicy": {"backoffLimit": 2},
+        }
+    )
+    job = build_job(tj)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    # Each index retries backoffLimit times; one index over it (or a permanent error) fails the group.
+    assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (2, 0)
+    assert "backoffLimit" not in spec
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "digits"
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRANSFERJOB_WORKER_HOSTS"] == "digits-0.digits:2222,digits-1.digits:2222,digits-2.digits:2222"
+    assert container["ports"] == [{"name": "tf-worker", "containerPort": 2222}]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # per worker
+
+    service = build_service(tj)
+    assert service["metadata"]["name"] == "digits"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert service["spec"]["selector"] == {"transferjob.io/job-name": "digits"}
+
+
+def test_one_worker_is_a_plain_job_without_a_service_or_group_environment() -> None:
+    spec = build_job(make_tj())["spec"]
+    assert "completionMode" not in spec and spec["completions"] == 1 and "backoffLimit" in spec
+    pod = spec["template"]["spec"]
+    assert "subdomain" not in pod
+    assert all(e["name"] != "TRANSFERJOB_WORKER_HOSTS" for e in pod["containers"][0]["env"])
