@@ -1,0 +1,89 @@
+"""Training across workers on the real node: an Indexed Job of two trainer pods in our image that find
+each other through the headless Service and our CoreDNS, each reading its own shard, the chief alone
+writing; and a group the node cannot place stays Pending with the scheduler's reason."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.node.test_operator import Jobs, _small_spec
+from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.volumes import hand_to_trainer, static_volume
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+#: Two workers must reach the single worker's test accuracy within this: the trainer tier's
+#: `tests/trainer/test_workers.py` shows the two runs equivalent; here the pods are the question.
+TOLERANCE = 0.03
+
+
+@pytest.fixture()
+def jobs(in_cluster_operator: RealCluster, real_namespace: str) -> Jobs:
+    return Jobs(in_cluster_operator, real_namespace)
+
+
+def _fine_tuning(workers: int, out: str, batch: int) -> dict[str, Any]:
+    spec = _small_spec(
+        resources={"workers": workers, "gpus": 1, "cpu": "500m", "memory": "2Gi"},
+        runPolicy={"backoffLimit": 0},
+    )
+    spec["mode"] = "FineTuning"
+    spec["model"]["fineTuneAt"] = "conv3"
+    spec["training"] = {"epochs": 3, "batchSize": batch, "learningRate": 1e-3, "seed": 0}
+    spec["output"]["location"]["pvc"]["subPath"] = out
+    return spec
+
+
+def test_two_workers_fine_tune_as_one_in_our_pods(
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
+) -> None:
+    hand_to_trainer(tmp_path / "models")
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
+    static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
+
+    jobs.create("pair", _fine_tuning(2, "pair", 32))
+    pair = jobs.wait_phase("pair", "Succeeded", timeout=600)
+    service = client.CoreV1Api(jobs.cluster.api).read_namespaced_service("pair", jobs.ns)
+    assert service.spec.cluster_ip == "None"
+    assert service.metadata.owner_references[0].kind == "TransferJob"
+
+    pods = sorted(
+        jobs.pods("pair"), key=lambda p: p.metadata.labels["batch.kubernetes.io/job-completion-index"]
+    )
+    assert [p.spec.hostname for p in pods] == ["pair-0", "pair-1"]
+    assert {p.status.phase for p in pods} == {"Succeeded"}
+    shards = []
+    for pod in pods:
+        log = client.CoreV1Api(jobs.cluster.api).read_namespaced_pod_log(pod.metadata.name, jobs.ns)
+        found = re.search(r"worker (\d) of 2 \((\S+)\): reads (\d+) of (\d+) training", log)
+        assert found, log[-3000:]
+        shards.append((found[2], int(found[3]), int(found[4])))
+    assert [host for host, _, _ in shards] == ["pair-0.pair:2222", "pair-1.pair:2222"]
+    total = shards[0][2]
+    assert sum(n for _, n, _ in shards) == total and all(n < total for _, n, _ in shards)
+    # One merged history: each epoch once, from the chief.
+    assert [m["epoch"] for m in pair["history"]] == [1, 2, 3]
+    assert (tmp_path / "models" / "pair" / "model.keras").exists()
+
+    jobs.create("single", _fine_tuning(1, "single", 64))
+    single = jobs.wait_phase("single", "Succeeded", timeout=600)
+    one, two = single["test"]["accuracy"], pair["test"]["accuracy"]
+    print(f"test accuracy: 1 worker (batch 64) {one}, 2 workers (32 each) {two}")
+    assert abs(one - two) <= TOLERANCE, (one, two)
+
+
+def test_a_group_the_node_cannot_place_stays_pending_with_the_reason(jobs: Jobs, tmp_path: Path) -> None:
+    hand_to_trainer(tmp_path / "models")
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", tmp_path)
+    static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
+    spec = _fine_tuning(2, "too-big", 32)
+    spec["resources"]["gpus"] = 3  # per worker; the node has 2
+    jobs.create("too-big", spec)
+    cond = jobs.condition("too-big", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in cond["message"], cond
+    assert jobs.status("too-big").get("phase") == "Pending"
