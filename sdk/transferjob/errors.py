@@ -108,3 +108,8 @@ class JobNotReadyError(TransferJobError):
 class ModelNotServableError(TransferJobError):
     """A finished job's model cannot go where it was asked to: it exported no SavedModel, or its output
     location is one a server (or this machine, for `tj predict`) cannot read."""
+
+
+class OutputUnreadableError(TransferJobError):
+    """A finished job's output folder cannot be read here (`tj report`): it is on a volume only the
+    cluster mounts, in an object store, or gone; the message names the location and why."""
