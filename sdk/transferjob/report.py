@@ -12,7 +12,10 @@ history and the confusion matrix of any number of classes (`.status` keeps the n
 `STATUS_CLASS_LIMIT` classes, no matrix), and misclassified.json (the trainer's, at most
 `MISCLASSIFIED_LIMIT` images) the mistakes with thumbnails, so the data folder need not be readable
 here. The output folder is found as `tj predict` finds the model: the spec's location on this machine
-(a local job's, or a hostPath on the node this is); `backends.local.local_path` resolves it.
+(a local job's, or a hostPath on the node this is), which `backends.local.local_path` resolves; for a
+PersistentVolumeClaim, the backend looks up the volume it is bound to, which this machine can read
+when it is a hostPath or local volume on this node (`Backend.claim_folder`). Object stores and other
+volumes are named in the error: copy the folder here.
 
 Layers: `class_scores` and `render_page` are pure (unit-tested); `read_results` reads files;
 the pictures need matplotlib (the `cli` extra), imported only when drawn.
@@ -37,7 +40,7 @@ import yaml
 from transferjob.backends.local import local_path
 from transferjob.client import TransferJobClient
 from transferjob.constants import MISCLASSIFIED_FILE
-from transferjob.errors import JobNotFoundError, JobNotReadyError, OutputUnreadableError, SpecError
+from transferjob.errors import JobNotFoundError, JobNotReadyError, OutputUnreadableError
 from transferjob.models import EpochMetrics, Mode, Phase, TestMetrics, TransferJob, TransferJobStatus
 
 if TYPE_CHECKING:
@@ -95,7 +98,8 @@ class Section:
     """One job's column of the page: its results and its two pictures (data: URIs)."""
 
     results: JobResults
-    curves: str
+    #: None when metrics.json holds no epoch.
+    curves: str | None
     #: None when metrics.json holds no matrix.
     confusion: str | None
 
@@ -213,27 +217,29 @@ def _mistakes(results: JobResults) -> str:
     return f'<p>{html.escape(note)}</p><div class="mistakes">{"".join(figures)}</div>'
 
 
+def _picture(source: str | None, alt: str, missing: str) -> str:
+    return f'<img class="plot" src="{source}" alt="{alt}">' if source else f"<p>{missing}</p>"
+
+
 def _job_section(section: Section) -> str:
     r = section.results
     name = html.escape(r.job.metadata.name or "")
     spec = yaml.safe_dump(
         {"metadata": {"name": r.job.metadata.name}, "spec": r.job.spec.to_dict()}, sort_keys=False
     )
-    return (
+    parts = [
         f'<section class="job"><h2>{name} <small>{r.job.spec.mode.value}, '
-        f"{html.escape(r.job.spec.model.base)}</small></h2>"
-        f'<p class="where">output: {html.escape(r.folder)}</p>'
-        f'<h3>Learning curves</h3><img class="plot" src="{section.curves}" alt="learning curves of {name}">'
-        "<h3>Confusion matrix</h3>"
-        + (
-            f'<img class="plot" src="{section.confusion}" alt="confusion matrix of {name}">'
-            if section.confusion
-            else "<p>The output holds no confusion matrix.</p>"
-        )
-        + f"<h3>Per class</h3>{_class_table(r)}"
-        + f"<h3>Test images it got wrong</h3>{_mistakes(r)}"
-        f"<h3>Spec</h3><pre>{html.escape(spec)}</pre></section>"
-    )
+        f"{html.escape(r.job.spec.model.base)}</small></h2>",
+        f'<p class="where">output: {html.escape(r.folder)}</p>',
+        "<h3>Learning curves</h3>",
+        _picture(section.curves, f"learning curves of {name}", "The output records no finished epoch."),
+        "<h3>Confusion matrix</h3>",
+        _picture(section.confusion, f"confusion matrix of {name}", "The output holds no confusion matrix."),
+        f"<h3>Per class</h3>{_class_table(r)}",
+        f"<h3>Test images it got wrong</h3>{_mistakes(r)}",
+        f"<h3>Spec</h3><pre>{html.escape(spec)}</pre></section>",
+    ]
+    return "".join(parts)
 
 
 STYLE = """
@@ -274,27 +280,21 @@ def render_page(sections: Sequence[Section], generated: dt.datetime) -> str:
 # ------------------------------------------------------------------------------------------- files
 
 
-def output_folder(job: TransferJob) -> Path:
+def output_folder(job: TransferJob, client: TransferJobClient) -> Path:
     """The job's output folder on this machine; `OutputUnreadableError` naming it and why if it is not.
 
-    The status has the paths the trainer saw (in a pod, its mount), so the folder comes from the spec,
-    resolved as the local backend resolves it.
+    The status has the paths the trainer saw (in a pod, its mount), so the folder comes from the spec:
+    a hostPath or file location as the local backend resolves it, a claim's subPath in the folder of
+    the volume it is bound to (a hostPath or local one; `Backend.claim_folder`).
     """
-    name = job.metadata.name
     location = job.spec.output.location
-    try:
-        folder = local_path(location, "spec.output.location")
-    except SpecError as error:
-        assert location.pvc is not None  # the one location local_path refuses
-        raise OutputUnreadableError(
-            f"TransferJob {name!r} wrote its output to PersistentVolumeClaim "
-            f"{location.pvc.claim_name!r} (subPath {location.pvc.sub_path!r}), which only pods in the "
-            "cluster mount: make the report where that folder can be read"
-        ) from error
+    if location.pvc is not None:
+        return client.backend.claim_folder(location.pvc.claim_name) / location.pvc.sub_path
+    folder = local_path(location, "spec.output.location")
     if not isinstance(folder, Path):
         raise OutputUnreadableError(
-            f"TransferJob {name!r} wrote its output to {folder}; tj report reads a folder on this "
-            "machine (a local job's, or a hostPath one on its node)"
+            f"TransferJob {job.metadata.name!r} wrote its output to {folder}; tj report reads a folder "
+            "on this machine (a local job's, a hostPath or a hostPath volume's on its node): copy it here"
         )
     return folder
 
@@ -313,7 +313,7 @@ def _read_json(path: Path, name: str | None) -> Any:
         raise OutputUnreadableError(f"TransferJob {name!r}: {path} is not valid JSON: {error}") from error
 
 
-def read_results(job: TransferJob) -> JobResults:
+def read_results(job: TransferJob, client: TransferJobClient) -> JobResults:
     """A succeeded job's metrics.json and misclassified.json; `JobNotReadyError` before it succeeded."""
     name = job.metadata.name
     status = job.status
@@ -323,7 +323,7 @@ def read_results(job: TransferJob) -> JobResults:
             f"TransferJob {name!r} has not succeeded (phase {phase}): a report needs its test "
             f"evaluation; wait for it (tj wait {name})"
         )
-    folder = output_folder(job)
+    folder = output_folder(job, client)
     metrics_name = posixpath.basename(status.model.metrics_uri or "metrics.json")
     metrics = _read_json(folder / metrics_name, name)
     try:
@@ -435,7 +435,7 @@ def confusion_picture(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -
 def section(results: JobResults) -> Section:
     matrix = results.test.confusion_matrix
     confusion = confusion_picture(matrix, results.classes) if matrix else None
-    return Section(results, curves_picture(results), confusion)
+    return Section(results, curves_picture(results) if results.history else None, confusion)
 
 
 def write_report(client: TransferJobClient, name: str, path: str | Path) -> list[JobResults]:
@@ -444,7 +444,7 @@ def write_report(client: TransferJobClient, name: str, path: str | Path) -> list
     job = client.get(name)
     source = source_job(job, client)
     jobs = [source, job] if source is not None else [job]
-    results = [read_results(j) for j in jobs]
+    results = [read_results(j, client) for j in jobs]
     page = render_page([section(r) for r in results], dt.datetime.now(dt.timezone.utc))
     Path(path).write_text(page, encoding="utf-8")
     return results

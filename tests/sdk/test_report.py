@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from transferjob.cli import main
+from transferjob.client import TransferJobClient
 from transferjob.constants import MISCLASSIFIED_FILE
 from transferjob.errors import JobNotReadyError, OutputUnreadableError
 from transferjob.models import TransferJob
@@ -34,6 +35,11 @@ PIXEL = (
     "data:image/png;base64,"
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
 )
+
+
+@pytest.fixture()
+def here(tmp_path: Path) -> TransferJobClient:
+    return TransferJobClient("local", home=tmp_path / "home")
 
 
 def finished_job(output: dict[str, Any], name: str = "fe", phase: str = "Succeeded") -> TransferJob:
@@ -85,10 +91,10 @@ def test_class_scores_from_a_confusion_matrix() -> None:
         class_scores([[1, 2, 3]], ["a", "b"])
 
 
-def test_the_page_holds_everything_inline_and_escapes_names(tmp_path: Path) -> None:
+def test_the_page_holds_everything_inline_and_escapes_names(tmp_path: Path, here: TransferJobClient) -> None:
     mistake = {"file": "test/dog/1.png", "true": "dog & <fox>", "predicted": "cat", "probability": 0.91}
     write_output(tmp_path / "out", [{**mistake, "thumbnail": PIXEL}, {**mistake, "thumbnail": "http://x/y"}])
-    results = read_results(finished_job({"hostPath": str(tmp_path / "out")}))
+    results = read_results(finished_job({"hostPath": str(tmp_path / "out")}), here)
     assert [m.thumbnail for m in results.mistakes or []] == [PIXEL, None]  # only data: URIs are shown
     page = render_page([section(results)], dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
 
@@ -110,27 +116,31 @@ def test_the_page_holds_everything_inline_and_escapes_names(tmp_path: Path) -> N
     assert "hostPath: " + str(tmp_path / "out") in page  # the spec, as YAML
 
 
-def test_a_job_from_an_older_trainer_is_shown_without_mistakes(tmp_path: Path) -> None:
+def test_a_job_from_an_older_trainer_is_shown_without_mistakes(
+    tmp_path: Path, here: TransferJobClient
+) -> None:
     write_output(tmp_path, None)
-    results = read_results(finished_job({"uri": f"file://{tmp_path}"}))
+    results = read_results(finished_job({"uri": f"file://{tmp_path}"}), here)
     assert results.mistakes is None and results.history[-1].epoch == 3 and results.best_epoch == 2
     page = render_page([section(results), section(results)], dt.datetime.now(dt.timezone.utc))
     assert f"has no {MISCLASSIFIED_FILE}" in page and "repeat(2, minmax(0, 1fr))" in page
 
 
-def test_where_the_output_cannot_be_read_the_error_says_where_and_why(tmp_path: Path) -> None:
-    assert output_folder(finished_job({"hostPath": "/srv/fe"})) == Path("/srv/fe")
-    with pytest.raises(OutputUnreadableError, match=r"PersistentVolumeClaim 'models' .* only pods in the"):
-        output_folder(finished_job({"pvc": {"claimName": "models", "subPath": "fe"}}))
+def test_where_the_output_cannot_be_read_the_error_says_where_and_why(
+    tmp_path: Path, here: TransferJobClient
+) -> None:
+    assert output_folder(finished_job({"hostPath": "/srv/fe"}), here) == Path("/srv/fe")
+    with pytest.raises(OutputUnreadableError, match="'models' exists only in a cluster: use the kubernetes"):
+        output_folder(finished_job({"pvc": {"claimName": "models", "subPath": "fe"}}), here)
     with pytest.raises(OutputUnreadableError, match="to s3://models/fe; tj report reads a folder on this"):
-        output_folder(finished_job({"uri": "s3://models/fe"}))
+        output_folder(finished_job({"uri": "s3://models/fe"}), here)
     with pytest.raises(OutputUnreadableError, match=f"{tmp_path}/metrics.json does not exist"):
-        read_results(finished_job({"hostPath": str(tmp_path)}))
+        read_results(finished_job({"hostPath": str(tmp_path)}), here)
     (tmp_path / "metrics.json").write_text("{")
     with pytest.raises(OutputUnreadableError, match="is not valid JSON"):
-        read_results(finished_job({"hostPath": str(tmp_path)}))
+        read_results(finished_job({"hostPath": str(tmp_path)}), here)
     with pytest.raises(JobNotReadyError, match=r"phase Running\): a report needs .*\(tj wait fe\)"):
-        read_results(finished_job({"hostPath": str(tmp_path)}, phase="Running"))
+        read_results(finished_job({"hostPath": str(tmp_path)}, phase="Running"), here)
 
 
 def test_tj_report_writes_the_page_of_a_local_job_and_its_source(

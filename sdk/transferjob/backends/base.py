@@ -15,10 +15,11 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transferjob.bases import is_model_path
-from transferjob.errors import BackendError
+from transferjob.errors import BackendError, OutputUnreadableError
 from transferjob.models import Mode, TransferJob
 
 #: Characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
@@ -81,6 +82,14 @@ class Backend(abc.ABC):
         The cluster names the job (`fromJob`: the operator waits for it and mounts its output); a local
         run points at the exported file (`fromModel`), which exists only once `job` has succeeded.
         """
+
+    def claim_folder(self, claim_name: str) -> Path:
+        """The folder of this machine that holds a PersistentVolumeClaim's files, for `tj report` to
+        read a job's output: only a backend with a cluster can look a claim up, and only a volume that
+        is a folder on a node (hostPath, local) has one."""
+        raise OutputUnreadableError(
+            f"PersistentVolumeClaim {claim_name!r} exists only in a cluster: use the kubernetes backend"
+        )
 
     def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create a KServe InferenceService (`serving.inference_service`); returns it as created.
