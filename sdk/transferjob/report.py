@@ -337,19 +337,14 @@ def read_results(job: TransferJob, client: TransferJobClient) -> JobResults:
     mistakes = misclassified = test_images = None
     if (folder / MISCLASSIFIED_FILE).exists():
         recorded = _read_json(folder / MISCLASSIFIED_FILE, name)
-        mistakes = [
-            Mistake(
-                file=str(m["file"]),
-                true=str(m["true"]),
-                predicted=str(m["predicted"]),
-                probability=float(m["probability"]),
-                thumbnail=m.get("thumbnail")
-                if str(m.get("thumbnail", "")).startswith("data:image/")
-                else None,
-            )
-            for m in recorded.get("images", [])
-        ]
-        misclassified, test_images = recorded.get("misclassified"), recorded.get("testImages")
+        try:
+            mistakes = [_mistake(m) for m in recorded.get("images", [])]
+            misclassified, test_images = recorded.get("misclassified"), recorded.get("testImages")
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise OutputUnreadableError(
+                f"TransferJob {name!r}: {folder / MISCLASSIFIED_FILE} is not the trainer's record of "
+                f"mistakes: {error!r}"
+            ) from error
     return JobResults(
         job=job,
         folder=str(folder),
@@ -360,6 +355,19 @@ def read_results(job: TransferJob, client: TransferJobClient) -> JobResults:
         mistakes=mistakes,
         misclassified=misclassified,
         test_images=test_images,
+    )
+
+
+def _mistake(entry: dict[str, Any]) -> Mistake:
+    """One entry of misclassified.json; a thumbnail that is not an inline picture is left out, so the
+    page never refers to anything outside itself."""
+    thumbnail = entry.get("thumbnail")
+    return Mistake(
+        file=str(entry["file"]),
+        true=str(entry["true"]),
+        predicted=str(entry["predicted"]),
+        probability=float(entry["probability"]),
+        thumbnail=thumbnail if isinstance(thumbnail, str) and thumbnail.startswith("data:image/") else None,
     )
 
 

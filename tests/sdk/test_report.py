@@ -139,6 +139,9 @@ def test_where_the_output_cannot_be_read_the_error_says_where_and_why(
     (tmp_path / "metrics.json").write_text("{")
     with pytest.raises(OutputUnreadableError, match="is not valid JSON"):
         read_results(finished_job({"hostPath": str(tmp_path)}), here)
+    write_output(tmp_path, [{"file": "test/a/1.png"}])
+    with pytest.raises(OutputUnreadableError, match=r"misclassified\.json is not the trainer's record of"):
+        read_results(finished_job({"hostPath": str(tmp_path)}), here)
     with pytest.raises(JobNotReadyError, match=r"phase Running\): a report needs .*\(tj wait fe\)"):
         read_results(finished_job({"hostPath": str(tmp_path)}, phase="Running"), here)
 
