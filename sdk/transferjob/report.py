@@ -330,6 +330,8 @@ def read_results(job: TransferJob, client: TransferJobClient) -> JobResults:
         test = TestMetrics.model_validate(metrics["test"])
         history = [EpochMetrics.model_validate(m) for m in metrics.get("history", [])]
         classes = [str(c) for c in metrics["classes"]]
+        if test.confusion_matrix:
+            class_scores(test.confusion_matrix, classes)  # the matrix fits the classes
     except (KeyError, TypeError, ValueError) as error:
         raise OutputUnreadableError(
             f"TransferJob {name!r}: {folder / metrics_name} is not the trainer's metrics file: {error}"

@@ -136,6 +136,11 @@ def test_where_the_output_cannot_be_read_the_error_says_where_and_why(
         output_folder(finished_job({"uri": "s3://models/fe"}), here)
     with pytest.raises(OutputUnreadableError, match=f"{tmp_path}/metrics.json does not exist"):
         read_results(finished_job({"hostPath": str(tmp_path)}), here)
+    write_output(tmp_path, None)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "classes": ["cat"]}))
+    with pytest.raises(OutputUnreadableError, match=r"not the trainer's metrics file: .* must be 1x1"):
+        read_results(finished_job({"hostPath": str(tmp_path)}), here)
     (tmp_path / "metrics.json").write_text("{")
     with pytest.raises(OutputUnreadableError, match="is not valid JSON"):
         read_results(finished_job({"hostPath": str(tmp_path)}), here)
