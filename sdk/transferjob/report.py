@@ -15,7 +15,7 @@ here. The output folder is found as `tj predict` finds the model: the spec's loc
 (a local job's, or a hostPath on the node this is), which `backends.local.local_path` resolves; for a
 PersistentVolumeClaim, the backend looks up the volume it is bound to, which this machine can read
 when it is a hostPath or local volume on this node (`Backend.claim_folder`). Object stores and other
-volumes are named in the error: copy the folder here.
+volumes are named in the error: the SDK has no object-store client (the trainer's is in its image).
 
 Layers: `class_scores` and `render_page` are pure (unit-tested); `read_results` reads files;
 the pictures need matplotlib (the `cli` extra), imported only when drawn.
@@ -294,7 +294,8 @@ def output_folder(job: TransferJob, client: TransferJobClient) -> Path:
     if not isinstance(folder, Path):
         raise OutputUnreadableError(
             f"TransferJob {job.metadata.name!r} wrote its output to {folder}; tj report reads a folder "
-            "on this machine (a local job's, a hostPath or a hostPath volume's on its node): copy it here"
+            "on this machine (a local job's, a hostPath, or a claim's hostPath or local volume on this "
+            "node); the SDK does not read object stores"
         )
     return folder
 
