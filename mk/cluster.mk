@@ -6,6 +6,8 @@
 CLUSTER_ROOT ?= .local/cluster
 # What a real node and the image builds need from Debian (installed by `make node-packages`).
 NODE_DEB_PACKAGES := containerd runc containernetworking-plugins nftables iptables conntrack buildah debootstrap
+# What the tests need from Debian besides: headless Chromium opens `tj report`'s page (tests/sdk).
+TEST_DEB_PACKAGES := chromium
 
 .PHONY: cluster-binaries
 cluster-binaries: ## Build (or reuse) the pinned control-plane binaries; cached outside the repo, honours KUBEBUILDER_ASSETS.
@@ -16,8 +18,8 @@ node-binaries: cluster-binaries ## Build (or reuse) kubelet, kube-proxy, kubectl
 	@hack/k8s/build.sh node >/dev/null
 
 .PHONY: node-packages
-node-packages: ## apt-get install what a real node and the image builds need (skipped when already there).
-	@missing=$$(for p in $(NODE_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+node-packages: ## apt-get install what a real node, the image builds and the tests need (skipped when already there).
+	@missing=$$(for p in $(NODE_DEB_PACKAGES) $(TEST_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		export DEBIAN_FRONTEND=noninteractive; \

@@ -9,6 +9,7 @@ Modules, in layers from the top down; a module imports only lower layers, so the
 checks this order with import-linter (the contracts are in pyproject.toml).
 
 - `cli`: the `tj` command.
+- `report` (`tj report`: one HTML page on a finished job, beside the job it fine-tuned from).
 - `client` (the facade over a backend), `plot`, `crd` (the CRD rendered from the models),
   `datasets` (the digits written as images), `predict` (`tj predict`: an exported model run here).
 - `backends`: `kubernetes` (TransferJob objects in a cluster) and `local` (the trainer as a process;

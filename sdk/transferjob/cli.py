@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--apply", action="store_true", help="create it in the cluster instead of printing it")
     sub.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
 
+    sub = command("report", "Write one HTML page on a finished job (beside the job it fine-tuned from).")
+    sub.add_argument("name")
+    sub.add_argument("-o", "--output", required=True, help="HTML file, e.g. report.html")
+
     sub = command("predict", "Run a job's exported model on image files here; print the top classes.")
     sub.add_argument(
         "model",
@@ -418,6 +422,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         _plot(client, args.name, args.output, out)
     elif cmd == "serve":
         _serve(client, args, out)
+    elif cmd == "report":
+        _report(client, args.name, args.output, out)
     elif cmd == "predict":
         from transferjob.predict import local_model_folder
 
@@ -520,6 +526,16 @@ def print_sweep(sweep: TransferSweep, out: TextIO) -> None:
         out.write(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
         )
+
+
+def _report(client: TransferJobClient, name: str, output: str, out: TextIO) -> None:
+    from transferjob.report import write_report
+
+    try:
+        shown = write_report(client, name, output)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {error.strerror or error}") from error
+    out.write(f"wrote {output} ({', '.join(r.job.metadata.name or '' for r in shown)})\n")
 
 
 def _serve(client: TransferJobClient, args: argparse.Namespace, out: TextIO) -> None:

@@ -53,6 +53,12 @@ STATUS_CLASS_LIMIT = 50
 #: How many of the lowest-recall classes that summary keeps.
 STATUS_WORST_CLASSES = 10
 
+#: The file in a job's output folder (beside metrics.json) that names the test images the model got
+#: wrong, each with its true and predicted class, the probability and a thumbnail; `tj report` shows them.
+MISCLASSIFIED_FILE = "misclassified.json"
+#: How many of them it keeps (the most confident mistakes first): a page of thumbnails, not the test set.
+MISCLASSIFIED_LIMIT = 64
+
 #: Files the trainer reads as images (what `keras.utils.image_dataset_from_directory` reads, and WebP,
 #: which `tf.io.decode_image` decodes too) and `tj predict` picks out of a folder.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")

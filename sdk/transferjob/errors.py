@@ -135,3 +135,8 @@ class SweepExistsError(TransferJobError):
     def __init__(self, name: str) -> None:
         super().__init__(f"TransferSweep {name!r} already exists; delete it or choose another name")
         self.name = name
+
+
+class OutputUnreadableError(TransferJobError):
+    """A finished job's output folder cannot be read here (`tj report`): it is on a volume only the
+    cluster mounts, in an object store, or gone; the message names the location and why."""

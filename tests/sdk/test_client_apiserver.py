@@ -1,10 +1,12 @@
 """The Kubernetes backend against a real API server (tests/conftest.py's control plane, no node): what
-a user sees when the namespace is missing, and that events and pods follow the TransferJob's uid, so a
-job created again under an old name never shows its predecessor's history."""
+a user sees when the namespace is missing, that events and pods follow the TransferJob's uid, so a
+job created again under an old name never shows its predecessor's history, and where `tj report` finds
+an output on a claim."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,12 @@ from transferjob import (
     JobNotFoundError,
     NamespaceNotFoundError,
     TransferJob,
+    TransferJobClient,
 )
 from transferjob.backends.kubernetes import KubernetesBackend
 from transferjob.constants import API_VERSION, GROUP, KIND, LABEL_JOB_NAME, PLURAL, VERSION
+from transferjob.errors import OutputUnreadableError
+from transferjob.report import write_report
 from transferjob_testing.cluster.kube import wait_until_served
 
 CRD = Path("manifests/crd/transferjob.io_transferjobs.yaml")
@@ -154,3 +159,61 @@ def test_events_and_pods_follow_the_uid_not_the_name(
             except client.ApiException as error:
                 if error.status != 404:
                     raise
+
+
+def test_a_report_reads_a_claims_output_where_its_volume_is_a_folder_here(
+    backend: KubernetesBackend, api_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """`tj report` on a job whose output is a claim: bound to a hostPath volume (a one-node cluster's,
+    or a node's local disk) the folder is read here; bound to anything else, or to nothing, the error
+    names the claim and the volume."""
+    core: Any = client.CoreV1Api(api_client)
+    volumes = {
+        "models": {"hostPath": {"path": str(tmp_path / "models")}},
+        "shared": {"nfs": {"server": "nfs.example", "path": "/exports"}},
+    }
+    for claim, source in volumes.items():
+        core.create_persistent_volume(
+            {
+                "metadata": {"name": f"{namespace}-{claim}"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "claimRef": {"namespace": namespace, "name": claim},
+                    **source,
+                },
+            }
+        )
+    try:
+        for claim in (*volumes, "pending"):
+            bound = {"volumeName": f"{namespace}-{claim}"} if claim in volumes else {}
+            spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            core.create_namespaced_persistent_volume_claim(
+                namespace, {"metadata": {"name": claim}, "spec": {**spec, "storageClassName": "", **bound}}
+            )
+        output = tmp_path / "models" / "fe"
+        output.mkdir(parents=True)
+        test = {"loss": 0.2, "accuracy": 0.5, "confusionMatrix": [[1, 1], [0, 0]]}
+        (output / "metrics.json").write_text(json.dumps({"classes": ["a", "b"], "test": test, "history": []}))
+        backend.create(job("fe"))
+        status = {"phase": "Succeeded", "model": {"uri": "/output/fe/model.keras"}}
+        client.CustomObjectsApi(api_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "fe", {"status": status}
+        )
+        shown = write_report(TransferJobClient(backend), "fe", tmp_path / "fe.html")
+        assert [(r.folder, r.test.accuracy) for r in shown] == [(str(output), 0.5)]
+        assert "records no finished epoch" in (tmp_path / "fe.html").read_text()
+
+        assert backend.claim_folder("models") == tmp_path / "models"
+        with pytest.raises(
+            OutputUnreadableError, match=rf"'{namespace}-shared' \(nfs\), which is not a folder"
+        ):
+            backend.claim_folder("shared")
+        with pytest.raises(OutputUnreadableError, match=r"'pending' in namespace .* is not bound"):
+            backend.claim_folder("pending")
+        with pytest.raises(OutputUnreadableError, match=r"PersistentVolumeClaim 'absent' .* does not exist"):
+            backend.claim_folder("absent")
+    finally:
+        for claim in volumes:
+            core.delete_persistent_volume(f"{namespace}-{claim}")

@@ -13,7 +13,10 @@ import pytest
 
 from transferjob import Mode, Phase, TransferJob, TransferJobClient, TransferJobSpec
 from transferjob.client import EpochCompleted, PhaseChanged
+from transferjob.constants import MISCLASSIFIED_LIMIT
 from transferjob.plot import plot_curves
+from transferjob.report import write_report
+from transferjob_testing.browser import check_page
 from transferjob_testing.harness import make_digits
 
 pytestmark = pytest.mark.trainer
@@ -53,3 +56,17 @@ def test_feature_extraction_then_fine_tuning_on_digits(
     job = client.wait(tuned, timeout=240)
     assert job.spec.mode is Mode.FINE_TUNING and job.spec.model.from_model == status.model.uri
     assert job.status and job.status.phase is Phase.SUCCEEDED and job.status.test
+
+    # tj report: both jobs side by side on one page, which headless Chromium shows whole and offline.
+    report = tmp_path / "report.html"
+    shown = write_report(client, tuned, report)
+    assert [r.job.metadata.name for r in shown] == [name, tuned]
+    thumbnails = [m for r in shown for m in r.mistakes or [] if m.thumbnail]
+    wrong = [r.misclassified for r in shown]
+    assert all(r.mistakes is not None for r in shown)
+    assert len(thumbnails) == sum(min(w or 0, MISCLASSIFIED_LIMIT) for w in wrong)
+    page = check_page(report)
+    assert page.errors == [] and page.external_requests() == []
+    assert len(page.pictures) == 2 * 2 + len(thumbnails)  # curves and confusion matrix of each job
+    assert all(p.width > 0 and p.height > 0 for p in page.pictures), page.pictures
+    assert "FeatureExtraction" in page.text and "FineTuning" in page.text

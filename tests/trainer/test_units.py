@@ -21,7 +21,7 @@ from transferjob.models import EarlyStoppingSpec, parse_spec
 from transferjob_trainer import errors
 from transferjob_trainer.errors import InvalidDataError, InvalidSpecError
 from transferjob_trainer.layout import image_problem, scan_layout
-from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy
+from transferjob_trainer.metrics import classification_metrics, confusion_matrix, cross_entropy, misclassified
 from transferjob_trainer.paths import resolve_paths
 from transferjob_trainer.report import write_termination_log
 from transferjob_trainer.run import spec_from_document
@@ -161,6 +161,48 @@ def test_test_metrics_binary_sigmoid_and_unpredicted_class() -> None:
     assert cross_entropy(np.array([1]), np.array([[1.0]])) == pytest.approx(0.0, abs=1e-6)
     assert classification_metrics([0, 0], np.array([[0.1], [0.2]]), ["x", "y"]).per_class[1].precision == 0.0
     assert confusion_matrix([0, 1], [1, 1], 2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_misclassified_lists_the_most_confident_mistakes_first_up_to_the_limit() -> None:
+    probs = np.array([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0], [0.0, 0.2, 0.8], [0.05, 0.95, 0.0], [0.5, 0.5, 0.0]])
+    mistakes, total = misclassified([1, 1, 0, 2, 2], probs, limit=2)
+    assert total == 4  # image 1 is right
+    assert [(m.index, m.true, m.predicted) for m in mistakes] == [(3, 2, 1), (2, 0, 2)]
+    assert [m.probability for m in mistakes] == [0.95, 0.8]
+    binary, total = misclassified([0, 1, 1], np.array([[0.7], [0.1], [0.9]]), limit=64)
+    assert total == 2 and [(m.index, m.predicted, m.probability) for m in binary] == [
+        (1, 0, pytest.approx(0.9)),
+        (0, 1, pytest.approx(0.7)),
+    ]
+    assert misclassified([0, 1], np.array([[0.2], [0.8]]), limit=64) == ([], 0)
+
+
+def test_misclassified_json_names_the_test_files_with_thumbnails(tmp_path: Path) -> None:
+    """What `tj report` reads: bounded, files relative to the data folder, thumbnails that decode."""
+    import base64
+
+    from PIL import Image
+
+    from transferjob.constants import MISCLASSIFIED_FILE, MISCLASSIFIED_LIMIT
+    from transferjob_trainer.training import THUMBNAIL_SIZE, write_misclassified
+
+    write_digits(tmp_path / "data", digits=[3, 8], size=200, seed=0)
+    layout = scan_layout(str(tmp_path / "data"), parse_spec(spec_dict()).data)
+    labels = np.asarray(layout.test.labels)
+    always_3 = np.full((len(labels), 1), 0.2)  # a sigmoid that says "3" (class 0) for every image
+    (tmp_path / "out").mkdir()
+    write_misclassified(layout, always_3, str(tmp_path / "out"))
+    document = json.loads((tmp_path / "out" / MISCLASSIFIED_FILE).read_text())
+    eights = int(np.sum(labels == 1))
+    assert document["testImages"] == len(labels) and document["misclassified"] == eights
+    assert len(document["images"]) == min(eights, MISCLASSIFIED_LIMIT)
+    first = document["images"][0]
+    assert first["file"].startswith("test/8/") and (tmp_path / "data" / first["file"]).is_file()
+    assert (first["true"], first["predicted"], first["probability"]) == ("8", "3", 0.8)
+    header, data = first["thumbnail"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        assert image.format == "JPEG" and image.size == (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
 
 
 def test_binary_test_accuracy_counts_as_validation_does() -> None:

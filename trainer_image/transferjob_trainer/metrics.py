@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,39 @@ def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
     if probs.ndim == 1 or probs.shape[-1] == 1:
         return (probs.reshape(-1) > BINARY_THRESHOLD).astype(np.int64)
     return np.argmax(probs, axis=-1).astype(np.int64)
+
+
+def predicted_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """The probability of the class each image is predicted as (a sigmoid's p, or 1 - p for class 0)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim == 1 or probs.shape[-1] == 1:
+        p = probs.reshape(-1)
+        return np.where(p > BINARY_THRESHOLD, p, 1.0 - p)
+    return np.max(probs, axis=-1)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A test image predicted wrong: its index in the test split, both classes, and how sure the model was."""
+
+    index: int
+    true: int
+    predicted: int
+    probability: float
+
+
+def misclassified(
+    y_true: Sequence[int] | np.ndarray, probabilities: np.ndarray, limit: int
+) -> tuple[list[Mistake], int]:
+    """The first `limit` mistakes, most confident first (those say most about the data or the model),
+    and how many mistakes there were in all. Ties keep the test split's order."""
+    labels = np.asarray(y_true, dtype=np.int64)
+    predicted = predicted_classes(probabilities)
+    sure = predicted_probabilities(probabilities)
+    wrong = np.flatnonzero(predicted != labels)
+    ranked = wrong[np.argsort(-sure[wrong], kind="stable")][:limit]
+    mistakes = [Mistake(int(i), int(labels[i]), int(predicted[i]), float(sure[i])) for i in ranked]
+    return mistakes, len(wrong)
 
 
 def confusion_matrix(

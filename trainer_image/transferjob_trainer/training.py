@@ -17,6 +17,8 @@ state) under our control rather than inside Keras callbacks that reset at `on_tr
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from transferjob.constants import MISCLASSIFIED_FILE, MISCLASSIFIED_LIMIT
 from transferjob.models import EpochMetrics, Mode, ModelArtifacts, TestMetrics, TrainingSpec, TransferJobSpec
 from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
@@ -51,7 +54,7 @@ from transferjob_trainer.inference import (
     serving_function,
 )
 from transferjob_trainer.layout import MAX_NAMED_SKIPPED, Layout
-from transferjob_trainer.metrics import classification_metrics
+from transferjob_trainer.metrics import classification_metrics, misclassified
 from transferjob_trainer.paths import RunPaths
 from transferjob_trainer.pipeline import (
     Augmenter,
@@ -76,6 +79,9 @@ from transferjob_trainer.workers import Group, distributed_fitter
 # per image once the activations no longer fit the cache (MobileNetV2 at 96 px on 2 cores: batches of
 # 32 take about half the time per image of batches of 64), and the batch a job trains with is known to
 # fit the device's memory. Cached feature vectors are scored in batches of `head.SCORE_BATCH`.
+
+#: The longer side of a misclassified image's thumbnail in misclassified.json, in pixels (never enlarged).
+THUMBNAIL_SIZE = 128
 
 #: Batches per call of Keras' traced training step when the head trains with `fit` (several replicas;
 #: see `modeling.compile_model`): an epoch is then a handful of calls instead of one per batch.
@@ -582,23 +588,58 @@ def restore_kept_epoch(state: RunState, store: CheckpointStore, net: Network, sp
     return kept
 
 
-def score_test_set(
-    layout: Layout, net: Network, features: FeatureSet | None, images: Images, batch_size: int
-) -> TestMetrics:
-    """Test-set metrics of the kept weights, scored by the forward pass the export then reuses.
+def test_probabilities(
+    net: Network, features: FeatureSet | None, images: Images, batch_size: int
+) -> np.ndarray:
+    """The kept weights' predictions on the test set, by the forward pass the export then reuses.
 
     Feature extraction scores the cached test features with the head (the end-to-end model's own
     layers); fine-tuning runs the test images through the traced model, whose trace the export saves.
     """
     if features is not None:
-        probabilities = predict_features(net.train_model, features.eval_batches("test", SCORE_BATCH))
-    else:
-        test_batches = eval_batches(images.test, batch_size).map(lambda x, y: x)
-        if net.serve is not None:
-            probabilities = run_inference(net.serve, test_batches)
-        else:
-            probabilities = net.model.predict(test_batches, verbose=0)
-    return classification_metrics(np.asarray(layout.test.labels), np.asarray(probabilities), layout.classes)
+        return np.asarray(predict_features(net.train_model, features.eval_batches("test", SCORE_BATCH)))
+    test_batches = eval_batches(images.test, batch_size).map(lambda x, y: x)
+    if net.serve is not None:
+        return np.asarray(run_inference(net.serve, test_batches))
+    return np.asarray(net.model.predict(test_batches, verbose=0))
+
+
+def thumbnail(path: str) -> str | None:
+    """A small JPEG of an image file as a data: URI (a page shows it as it is), or None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(fs.read_bytes(path))) as image:
+            small = image.convert("L" if image.mode in ("1", "L", "I;16") else "RGB")
+            small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=85)
+    except Exception as error:  # Pillow raises many types for broken files; a thumbnail is optional
+        log(f"no thumbnail of {path}: {error}")
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_misclassified(layout: Layout, probabilities: np.ndarray, output: str) -> None:
+    """misclassified.json beside metrics.json: the most confident mistakes on the test set, bounded.
+
+    Each names its file relative to the data folder, and carries a thumbnail, so a report made where
+    the data cannot be read (a volume only the pod mounts) still shows the images.
+    """
+    mistakes, total = misclassified(layout.test.labels, probabilities, MISCLASSIFIED_LIMIT)
+    root = layout.root.rstrip("/") + "/"
+    images = [
+        {
+            "file": layout.test.files[m.index].removeprefix(root),
+            "true": layout.classes[m.true],
+            "predicted": layout.classes[m.predicted],
+            "probability": round(m.probability, 4),
+            "thumbnail": thumbnail(layout.test.files[m.index]),
+        }
+        for m in mistakes
+    ]
+    document = {"testImages": len(layout.test), "misclassified": total, "images": images}
+    fs.write_text(fs.join(output, MISCLASSIFIED_FILE), json.dumps(document, indent=1))
 
 
 def finished_event(
@@ -671,7 +712,9 @@ def train(
             return None
         kept = restore_kept_epoch(state, store, net, spec)
         reporter.phase("evaluating", f"testing the weights of epoch {kept}")
-        test = score_test_set(layout, net, features, images, spec.training.batch_size)
+        probabilities = test_probabilities(net, features, images, spec.training.batch_size)
+        test = classification_metrics(np.asarray(layout.test.labels), probabilities, layout.classes)
     reporter.phase("exporting", f"writing to {paths.output}")
+    write_misclassified(layout, probabilities, paths.output)
     artifacts = export(net.model, paths.output, spec, layout.classes, net.serve)
     return finished_event(spec, layout, state, kept, test, artifacts, paths.output)

@@ -15,10 +15,11 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transferjob.bases import is_model_path
-from transferjob.errors import BackendError
+from transferjob.errors import BackendError, OutputUnreadableError
 from transferjob.models import Mode, TransferJob
 from transferjob.sweeps import TransferSweep, TransferSweepStatus
 
@@ -102,6 +103,14 @@ class Backend(abc.ABC):
     def update_sweep_status(self, name: str, status: TransferSweepStatus) -> None:
         """Store a sweep's status: only for a backend whose sweeps its client runs (`runs_sweeps`)."""
         raise BackendError("the sweep controller writes the status of this backend's sweeps")
+
+    def claim_folder(self, claim_name: str) -> Path:
+        """The folder of this machine that holds a PersistentVolumeClaim's files, for `tj report` to
+        read a job's output: only a backend with a cluster can look a claim up, and only a volume that
+        is a folder on a node (hostPath, local) has one."""
+        raise OutputUnreadableError(
+            f"PersistentVolumeClaim {claim_name!r} exists only in a cluster: use the kubernetes backend"
+        )
 
     def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create a KServe InferenceService (`serving.inference_service`); returns it as created.

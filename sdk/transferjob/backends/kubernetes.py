@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from transferjob.errors import (
     JobExistsError,
     JobNotFoundError,
     NamespaceNotFoundError,
+    OutputUnreadableError,
     SpecError,
     SweepNotFoundError,
     TransferJobError,
@@ -44,6 +45,20 @@ from transferjob.status import TERMINAL_PHASES
 from transferjob.sweeps import TransferSweep
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: Fields of a PersistentVolume's spec that are not where its files are.
+_NOT_A_VOLUME_SOURCE = frozenset(
+    {
+        "access_modes",
+        "capacity",
+        "claim_ref",
+        "mount_options",
+        "node_affinity",
+        "persistent_volume_reclaim_policy",
+        "storage_class_name",
+        "volume_attributes_class_name",
+        "volume_mode",
+    }
+)
 #: Longest single watch request; the server ends it and we reconnect, which also re-checks deadlines.
 _WATCH_SECONDS = 60
 
@@ -276,6 +291,43 @@ class KubernetesBackend(Backend):
             self.custom.delete_namespaced_custom_object,
             GROUP, VERSION, self.namespace, SWEEP_PLURAL, name, propagation_policy="Background",
         )  # fmt: skip
+
+    # ------------------------------------------------------------------ volumes
+    def claim_folder(self, claim_name: str) -> Path:
+        """The hostPath or local PersistentVolume path the claim is bound to (see `Backend`).
+
+        Whether that path is on this machine is for the reader to find out: the claim says nothing
+        of which node the reader runs on.
+        """
+        what = f"PersistentVolumeClaim {claim_name!r} in namespace {self.namespace!r}"
+        claim = self._read_volume(
+            what, lambda: self.core.read_namespaced_persistent_volume_claim(claim_name, self.namespace)
+        )
+        volume = claim.spec.volume_name if claim.spec else None
+        if not volume:
+            raise OutputUnreadableError(f"{what} is not bound to a PersistentVolume")
+        spec = self._read_volume(
+            f"PersistentVolume {volume!r}", lambda: self.core.read_persistent_volume(volume)
+        ).spec
+        path = spec.host_path.path if spec.host_path else spec.local.path if spec.local else None
+        if path is None:
+            kinds = [k for k, v in spec.to_dict().items() if v and k not in _NOT_A_VOLUME_SOURCE]
+            raise OutputUnreadableError(
+                f"{what} is bound to PersistentVolume {volume!r} ({', '.join(kinds) or 'no source'}), which "
+                "is not a folder on a node (hostPath or local): only the pods that mount it see its files"
+            )
+        return Path(path)
+
+    @staticmethod
+    def _read_volume(what: str, read: Callable[[], Any]) -> Any:
+        """A claim or a volume; what keeps it from being read, as an error naming it."""
+        try:
+            return read()
+        except ApiException as error:
+            why = "does not exist" if error.status == 404 else f"cannot be read: {api_error(error)}"
+            raise OutputUnreadableError(f"{what} {why}") from error
+        except (OSError, HTTPError) as error:
+            raise BackendError(f"cannot reach the Kubernetes API: {error}") from error
 
     # ------------------------------------------------------------------ serving
     def create_inference_service(self, manifest: dict[str, Any]) -> dict[str, Any]:
