@@ -18,11 +18,12 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from transferjob.models import Phase, TransferJob, TransferJobStatus
+from transferjob.models import Phase, TransferJob, TransferJobStatus, WorkerStatus
 from transferjob.progress import Failed, Finished, decode
 from transferjob.status import Conditions, Progress, Verdict, closing_conditions, job_status, merge_conditions
 from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
+from transferjob_operator.slim import COMPLETION_INDEX_LABEL
 
 #: Container waiting reasons that mean the image will not arrive without someone fixing something.
 IMAGE_PULL_REASONS = frozenset(
@@ -566,6 +567,24 @@ def restarts(job: Json | None, phase: Phase) -> int:
     return failed_pods - 1 if phase is Phase.FAILED and failed_pods else failed_pods
 
 
+def worker_states(pods: Iterable[Json]) -> list[WorkerStatus]:
+    """Each worker's newest pod and its failed pods, from the pods' completion-index labels."""
+    by_index: dict[int, list[Json]] = {}
+    for pod in _by_creation(pods):
+        index = (pod["metadata"].get("labels") or {}).get(COMPLETION_INDEX_LABEL)
+        if index is not None and index.isdigit():
+            by_index.setdefault(int(index), []).append(pod)
+    return [
+        WorkerStatus(
+            index=index,
+            pod=group[-1]["metadata"]["name"],
+            phase=str(group[-1].get("status", {}).get("phase") or "Pending"),
+            failures=sum(1 for p in group if p.get("status", {}).get("phase") == "Failed"),
+        )
+        for index, group in sorted(by_index.items())
+    ]
+
+
 def status_from_job_and_pods(
     tj: TransferJob,
     job: Json | None,
@@ -592,7 +611,7 @@ def status_from_job_and_pods(
         start_time=parse_time((job or {}).get("status", {}).get("startTime")),
         job_name=job["metadata"]["name"] if job is not None else None,
         restarts=restarts(job, result.phase),
-    )
+    ).model_copy(update={"workers": worker_states(pods) if tj.spec.resources.workers > 1 else []})
 
 
 @dataclass(frozen=True)

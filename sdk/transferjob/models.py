@@ -1008,6 +1008,15 @@ class StepProgressStatus(ApiModel):
     )
 
 
+class WorkerStatus(ApiModel):
+    """One worker of a group (`resources.workers` > 1): its current pod and how often its pods failed."""
+
+    index: int = Field(ge=0, description="The worker's index (0 is the chief, which reports the metrics).")
+    pod: str = Field(description="Its newest pod.")
+    phase: str = Field(description="That pod's phase (Pending, Running, Succeeded, Failed).")
+    failures: int = Field(default=0, ge=0, description="Pods of this worker that failed (each was replaced).")
+
+
 class TransferJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
@@ -1039,6 +1048,11 @@ class TransferJobStatus(ApiModel):
     test: TestMetrics | None = Field(default=None, description="Test-set evaluation of the final model.")
     model: ModelArtifacts | None = Field(default=None, description="Exported model and logs.")
     restarts: int | None = Field(default=None, description="Training pods that failed and were replaced.")
+    workers: list[WorkerStatus] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Each worker's state, by index, when the job runs on several (resources.workers).",
+    )
     skipped_images: int | None = Field(
         default=None, description="Image files left out as undecodable (data.skipInvalidImages)."
     )

@@ -322,3 +322,27 @@ def test_restarts_count_failed_pods_the_job_controller_has_not_counted_yet(tj: T
     status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
     assert status.phase is Phase.FAILED
     assert status.restarts == 1
+
+
+def test_each_worker_of_a_group_shows_its_newest_pod_and_its_failures() -> None:
+    from tests.operator.conftest import make_pod
+    from transferjob_operator.slim import slim_pod
+    from transferjob_operator.status import worker_states
+
+    def worker(name: str, index: str, phase: str, created: str) -> dict:
+        pod = make_pod(name, phase, created)
+        pod["metadata"]["labels"] = {"batch.kubernetes.io/job-completion-index": index, "other": "dropped"}
+        return slim_pod(pod)
+
+    pods = [
+        worker("pair-1-a", "1", "Failed", "2025-01-01T00:00:02Z"),
+        worker("pair-0-a", "0", "Running", "2025-01-01T00:00:01Z"),
+        worker("pair-1-b", "1", "Running", "2025-01-01T00:00:09Z"),
+    ]
+    assert pods[0]["metadata"]["labels"] == {"batch.kubernetes.io/job-completion-index": "1"}
+    states = [w.to_dict() for w in worker_states(pods)]
+    assert states == [
+        {"index": 0, "pod": "pair-0-a", "phase": "Running", "failures": 0},
+        {"index": 1, "pod": "pair-1-b", "phase": "Running", "failures": 1},
+    ]
+    assert worker_states([make_pod()]) == []  # one worker: a plain Job, no index label
