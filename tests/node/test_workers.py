@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from tests.node.test_operator import Jobs, _small_spec
+from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.cluster.volumes import hand_to_trainer, static_volume
 
@@ -87,3 +88,30 @@ def test_a_group_the_node_cannot_place_stays_pending_with_the_reason(jobs: Jobs,
     cond = jobs.condition("too-big", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in cond["message"], cond
     assert jobs.status("too-big").get("phase") == "Pending"
+
+
+def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
+) -> None:
+    """Worker 1's pod is deleted mid-run: the chief's collectives fail, both are replaced, and the new
+    group resumes after the last finished epoch; each epoch is on `.status` once."""
+    hand_to_trainer(tmp_path / "models")
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
+    static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
+    spec = _fine_tuning(2, "lost", 32)
+    spec["training"]["epochs"] = 6
+    spec["training"]["earlyStopping"] = {"enabled": False}
+    spec["runPolicy"]["backoffLimit"] = 3
+    jobs.create("lost", spec)
+    wait_for(lambda: (jobs.status("lost").get("epoch") or 0) >= 2, timeout=420, interval=1.0, what="epoch 2")
+    core = client.CoreV1Api(jobs.cluster.api)
+    victim = next(
+        p for p in jobs.pods("lost") if p.metadata.labels["batch.kubernetes.io/job-completion-index"] == "1"
+    )
+    core.delete_namespaced_pod(victim.metadata.name, jobs.ns, grace_period_seconds=0)
+    done = jobs.wait_phase("lost", "Succeeded", timeout=600)
+    assert [m["epoch"] for m in done["history"]] == [1, 2, 3, 4, 5, 6]
+    workers = {w["index"]: w for w in done["workers"]}
+    assert workers[1]["failures"] >= 1 and workers[1]["pod"] != victim.metadata.name, done["workers"]
+    logs = [core.read_namespaced_pod_log(w["pod"], jobs.ns) for w in done["workers"]]
+    assert all("resuming after epoch" in log for log in logs), [log[-2000:] for log in logs]
