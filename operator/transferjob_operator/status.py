@@ -550,6 +550,9 @@ def verdict(
             return Verdict(Phase.SUSPENDED, {"Suspended": ("Queued", f"waiting for Kueue queue {queued}")})
         return Verdict(Phase.SUSPENDED, {"Suspended": ("Suspended", "runPolicy.suspend is true")})
     running = _running_pod(pods)
+    waiting = waiting_workers(pods) if tj.spec.resources.workers > 1 else []
+    if running is not None and waiting:
+        return Verdict(Phase.PENDING, pod_problems(waiting, events or [], now, job))
     if running is not None:
         pod = running["metadata"]["name"]
         return Verdict(Phase.RUNNING, {"Running": ("Running", f"pod {pod} is running")})
@@ -567,13 +570,29 @@ def restarts(job: Json | None, phase: Phase) -> int:
     return failed_pods - 1 if phase is Phase.FAILED and failed_pods else failed_pods
 
 
-def worker_states(pods: Iterable[Json]) -> list[WorkerStatus]:
-    """Each worker's newest pod and its failed pods, from the pods' completion-index labels."""
+def _by_index(pods: Iterable[Json]) -> dict[int, list[Json]]:
+    """A worker group's pods by worker index (completion-index label), oldest first; {} for one worker."""
     by_index: dict[int, list[Json]] = {}
     for pod in _by_creation(pods):
         index = (pod["metadata"].get("labels") or {}).get(COMPLETION_INDEX_LABEL)
         if index is not None and index.isdigit():
             by_index.setdefault(int(index), []).append(pod)
+    return by_index
+
+
+def waiting_workers(pods: Iterable[Json]) -> list[Json]:
+    """The newest pod of each worker that is not running (nor done): while one waits, the group waits.
+
+    Workers that did start hold their devices at the strategy's rendezvous until the others join, so
+    the job is Pending, with the waiting pods' reasons, not Running.
+    """
+    newest = [group[-1] for group in _by_index(pods).values()]
+    return [p for p in newest if p.get("status", {}).get("phase") not in ("Running", "Succeeded")]
+
+
+def worker_states(pods: Iterable[Json]) -> list[WorkerStatus]:
+    """Each worker's newest pod and its failed pods, from the pods' completion-index labels."""
+    by_index = _by_index(pods)
     return [
         WorkerStatus(
             index=index,

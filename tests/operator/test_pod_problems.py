@@ -306,3 +306,29 @@ def test_every_non_terminal_condition_closes() -> None:
     }
     closed = _after(_previous(**problems), make_job([_failed("2025-01-01T00:09:00Z")]), [])
     assert {t for t, c in closed.items() if c[0] == "True"} == {"Failed"}
+
+
+def test_a_group_with_a_worker_left_unplaced_is_pending_with_its_reason() -> None:
+    """Worker 0 runs (and waits at the rendezvous), worker 1 cannot be placed: Pending, and why."""
+    from transferjob_operator.slim import slim_pod
+
+    spec = make_tj().spec.to_dict() | {"mode": "FineTuning", "model": {"base": "MobileNetV2"}}
+    spec["resources"] = {"workers": 2, "gpus": 3}
+    group = make_tj(spec)
+    said = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": said}
+
+    def worker(index: str, phase: str, conditions: list | None = None) -> dict:
+        pod = make_pod(f"digits-{index}-x", phase, conditions=conditions)
+        pod["metadata"]["labels"] = {"batch.kubernetes.io/job-completion-index": index}
+        return slim_pod(pod)
+
+    pods = [worker("0", "Running"), worker("1", "Pending", [unscheduled])]
+    status = status_from_job_and_pods(group, make_job(), pods, Progress(), NOW)
+    assert status.phase is Phase.PENDING
+    kind, reason, message = _conds(status)["Unschedulable"]
+    assert (kind, reason) == ("True", "Unschedulable") and "Insufficient nvidia.com/gpu" in message
+    assert [w.phase for w in status.workers] == ["Running", "Pending"]
+
+    both = [worker("0", "Running"), worker("1", "Running")]
+    assert status_from_job_and_pods(group, make_job(), both, Progress(), NOW).phase is Phase.RUNNING
