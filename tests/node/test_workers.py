@@ -81,11 +81,13 @@ def test_two_workers_fine_tune_as_one_in_our_pods(
     assert abs(one - two) <= TOLERANCE, (one, two)
 
 
-def test_a_group_the_node_cannot_place_stays_pending_with_the_reason(jobs: Jobs, tmp_path: Path) -> None:
+def test_a_group_the_node_cannot_place_stays_pending_with_the_reason(
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
+) -> None:
     """Three workers of 2 GPUs on a node of 4: two start (and wait for the third at the rendezvous), the
     third cannot be placed. The job is Pending with the scheduler's reason, not Running."""
     hand_to_trainer(tmp_path / "models")
-    static_volume(jobs.cluster.api, jobs.ns, "datasets", tmp_path)
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
     spec = _fine_tuning(3, "too-big", 32)
     spec["resources"] |= {"gpus": 2, "cpu": "100m"}
