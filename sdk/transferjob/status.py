@@ -257,17 +257,24 @@ def merge_conditions(
         else:
             merged[ctype] = cond
     for ctype, (reason, message) in current.items():
-        before = old.get(ctype)
-        since = before.last_transition_time if before is not None and before.status == "True" else None
-        merged[ctype] = Condition(
-            type=ctype,
-            status="True",
-            reason=reason,
-            message=message,
-            last_transition_time=since or now,
-            observed_generation=generation,
-        )
+        merged[ctype] = true_condition(ctype, reason, message, old.get(ctype), now, generation)
     return [merged[t] for t in sorted(merged)]
+
+
+def true_condition(
+    ctype: str, reason: str, message: str, before: Condition | None, now: dt.datetime, generation: int | None
+) -> Condition:
+    """A condition that holds now: its transition time stays the one it became True at, if it already was
+    (a new reason or message is not a transition, as in Kubernetes' own conditions)."""
+    since = before.last_transition_time if before is not None and before.status == "True" else None
+    return Condition(
+        type=ctype,
+        status="True",
+        reason=reason,
+        message=message,
+        last_transition_time=since or now,
+        observed_generation=generation,
+    )
 
 
 def closing_conditions(phase: Phase, conditions: Conditions) -> Conditions:

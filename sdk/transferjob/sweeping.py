@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from transferjob.constants import LABEL_KUEUE_QUEUE, LABEL_SWEEP, LABEL_TRIAL
 from transferjob.errors import SpecError
 from transferjob.models import Condition, ObjectMeta, Phase, TransferJob, TransferJobStatus
-from transferjob.status import failure
+from transferjob.status import failure, true_condition
 from transferjob.suggest import grid_size, suggest
 from transferjob.sweeps import (
     FINISHED_TRIAL_PHASES,
@@ -148,17 +148,7 @@ def _conditions(
     for ctype in CONDITION_TYPES:
         before = old.get(ctype)
         if ctype == phase.value:
-            since = before.last_transition_time if before is not None and before.status == "True" else None
-            merged.append(
-                Condition(
-                    type=ctype,
-                    status="True",
-                    reason=reason,
-                    message=message,
-                    last_transition_time=since or now,
-                    observed_generation=generation,
-                )
-            )
+            merged.append(true_condition(ctype, reason, message, before, now, generation))
         elif before is not None:
             if before.status == "True":
                 before = before.model_copy(update={"status": "False", "last_transition_time": now})
