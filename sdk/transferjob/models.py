@@ -726,6 +726,19 @@ class Toleration(ApiModel):
 class ResourcesSpec(ApiModel):
     """What the training pod asks of the cluster."""
 
+    # `workers` is read by a CEL rule on the spec (FineTuning only). The API server's integer schema takes
+    # a whole float (`2.0`), and the rule then fails on it at the path `spec`, which names no field; this
+    # rule reads it here first, so a whole float is refused at `spec.resources` by both (see `cel_ints`).
+    rules = (
+        Rule(
+            "self.workers >= 1",
+            "resources.workers is a whole number of pods, at least 1 (write 2, not 2.0)",
+            lambda m: m.workers >= 1,
+            ".workers",
+        ),
+    )
+    cel_ints = frozenset({"workers"})
+
     gpus: int = Field(default=1, ge=0, le=64, description="nvidia.com/gpu per pod; 0 trains on CPU.")
     workers: int = Field(
         default=1,
