@@ -72,6 +72,16 @@ def _label_tensor(labels: Sequence[int], binary: bool) -> tf.Tensor:
     return tf.constant(np.asarray(labels, dtype=np.int32))
 
 
+def decode_resize_float(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded bytes -> float32 [size, size, 3], resized but not yet rounded (see `decode_resize`)."""
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    image = tf.cond(
+        tf.shape(image)[-1] < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1), lambda: image[..., :3]
+    )
+    image.set_shape([None, None, 3])
+    return tf.image.resize(image, [size, size], method="bilinear")
+
+
 def decode_resize(data: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded bytes -> uint8 [size, size, 3], bilinear like `image_dataset_from_directory`.
 
@@ -152,7 +162,11 @@ class CacheFill:
 
 
 def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(images, tf.float32), labels
+    """float32 pixel values 0-255, whole numbers: uint8 images cast; resized floats (`shuffled_images`
+    without a cache) rounded and clipped here, a batch at a time, to exactly what the uint8 would hold."""
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32), labels
+    return tf.clip_by_value(tf.round(images), 0.0, 255.0), labels
 
 
 def shuffled_images(
@@ -174,7 +188,8 @@ def shuffled_images(
         return cached.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     files = tf.data.Dataset.from_tensor_slices((list(split.files), _label_tensor(split.labels, binary)))
     ds = files.shuffle(n, seed=seed, reshuffle_each_iteration=True).map(
-        lambda path, label: (decode_resize(tf.io.read_file(path), size), label), num_parallel_calls=AUTOTUNE
+        lambda path, label: (decode_resize_float(tf.io.read_file(path), size), label),
+        num_parallel_calls=AUTOTUNE,
     )
     return static_tuning(ds)
 
