@@ -175,7 +175,6 @@ def run(
     paths = stage_data(paths, reporter)
     reporter.phase("loading", f"checking images in {paths.data_root}")
     layout = scan_layout(paths.data_root, spec.data)
-    fp = fingerprint(spec, layout)
     full = layout
     if worker is not None:
         layout = worker.shard_layout(layout)
@@ -187,8 +186,9 @@ def run(
     ]
     meter = StepMeter(reporter.emit, "loading", len(files))
     layout = check_images(layout, spec.data, on_checked=meter.advance, files=files)
-    if worker is None:
-        fp = fingerprint(spec, layout)
+    # A group fingerprints the whole data set as scanned (every worker the same; each checks only its
+    # shard); one worker fingerprints what it checked, once.
+    fp = fingerprint(spec, full if worker is not None else layout)
     if worker is None or worker.chief:
         claim_output(paths.output, job, policy)
 
