@@ -13,7 +13,7 @@ from kubernetes import client
 
 from tests.node.test_operator import Jobs, _small_spec
 from transferjob_testing.cluster.kube import wait_for
-from transferjob_testing.cluster.real import RealCluster
+from transferjob_testing.cluster.real import RealCluster, operator_logs
 from transferjob_testing.cluster.volumes import hand_to_trainer, static_volume
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 #: 1 worker 0.9363, 2 workers 0.8981 (hence 5 epochs here). The trainer tier's
 #: `tests/trainer/test_workers.py` compares them on a larger split; here the pods are the question.
 TOLERANCE = 0.05
+
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 @pytest.fixture()
@@ -55,9 +57,7 @@ def test_two_workers_fine_tune_as_one_in_our_pods(
     assert service.spec.cluster_ip == "None"
     assert service.metadata.owner_references[0].kind == "TransferJob"
 
-    pods = sorted(
-        jobs.pods("pair"), key=lambda p: p.metadata.labels["batch.kubernetes.io/job-completion-index"]
-    )
+    pods = sorted(jobs.pods("pair"), key=lambda p: p.metadata.labels[INDEX_LABEL])
     assert [p.spec.hostname for p in pods] == ["pair-0", "pair-1"]
     assert {p.status.phase for p in pods} == {"Succeeded"}
     shards = []
@@ -115,13 +115,15 @@ def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
     jobs.create("lost", spec)
     wait_for(lambda: (jobs.status("lost").get("epoch") or 0) >= 2, timeout=420, interval=1.0, what="epoch 2")
     core = client.CoreV1Api(jobs.cluster.api)
-    victim = next(
-        p for p in jobs.pods("lost") if p.metadata.labels["batch.kubernetes.io/job-completion-index"] == "1"
-    )
+    victim = next(p for p in jobs.pods("lost") if p.metadata.labels[INDEX_LABEL] == "1")
     core.delete_namespaced_pod(victim.metadata.name, jobs.ns, grace_period_seconds=0)
     done = jobs.wait_phase("lost", "Succeeded", timeout=600)
     assert [m["epoch"] for m in done["history"]] == [1, 2, 3, 4, 5, 6]
     workers = {w["index"]: w for w in done["workers"]}
+    if set(workers) != {0, 1}:
+        print(jobs.cluster.kubectl("get", "pods", "-n", jobs.ns, "-L", INDEX_LABEL, "-o", "wide").stdout)
+        print(operator_logs(jobs.cluster, tail=200))
+    assert set(workers) == {0, 1}, done["workers"]
     # The deleted pod is gone (replaced, not listed as failed); the chief failed when its peer vanished.
     assert workers[1]["pod"] != victim.metadata.name, done["workers"]
     assert workers[0]["failures"] >= 1, done["workers"]

@@ -198,6 +198,13 @@ def _failed_mounts(core: Any, namespace: str, pod: str) -> list[str]:
     return [e.message for e in events if e.reason == "FailedMount" and e.type == "Warning"]
 
 
+def _waiting_reason(core: Any, namespace: str, pod: str) -> str | None:
+    """The first container's waiting reason, None until the kubelet has posted a container status."""
+    statuses = core.read_namespaced_pod_status(pod, namespace).status.container_statuses
+    waiting = statuses[0].state.waiting if statuses else None
+    return waiting.reason if waiting is not None else None
+
+
 def test_a_missing_directory_is_a_failed_mount_and_is_not_created(
     real_api: Any, node_namespace: str, probe_image: str, tmp_path: Path
 ) -> None:
@@ -217,9 +224,12 @@ def test_a_missing_directory_is_a_failed_mount_and_is_not_created(
         f'MountVolume.SetUp failed for volume "data" : hostPath type check failed: {typo} is not a directory'
     )
     assert expected in messages
-    status = core.read_namespaced_pod_status("typo", node_namespace).status
-    assert status.phase == "Pending"
-    assert status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    # The kubelet's status manager posts the pod's status on its own schedule: the event can come first.
+    waiting = wait_for(
+        lambda: _waiting_reason(core, node_namespace, "typo"), timeout=60, what="the pod's container status"
+    )
+    assert waiting == "ContainerCreating"
+    assert core.read_namespaced_pod_status("typo", node_namespace).status.phase == "Pending"
     assert not typo.exists(), "the kubelet created the folder a typo named"
 
     typo.mkdir()
