@@ -726,9 +726,9 @@ class Toleration(ApiModel):
 class ResourcesSpec(ApiModel):
     """What the training pod asks of the cluster."""
 
-    # `workers` is read by a CEL rule on the spec (FineTuning only). The API server's integer schema takes
-    # a whole float (`2.0`), and the rule then fails on it at the path `spec`, which names no field; this
-    # rule reads it here first, so a whole float is refused at `spec.resources` by both (see `cel_ints`).
+    # The API server's integer schema takes a whole float (`2.0`), which a CEL rule cannot compare with
+    # an int: this rule makes the API server refuse it at `spec.resources`, as the SDK does (`cel_ints`),
+    # instead of admitting a number of pods written as a float.
     rules = (
         Rule(
             "self.workers >= 1",
@@ -744,11 +744,12 @@ class ResourcesSpec(ApiModel):
         default=1,
         ge=1,
         le=64,
-        description="Pods that train together, data-parallel (FineTuning only): an Indexed Job of this many "
-        "pods behind a headless Service, with MultiWorkerMirroredStrategy. Each worker reads its own share "
-        "of the images; training.batchSize is per worker, so the global batch is batchSize x workers. gpus, "
-        "cpu and memory are per worker. The output location must be readable by every worker (an object "
-        "store, or a claim every node can mount).",
+        description="Pods that train together, data-parallel: an Indexed Job of this many pods behind a "
+        "headless Service, with MultiWorkerMirroredStrategy. Each worker reads its own share of the images "
+        "(in feature extraction it computes the features of its share and trains the head on them, the "
+        "head's gradients summed across workers); training.batchSize is per worker, so the global batch "
+        "is batchSize x workers. gpus, cpu and memory are per worker. The output location must be "
+        "readable by every worker (an object store, or a claim every node can mount).",
     )
     cpu: str | None = Field(
         default=None, max_length=32, pattern=QUANTITY, description="CPU request and limit."
@@ -837,14 +838,6 @@ class TransferJobSpec(ApiModel):
                 or (m.model.base in BASES and BASES[m.model.base].fine_tune_at is not None)
             ),
             ".model.fineTuneAt",
-        ),
-        Rule(
-            "self.mode == 'FineTuning' || !has(self.resources) || !has(self.resources.workers) || "
-            "self.resources.workers == 1",
-            "resources.workers above 1 needs mode FineTuning: feature extraction runs on one worker (its "
-            "cost is one pass of the frozen base, which is not split across workers yet)",
-            lambda m: m.mode is Mode.FINE_TUNING or m.resources.workers == 1,
-            ".resources.workers",
         ),
         Rule(
             _IMMUTABLE_SPEC,

@@ -529,7 +529,7 @@ class FeatureSet:
         return values[:, : self.dim], labels
 
     def _records(self, files: Sequence[tuple[str, int, int]], cycle: int) -> tf.data.Dataset:
-        paths = tf.constant([path for path, _, _ in files])
+        paths = tf.constant([path for path, _, _ in files], tf.string)
         offsets = tf.constant([offset for _, offset, _ in files], tf.int64)
         return tf.data.Dataset.from_tensor_slices((paths, offsets)).interleave(
             lambda path, offset: tf.data.FixedLengthRecordDataset(

@@ -73,14 +73,16 @@ class Layout:
         return [*self.train.files, *self.val.files, *self.test.files]
 
     def without(self, invalid: Sequence[tuple[str, str]]) -> Layout:
-        """This layout minus the `invalid` files (path, why); every class keeps an image in every split."""
+        """This layout minus the `invalid` files (path, why); every class keeps an image in every split
+        where it had one (a worker's shard may hold no image of a class, or no test split at all)."""
         drop = {path for path, _ in invalid}
         splits = []
+        n = len(self.classes)
         for split in (self.train, self.val, self.test):
             kept = [(f, label) for f, label in zip(split.files, split.labels, strict=True) if f not in drop]
             reduced = Split(split.name, split.folder, tuple(f for f, _ in kept), tuple(la for _, la in kept))
-            for cls, count in zip(self.classes, reduced.counts(len(self.classes)), strict=True):
-                if count == 0:
+            for cls, before, count in zip(self.classes, split.counts(n), reduced.counts(n), strict=True):
+                if before and count == 0:
                     raise InvalidDataError(
                         f"class folder {fs.join(split.folder, cls)} has no decodable image left once the "
                         "invalid ones are skipped"

@@ -72,6 +72,11 @@ def _label_tensor(labels: Sequence[int], binary: bool) -> tf.Tensor:
     return tf.constant(np.asarray(labels, dtype=np.int32))
 
 
+def _file_tensors(split: Split, binary: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """A split's paths and labels; typed, so that an empty split (a worker's test split) is strings too."""
+    return tf.constant(list(split.files), tf.string), _label_tensor(split.labels, binary)
+
+
 def decode_resize_float(data: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded bytes -> float32 [size, size, 3], resized but not yet rounded (see `decode_resize`)."""
     image = tf.io.decode_image(data, channels=0, expand_animations=False)
@@ -118,7 +123,7 @@ def static_tuning(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def image_dataset(split: Split, size: int, *, binary: bool, cache: bool) -> tf.data.Dataset:
     """(uint8 image, label) pairs in file order, decoded in parallel, cached in memory when asked."""
-    ds = tf.data.Dataset.from_tensor_slices((list(split.files), _label_tensor(split.labels, binary)))
+    ds = tf.data.Dataset.from_tensor_slices(_file_tensors(split, binary))
     ds = ds.map(
         lambda path, label: (decode_resize(tf.io.read_file(path), size), label), num_parallel_calls=AUTOTUNE
     )
@@ -186,7 +191,7 @@ def shuffled_images(
     n = len(split.files)
     if cached is not None:
         return cached.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    files = tf.data.Dataset.from_tensor_slices((list(split.files), _label_tensor(split.labels, binary)))
+    files = tf.data.Dataset.from_tensor_slices(_file_tensors(split, binary))
     ds = files.shuffle(n, seed=seed, reshuffle_each_iteration=True).map(
         lambda path, label: (decode_resize_float(tf.io.read_file(path), size), label),
         num_parallel_calls=AUTOTUNE,

@@ -20,7 +20,7 @@ import yaml
 from transferjob import yamlio
 from transferjob.constants import KIND
 from transferjob.errors import SpecError
-from transferjob.models import Mode, TransferJobSpec, parse_spec
+from transferjob.models import TransferJobSpec, parse_spec
 from transferjob.progress import Finished
 from transferjob_trainer import fs
 from transferjob_trainer.errors import InvalidSpecError, StorageError
@@ -162,8 +162,6 @@ def run(
     for warning in spec.warnings():
         log(f"warning: {warning}")
     worker = Worker.from_env()
-    if worker is not None and spec.mode is not Mode.FINE_TUNING:
-        raise InvalidSpecError(f"resources.workers {worker.count}: only FineTuning runs on several workers")
     use_storage(spec)
     check_storage(paths)
     policy = spec.output.ownership_policy

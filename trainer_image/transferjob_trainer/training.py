@@ -18,8 +18,11 @@ state) under our control rather than inside Keras callbacks that reset at `on_tr
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -352,11 +355,20 @@ def plan_run(spec: TransferJobSpec, layout: Layout, state: RunState, cache: Feat
 
 
 def open_feature_cache(
-    spec: TransferJobSpec, layout: Layout, store: CheckpointStore, fp: str
+    spec: TransferJobSpec, layout: Layout, store: CheckpointStore, fp: str, group: Group | None = None
 ) -> FeatureCache | None:
-    """Feature extraction's shard cache beside the checkpoints (None when fine-tuning)."""
+    """Feature extraction's shard cache beside the checkpoints (None when fine-tuning).
+
+    In a worker group each worker computes the features of its own shard (`layout` is that shard). The
+    chief keeps them beside the checkpoints, like a single worker; the others write nothing to the
+    output, so theirs go to local scratch and a restarted pod computes its shard again.
+    """
     if spec.mode is not Mode.FEATURE_EXTRACTION:
         return None
+    folder = store.folder
+    if group is not None and not group.worker.chief:
+        key = hashlib.sha256(store.folder.encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), "transferjob-worker", f"{key}-{group.worker.index}")
     augmentation = spec.data.augmentation
     inputs = {
         "fingerprint": fp,
@@ -367,7 +379,7 @@ def open_feature_cache(
     }
     counts = {"train": len(layout.train), "val": len(layout.val), "test": len(layout.test)}
     views = augmentation.cached_views if augments(augmentation) else 1
-    return FeatureCache.open(store.folder, inputs, counts, views)
+    return FeatureCache.open(folder, inputs, counts, views)
 
 
 def open_images(layout: Layout, size: int, plan: Plan, seed: int) -> Images:
@@ -546,6 +558,18 @@ def epoch_fitter(
     head's epochs on cached features take seconds and report only as they end.
     """
     training = spec.training
+    if features is not None and group is not None:
+        # Each worker trains the head on its shard's features; the head's gradients are all-reduced.
+        return distributed_fitter(
+            group,
+            net.train_model,
+            layout.binary,
+            partial(features.train_batches, batch_size=training.batch_size, seed=training.seed),
+            features.eval_batches("val", training.batch_size),
+            training.batch_size,
+            lambda epoch: None,
+            lambda images: None,
+        )
     if features is not None:
         return fit_on_features(net.train_model, features, training.batch_size, training.seed, single_device)
     shuffled = shuffled_images(
@@ -687,7 +711,7 @@ def train(
     chief = group is None or group.worker.chief
     strategy, devices = set_up_devices(spec.training, group.strategy if group else None)
     store, state = open_checkpoints(paths.output, fp)
-    cache = open_feature_cache(spec, layout, store, fp)
+    cache = open_feature_cache(spec, layout, store, fp, group)
     plan = plan_run(spec, layout, state, cache)
     images = open_images(layout, spec.model.image_size, plan, spec.training.seed)
     net = build_network(spec, paths, layout, plan, state, store, strategy)

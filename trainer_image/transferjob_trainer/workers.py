@@ -86,14 +86,16 @@ class Worker:
         )
 
     def shard_layout(self, layout: Layout) -> Layout:
-        """The layout this worker trains and validates on: its shards of train and val, the whole test
-        split (only the chief tests, on every test image)."""
+        """The layout this worker trains and validates on: its shards of train and val; the whole test
+        split for the chief (it tests alone, on every test image), none for the others (so no other
+        worker reads, checks or, in feature extraction, runs the base on a test image)."""
+        test = layout.test if self.chief else Split(layout.test.name, layout.test.folder, (), ())
         return Layout(
             layout.root,
             layout.classes,
             self.shard(layout.train),
             self.shard(layout.val),
-            layout.test,
+            test,
             layout.skipped,
         )
 
@@ -137,7 +139,7 @@ def distributed_fitter(
     group: Group,
     model: Any,
     binary: bool,
-    train: tf.data.Dataset,
+    train: tf.data.Dataset | Callable[[int], tf.data.Dataset],
     val: tf.data.Dataset,
     batch_size: int,
     on_epoch: Callable[[int], None],
@@ -145,10 +147,13 @@ def distributed_fitter(
 ) -> Callable[[int], dict[str, float]]:
     """One epoch (`fit_one_epoch(epoch) -> logs`) of data-parallel training across the workers.
 
-    `train` is this worker's shard of shuffled, batched float images, repeated without end (every
-    worker takes `steps` full batches an epoch); `val` is its validation shard, batched, unrepeated.
-    The logs are the same on every worker: loss and accuracy over all workers' training batches, and
-    val_loss and val_accuracy over every validation image exactly once.
+    `train` is this worker's shard of shuffled, batched inputs (images when fine-tuning, the base's
+    features when training a head), repeated without end: every worker takes `steps` full batches an
+    epoch, each epoch going on where the last stopped. Or a function of the epoch giving that epoch's
+    batches (feature extraction: epoch e reads augmented view e mod views), repeated here. `val` is
+    this worker's validation shard, batched, unrepeated. The logs are the same on every worker: loss
+    and accuracy over all workers' training batches, and val_loss and val_accuracy over every
+    validation image exactly once.
     """
     import keras
     import tensorflow as tf
@@ -159,10 +164,16 @@ def distributed_fitter(
     global_batch = batch_size * worker.count
     no_shard = tf.data.Options()
     no_shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    # Keras splits nothing here: each worker feeds its own batch, whole, to its one replica.
-    train_ds = strategy.experimental_distribute_dataset(train.with_options(no_shard))
-    image_shape = train.element_spec[0].shape[1:]
-    label_dtype = train.element_spec[1].dtype
+
+    def distributed(ds: tf.data.Dataset) -> Any:
+        # Keras splits nothing here: each worker feeds its own batch, whole, to its one replica.
+        return strategy.experimental_distribute_dataset(ds.with_options(no_shard))
+
+    per_epoch = train if callable(train) else None
+    sample = per_epoch(0) if per_epoch is not None else train
+    assert isinstance(sample, tf.data.Dataset)
+    image_shape = sample.element_spec[0].shape[1:]
+    label_dtype = sample.element_spec[1].dtype
 
     def padded(ds: tf.data.Dataset) -> tf.data.Dataset:
         """The shard with weight 1, then weight-0 blank images up to exactly val_steps full batches."""
@@ -218,10 +229,11 @@ def distributed_fitter(
     def val_step(batch: Any) -> list[tf.Tensor]:
         return summed(strategy.run(val_replica, args=batch))
 
-    train_iter = iter(train_ds)
+    shared_iter: Any = iter(distributed(sample)) if per_epoch is None else None
 
     def fit_one_epoch(epoch: int) -> dict[str, float]:
         on_epoch(epoch)
+        train_iter = shared_iter if per_epoch is None else iter(distributed(per_epoch(epoch).repeat()))
         totals = [0.0, 0.0, 0.0]
         for _ in range(steps):
             values = train_step(next(train_iter))
