@@ -154,18 +154,27 @@ def _by_creation(pods: Iterable[Json]) -> list[Json]:
     return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
 
 
-def latest_termination(pods: Iterable[Json]) -> Termination | None:
-    """The most recent trainer exit among a Job's pods."""
+def _terminations(pods: Iterable[Json]) -> list[Termination]:
+    """The trainer exits among a Job's pods, the one that explains the outcome last: the newest pod's,
+    except that a permanent failure (bad data, a bad spec) outranks any other. In a worker group the
+    pods start together, and a worker that fails permanently fails the Job (podFailurePolicy), which
+    then stops the others: their exits (terminated, or collectives cut off) follow it, but say nothing
+    about why the job failed."""
     ended = [t for t in (termination_of(p) for p in _by_creation(pods)) if t is not None]
+    return sorted(ended, key=lambda t: isinstance(t.event, Failed) and t.event.permanent)
+
+
+def latest_termination(pods: Iterable[Json]) -> Termination | None:
+    """The trainer exit that explains a Job's outcome (`_terminations`)."""
+    ended = _terminations(pods)
     return ended[-1] if ended else None
 
 
 def with_terminations(progress: Progress, pods: Iterable[Json]) -> Progress:
     """Progress completed with the final events from termination messages (they survive missed logs)."""
     merged = progress.copy()
-    for pod in _by_creation(pods):
-        term = termination_of(pod)
-        event = term.event if term else None
+    for term in _terminations(pods):
+        event = term.event
         if event is not None:
             merged.apply(event)
     return merged

@@ -346,3 +346,20 @@ def test_each_worker_of_a_group_shows_its_newest_pod_and_its_failures() -> None:
         {"index": 1, "pod": "pair-1-b", "phase": "Running", "failures": 1},
     ]
     assert worker_states([make_pod()]) == []  # one worker: a plain Job, no index label
+
+
+def test_a_workers_permanent_failure_explains_the_group_failing(tj: TransferJob) -> None:
+    """Worker 1 finds bad data (permanent, FailJob); the chief's collectives then fail and it exits
+    later, retryably: the TransferJob fails for worker 1's reason, not with the chief's aftermath."""
+    bad = Failed(
+        reason="InvalidData", message="1 corrupt or undecodable image file(s): train/5/x.png", permanent=True
+    )
+    cut_off = Failed(reason="TrainingError", message="Collective ops is aborted by: task 1 stopped")
+    pods = [
+        make_pod("pair-1-a", "Failed", "2025-01-01T00:00:01Z", terminated(42, termination_message(bad))),
+        make_pod("pair-0-a", "Failed", "2025-01-01T00:00:02Z", terminated(1, termination_message(cut_off))),
+    ]
+    job = make_job([cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 42")], failed=2)
+    status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
+    assert status.phase is Phase.FAILED
+    assert _conds(status)["Failed"] == ("True", "InvalidData", bad.message)
