@@ -386,11 +386,15 @@ def build_job(
         # hostname) and the others, whose collectives then fail, are replaced too: the group restarts
         # from the last checkpoint, each index at most backoffLimit times; one index over its limit, or
         # a permanent error on any worker (podFailurePolicy), fails the Job.
+        # The chief decides success (successPolicy): once worker 0 has tested and exported, the Job is
+        # done and the Job controller stops any other pod still there, such as a replacement worker that
+        # started after the group had finished and would wait for its peers forever.
         del job_spec["backoffLimit"]
         job_spec |= {
             "completionMode": "Indexed",
             "backoffLimitPerIndex": run.backoff_limit,
             "maxFailedIndexes": 0,
+            "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
         }
     if run.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds

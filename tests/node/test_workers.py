@@ -5,6 +5,7 @@ writing; and a group the node cannot place stays Pending with the scheduler's re
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import pytest
 from kubernetes import client
 
 from tests.node.test_operator import Jobs, _small_spec
+from transferjob.models import DataSpec, Location
 from transferjob_testing.cluster.kube import wait_for
 from transferjob_testing.cluster.real import RealCluster, operator_logs
-from transferjob_testing.cluster.volumes import hand_to_trainer, static_volume
+from transferjob_testing.cluster.volumes import hand_to_trainer, share_read_only, static_volume
+from transferjob_trainer.layout import scan_layout
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -109,7 +112,10 @@ def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
     static_volume(jobs.cluster.api, jobs.ns, "datasets", quickstart_datasets)
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
     spec = _fine_tuning(2, "lost", 32)
-    spec["training"]["epochs"] = 6
+    # Long enough that the group is still training when the deleted pod is gone: an epoch here takes a
+    # second or two, and the kubelet stops a deleted pod's container seconds later (at 6 epochs the
+    # victim once finished the run before it was stopped, so no worker was replaced).
+    spec["training"]["epochs"] = 16
     spec["training"]["earlyStopping"] = {"enabled": False}
     spec["runPolicy"]["backoffLimit"] = 3
     jobs.create("lost", spec)
@@ -118,7 +124,7 @@ def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
     victim = next(p for p in jobs.pods("lost") if p.metadata.labels[INDEX_LABEL] == "1")
     core.delete_namespaced_pod(victim.metadata.name, jobs.ns, grace_period_seconds=0)
     done = jobs.wait_phase("lost", "Succeeded", timeout=600)
-    assert [m["epoch"] for m in done["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [m["epoch"] for m in done["history"]] == list(range(1, 17))
     workers = {w["index"]: w for w in done["workers"]}
     if set(workers) != {0, 1}:
         print(jobs.cluster.kubectl("get", "pods", "-n", jobs.ns, "-L", INDEX_LABEL, "-o", "wide").stdout)
@@ -129,3 +135,37 @@ def test_a_lost_worker_restarts_the_group_from_the_checkpoint(
     assert workers[0]["failures"] >= 1, done["workers"]
     logs = [core.read_namespaced_pod_log(w["pod"], jobs.ns) for w in done["workers"]]
     assert all("resuming after epoch" in log for log in logs), [log[-2000:] for log in logs]
+
+
+def test_a_permanent_error_on_one_worker_fails_the_group_without_retries(
+    jobs: Jobs, quickstart_datasets: Path, tmp_path: Path
+) -> None:
+    """Worker 1's shard holds a corrupt image (the chief's does not): worker 1 exits with the permanent
+    exit code, podFailurePolicy fails the Job at once despite backoffLimit 3, the chief is stopped, and
+    the TransferJob fails with worker 1's reason."""
+    datasets = tmp_path / "datasets"
+    shutil.copytree(quickstart_datasets, datasets)
+    train = datasets / "digits-5-9" / "train"
+    first_class = sorted(p for p in train.iterdir() if p.is_dir())[0]
+    first = sorted(first_class.glob("*.png"))[0]
+    corrupt = first.with_name(f"{first.stem}_.png")  # sorts right after `first`: index 1, worker 1's
+    corrupt.write_bytes(b"not a png")
+    share_read_only(datasets)
+    spec_data = DataSpec(source=Location(host_path=str(datasets / "digits-5-9")))
+    files = scan_layout(str(datasets / "digits-5-9"), spec_data).train.files
+    assert files.index(str(corrupt)) % 2 == 1, "the corrupt image must be in worker 1's shard"
+
+    hand_to_trainer(tmp_path / "models")
+    static_volume(jobs.cluster.api, jobs.ns, "datasets", datasets)
+    static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
+    spec = _fine_tuning(2, "bad", 32)
+    spec["runPolicy"]["backoffLimit"] = 3
+    jobs.create("bad", spec)
+    failed = jobs.wait_phase("bad", "Failed", timeout=300)
+    reason = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert reason["reason"] == "InvalidData", failed["conditions"]
+    assert f"{first.stem}_.png" in reason["message"], reason
+    assert not failed.get("restarts"), failed  # no pod was replaced
+    workers = {w["index"]: w for w in failed["workers"]}
+    assert workers[1]["phase"] == "Failed" and workers[1]["failures"] == 1, failed["workers"]
+    assert len(jobs.pods("bad")) == 2, "a retry was started"

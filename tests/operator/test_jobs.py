@@ -389,6 +389,8 @@ def test_a_worker_group_is_an_indexed_job_behind_a_headless_service() -> None:
     assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (2, 0)
     assert "backoffLimit" not in spec
     assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    # The chief's success is the group's: a late replacement worker is stopped, not waited for.
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "digits"
     container = pod["containers"][0]
