@@ -568,15 +568,20 @@ def verdict(
     return Verdict(Phase.PENDING, pod_problems(pods, events or [], now, job), closing=_pod_gone(pods))
 
 
-def restarts(job: Json | None, phase: Phase) -> int:
+def restarts(job: Json | None, phase: Phase, workers: int = 1) -> int:
     """Training pods that failed and were replaced by a new one."""
     job_status = (job or {}).get("status", {})
-    # Failed pods that a new pod replaced: the last failure of a failed job was not retried.
-    # The Job controller counts a failed pod in `failed` only after it has dropped the pod's tracking
-    # finalizer; until then (FailureTarget may already be set) the pod is in uncountedTerminatedPods.
+    # Failed pods that a new pod replaced: the last failure of a failed job was not retried, nor (in a
+    # group of `workers`) the last failure of each worker that did not succeed: the failing Job stops
+    # them all at once. The Job controller counts a failed pod in `failed` only after it has dropped
+    # the pod's tracking finalizer; until then (FailureTarget may already be set) the pod is in
+    # uncountedTerminatedPods.
     uncounted = (job_status.get("uncountedTerminatedPods") or {}).get("failed") or []
     failed_pods = int(job_status.get("failed", 0) or 0) + len(uncounted)
-    return failed_pods - 1 if phase is Phase.FAILED and failed_pods else failed_pods
+    if phase is not Phase.FAILED or not failed_pods:
+        return failed_pods
+    unfinished = max(1, workers - int(job_status.get("succeeded", 0) or 0))
+    return max(0, failed_pods - unfinished)
 
 
 def _by_index(pods: Iterable[Json]) -> dict[int, list[Json]]:
@@ -638,7 +643,7 @@ def status_from_job_and_pods(
         tj.metadata.generation,
         start_time=parse_time((job or {}).get("status", {}).get("startTime")),
         job_name=job["metadata"]["name"] if job is not None else None,
-        restarts=restarts(job, result.phase),
+        restarts=restarts(job, result.phase, tj.spec.resources.workers),
     ).model_copy(update={"workers": worker_states(pods) if tj.spec.resources.workers > 1 else []})
 
 

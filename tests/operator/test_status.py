@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
-from transferjob.models import EpochMetrics, ModelArtifacts, Phase, TestMetrics, TransferJob
+from transferjob.models import EpochMetrics, ModelArtifacts, Phase, ResourcesSpec, TestMetrics, TransferJob
 from transferjob.progress import (
     EpochEnded,
     Failed,
@@ -360,6 +360,10 @@ def test_a_workers_permanent_failure_explains_the_group_failing(tj: TransferJob)
         make_pod("pair-0-a", "Failed", "2025-01-01T00:00:02Z", terminated(1, termination_message(cut_off))),
     ]
     job = make_job([cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 42")], failed=2)
+    for pod, index in zip(pods, ("1", "0"), strict=True):
+        pod["metadata"]["labels"] = {"batch.kubernetes.io/job-completion-index": index}
+    tj = tj.model_copy(update={"spec": tj.spec.model_copy(update={"resources": ResourcesSpec(workers=2)})})
     status = status_from_job_and_pods(tj, job, pods, Progress(), NOW)
     assert status.phase is Phase.FAILED
     assert _conds(status)["Failed"] == ("True", "InvalidData", bad.message)
+    assert status.restarts is None  # two pods failed, together: none was replaced
