@@ -43,7 +43,7 @@ from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneE
 from transferjob_testing.cluster.kube import apply_yaml as _apply_yaml
 from transferjob_testing.cluster.kube import kubectl as _kubectl
 from transferjob_testing.cluster.kube import temporary_namespace
-from transferjob_testing.cluster.node import host_state, missing_prerequisites
+from transferjob_testing.cluster.node import clear_leftovers, host_state, missing_prerequisites
 from transferjob_testing.cluster.real import RealCluster
 from transferjob_testing.cluster.volumes import delete_static_volumes
 from transferjob_testing.images import build_images
@@ -159,6 +159,8 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
     if problems:
         pytest.fail("the real node cannot start:\n  " + "\n  ".join(problems), pytrace=False)
     build_images()  # first: a build may touch the host's firewall, which the snapshot must not see
+    if clear_leftovers():
+        print("restored the host from a real node that a killed run left behind")
     before = host_state()
     cluster = RealCluster(tmp_path_factory.mktemp("real-cluster")).start()
     try:

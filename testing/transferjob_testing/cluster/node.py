@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -600,7 +601,15 @@ def host_state() -> dict[str, Any]:
         for line in lines(tool, "-w", "-t", table, "-S")
         if line.startswith("-N ")
     )
-    processes = ("kubelet", "kube-proxy", "test-only-fake-gpu-plugin", str(CONTAINERD_SOCKET))
+    # Matched on the program (argv[0]) for the node's own binaries: a CI runner or an editor whose command
+    # line merely mentions "kubelet" is not part of a node (a CI run once saw such a process on both sides).
+    processes = {
+        "kubelet": r"^(\S*/)?kubelet( |$)",
+        "kube-proxy": r"^(\S*/)?kube-proxy( |$)",
+        "test-only-fake-gpu-plugin": r"^(\S*/)?test-only-fake-gpu-plugin( |$)",
+        "containerd": r"^(\S*/)?containerd --config \S*/containerd\.toml( |$)",
+        "containerd shims": rf"^(\S*/)?containerd-shim-runc-v2 .*{re.escape(str(CONTAINERD_SOCKET))}",
+    }
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
@@ -610,8 +619,8 @@ def host_state() -> dict[str, Any]:
         "paths": {str(p): p.exists() for p in (*HOST_PATHS, RUN_DIR, KUBELET_ROOT.parent)},
         "processes": sorted(
             name
-            for name in processes
-            if subprocess.run(["pgrep", "-f", name], capture_output=True, check=False).returncode == 0
+            for name, pattern in processes.items()
+            if subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0
         ),
     }
 
@@ -631,6 +640,21 @@ def running_node() -> str:
     return ", ".join(f"{p['name']} pid {p['pid']}" for p in alive) + (
         f"; root {state['root']}" if alive else ""
     )
+
+
+def clear_leftovers() -> bool:
+    """Restore the host from a node whose run was killed (processes gone, host changes still there).
+
+    Call before taking a `host_state` snapshot to compare a teardown against: a CI machine that is
+    reused after a run was cut short otherwise records the dead node's bridge, chains and sysctls as
+    "before", and a clean teardown then looks like a failure. Raises `NodeError` while a node is alive.
+    """
+    owner = running_node()
+    if owner:
+        raise NodeError(
+            f"a real node is already up on this machine ({owner}): stop it first (make cluster-down)"
+        )
+    return teardown_from_state()
 
 
 def teardown_from_state() -> bool:
@@ -775,6 +799,7 @@ __all__ = [
     "POD_CIDR",
     "NodeError",
     "RealNode",
+    "clear_leftovers",
     "missing_prerequisites",
     "teardown_from_state",
 ]
