@@ -734,30 +734,42 @@ def test_feature_cache_keeps_finished_shards_and_drops_stale_ones(
 # ------------------------------------------------------------------------------------------ export
 
 
-@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("how", ["frozen", "variables", "base frozen beforehand"])
 def test_saved_model_serves_the_model_frozen_or_with_variables(
-    frozen: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Within the size limit the serving graph holds the weights as constants; above it, variables.
+    """Within the size limit the serving graph holds the weights as constants; above it, variables;
+    feature extraction folds its base on a thread beforehand (`FrozenBase`) and the head at export.
     Either way the images signature computes the model and names its classes, most probable first."""
     import keras
     import tensorflow as tf
 
     from transferjob.constants import SERVING_SIGNATURE
-    from transferjob_trainer import export
-    from transferjob_trainer.inference import inference_function
+    from transferjob_trainer import export, modeling
+    from transferjob_trainer.inference import inference_function, serving_function
 
     image = keras.Input((8, 8, 3), name="transferjob_image")
     x = keras.layers.Conv2D(4, 3)(image)
     x = keras.layers.BatchNormalization()(x, training=False)
-    output = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.GlobalAveragePooling2D(name=modeling.POOL_LAYER)(x)
+    output = keras.layers.Dense(3, activation="softmax")(keras.layers.Dropout(0.5)(x))
     model = keras.Model(image, output)
+    frozen = how != "variables"
     if not frozen:
         monkeypatch.setattr(export, "FREEZE_LIMIT_BYTES", 0)
-    export.write_saved_model(inference_function(model), str(tmp_path / "sm"), ["a", "b", "c"])
+    path = str(tmp_path / "sm")
+    if how == "base frozen beforehand":
+        parts = modeling.split_model(model)
+        extract = inference_function(parts.extractor)
+        base = export.FrozenBase(extract)
+        export.write_saved_model(
+            serving_function(extract, parts.head), path, ["a", "b", "c"], (base, parts.head)
+        )
+    else:
+        export.write_saved_model(inference_function(model), path, ["a", "b", "c"])
 
     images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
-    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(path)
     serving = loaded.signatures[export.IMAGES_SIGNATURE]
     assert list(serving.structured_input_signature[1]) == ["transferjob_image"]
     served = serving(transferjob_image=tf.constant(images))

@@ -39,7 +39,7 @@ from transferjob.progress import EpochEnded, Finished, Started
 from transferjob_trainer import fs, modeling
 from transferjob_trainer.checkpoint import BEST_WEIGHTS, CheckpointStore, RunState
 from transferjob_trainer.errors import InvalidSpecError, raise_if_terminated
-from transferjob_trainer.export import export
+from transferjob_trainer.export import FrozenBase, export
 from transferjob_trainer.features import (
     FeatureCache,
     FeatureSet,
@@ -305,6 +305,8 @@ class Network:
     serve: Inference | None
     #: Feature extraction's traced base pass on one device (`serve` reuses its trace).
     extract: Inference | None
+    #: That pass folded into constants for the SavedModel, on a thread beside the feature pass.
+    frozen_base: FrozenBase | None = None
 
 
 def set_up_devices(
@@ -489,15 +491,23 @@ def extract_features(
     net: Network,
     augment: Augmenter | None,
     reporter: Reporter,
+    freeze: bool = False,
 ) -> FeatureSet:
     """The base's features of the splits this run reads: the shards a killed run finished are kept,
     the missing ones computed (`features.FeatureCache`), the base traced meanwhile.
 
     The trace is made while the background pass may still be decoding images; only then does this
-    wait for the caches, which the feature pass is the first to read.
+    wait for the caches, which the feature pass is the first to read. With `freeze` (a SavedModel will
+    be exported here), the traced base is folded into constants on a thread beside the feature pass
+    (`export.FrozenBase`).
     """
     assert net.parts is not None  # feature extraction always splits the model
     extractor, extract = net.parts.extractor, net.extract
+
+    def start_freezing() -> None:
+        if freeze and extract is not None and FrozenBase.fits(extract):
+            net.frozen_base = FrozenBase(extract)
+
     cache.bind_base(
         {
             "base": spec.model.base,
@@ -512,6 +522,7 @@ def extract_features(
         reporter.phase("features", f"computing base features ({views} view(s) of the training set)")
         if extract is not None:
             extract.get_concrete_function()  # traced while the images may still be decoding
+        start_freezing()
         images.wait()  # the caches are full before any pipeline reads them
         reused = len(cache.needed(plan.feature_parts)) - len(missing)
         if reused:
@@ -536,6 +547,7 @@ def extract_features(
             on_batch=meter.advance,
         )
     else:
+        start_freezing()  # beside the head's epochs instead
         images.wait()
     return cache.feature_set(plan.feature_parts, binary)
 
@@ -721,7 +733,10 @@ def train(
         augment = build_augmenter(spec.data.augmentation, spec.training.seed)
         features = None
         if cache is not None:
-            features = extract_features(spec, layout.binary, plan, cache, images, net, augment, reporter)
+            freeze = chief and spec.output.saved_model
+            features = extract_features(
+                spec, layout.binary, plan, cache, images, net, augment, reporter, freeze
+            )
         else:
             images.wait()
         if plan.remaining:
@@ -740,5 +755,6 @@ def train(
         test = classification_metrics(np.asarray(layout.test.labels), probabilities, layout.classes)
     reporter.phase("exporting", f"writing to {paths.output}")
     write_misclassified(layout, probabilities, paths.output)
-    artifacts = export(net.model, paths.output, spec, layout.classes, net.serve)
+    base = (net.frozen_base, net.parts.head) if net.frozen_base and net.parts else None
+    artifacts = export(net.model, paths.output, spec, layout.classes, net.serve, base)
     return finished_event(spec, layout, state, kept, test, artifacts, paths.output)
