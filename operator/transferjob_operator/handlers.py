@@ -343,3 +343,39 @@ class _Pause:
 
 PAUSE = _Pause()
 PAUSE.install()
+
+
+def _serve_listed_namespaces() -> None:
+    """Serve a namespace that kopf first sees in a (re)listing, not only in a watch event.
+
+    With namespace patterns (`--namespace 'team-*'`), kopf lists the namespaces once, then starts a
+    watch stream, which lists them again and delivers that listing as events of type None; its
+    observer drops those (`process_discovered_namespace_event`), as it does for CRDs, where the first
+    scan already covered them. For namespaces nothing covers them: one created between the two listings
+    (in the moment the operator starts), or while the stream reconnects (after an API server
+    restart, a 410 Gone), is never served until the operator restarts, and its TransferJobs wait
+    forever. Applying the listing too is safe: adding a matching namespace is idempotent. kopf is
+    pinned to a minor version (pyproject) and `tests/operator/test_reconciler.py` checks that the
+    hook still takes.
+    """
+    from kopf._core.reactor import observation
+
+    original: Callable[..., Awaitable[None]] = observation.process_discovered_namespace_event
+    if getattr(original, "_transferjob_listing", False):
+        return
+
+    async def process(*, raw_event: Any, namespaces: Any, insights: Any, **kwargs: Any) -> None:
+        if raw_event.get("type") is None:
+            async with insights.revised:
+                observation.revise_namespaces(
+                    raw_events=[raw_event], insights=insights, namespaces=namespaces
+                )
+                insights.revised.notify_all()
+            return
+        await original(raw_event=raw_event, namespaces=namespaces, insights=insights, **kwargs)
+
+    process._transferjob_listing = True  # type: ignore[attr-defined]
+    observation.process_discovered_namespace_event = process
+
+
+_serve_listed_namespaces()

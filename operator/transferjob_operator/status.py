@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 from transferjob.models import Phase, TransferJob, TransferJobStatus, WorkerStatus
 from transferjob.progress import Failed, Finished, decode
-from transferjob.status import Conditions, Progress, Verdict, closing_conditions, job_status, merge_conditions
+from transferjob.status import (
+    TERMINAL_PHASES,
+    Conditions,
+    Progress,
+    Verdict,
+    closing_conditions,
+    job_status,
+    merge_conditions,
+)
 from transferjob.types import Json
 from transferjob_operator.jobs import CONTAINER
 from transferjob_operator.slim import COMPLETION_INDEX_LABEL
@@ -604,18 +612,44 @@ def waiting_workers(pods: Iterable[Json]) -> list[Json]:
     return [p for p in newest if p.get("status", {}).get("phase") not in ("Running", "Succeeded")]
 
 
-def worker_states(pods: Iterable[Json]) -> list[WorkerStatus]:
-    """Each worker's newest pod and its failed pods, from the pods' completion-index labels."""
+#: `.status.workers[].phase` of a worker whose pod was deleted before it finished (see `worker_states`).
+REMOVED = "Removed"
+
+
+def worker_states(
+    pods: Iterable[Json], previous: Iterable[WorkerStatus] = (), finished: bool = False
+) -> list[WorkerStatus]:
+    """Each worker's newest pod and its failed pods, from the pods' completion-index labels.
+
+    A worker keeps its place once seen, though its pods go: the Job controller deletes the pods still
+    running when the chief finishes (successPolicy), someone deletes a pod, a finished Job's pods are
+    garbage-collected. Its last known pod then stays, with phase Removed if that pod had not finished,
+    and failures never go down (failed pods that were deleted were still failures). Once the Job has
+    `finished`, a pod still Pending or Running is one the Job controller is deleting: Removed too, so a
+    finished job never shows a worker as running.
+    """
     by_index = _by_index(pods)
-    return [
-        WorkerStatus(
-            index=index,
-            pod=group[-1]["metadata"]["name"],
-            phase=str(group[-1].get("status", {}).get("phase") or "Pending"),
-            failures=sum(1 for p in group if p.get("status", {}).get("phase") == "Failed"),
+    known = {w.index: w for w in previous}
+    states = []
+    for index in sorted(set(by_index) | set(known)):
+        group = by_index.get(index)
+        before = known.get(index)
+        if group is None:
+            assert before is not None
+            phase = before.phase if before.phase in ("Succeeded", "Failed") else REMOVED
+            states.append(before.model_copy(update={"phase": phase}))
+            continue
+        failures = sum(1 for p in group if p.get("status", {}).get("phase") == "Failed")
+        phase = str(group[-1].get("status", {}).get("phase") or "Pending")
+        states.append(
+            WorkerStatus(
+                index=index,
+                pod=group[-1]["metadata"]["name"],
+                phase=REMOVED if finished and phase in ("Pending", "Running") else phase,
+                failures=max(failures, before.failures if before is not None else 0),
+            )
         )
-        for index, group in sorted(by_index.items())
-    ]
+    return states
 
 
 def status_from_job_and_pods(
@@ -644,7 +678,13 @@ def status_from_job_and_pods(
         start_time=parse_time((job or {}).get("status", {}).get("startTime")),
         job_name=job["metadata"]["name"] if job is not None else None,
         restarts=restarts(job, result.phase, tj.spec.resources.workers),
-    ).model_copy(update={"workers": worker_states(pods) if tj.spec.resources.workers > 1 else []})
+    ).model_copy(update={"workers": _workers(tj, pods, result.phase in TERMINAL_PHASES)})
+
+
+def _workers(tj: TransferJob, pods: list[Json], finished: bool) -> list[WorkerStatus]:
+    if tj.spec.resources.workers <= 1:
+        return []
+    return worker_states(pods, tj.status.workers if tj.status is not None else [], finished)
 
 
 @dataclass(frozen=True)

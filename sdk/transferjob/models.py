@@ -1018,8 +1018,11 @@ class WorkerStatus(ApiModel):
     """One worker of a group (`resources.workers` > 1): its current pod and how often its pods failed."""
 
     index: int = Field(ge=0, description="The worker's index (0 is the chief, which reports the metrics).")
-    pod: str = Field(description="Its newest pod.")
-    phase: str = Field(description="That pod's phase (Pending, Running, Succeeded, Failed).")
+    pod: str = Field(description="Its newest pod (the last one seen, once its pods are gone).")
+    phase: str = Field(
+        description="That pod's phase (Pending, Running, Succeeded, Failed), or Removed when the pod was "
+        "deleted before it finished (the Job stops the others once the chief succeeds)."
+    )
     failures: int = Field(default=0, ge=0, description="Pods of this worker that failed (each was replaced).")
 
 

@@ -211,6 +211,44 @@ def test_the_pause_hook_sees_the_toggle_set_kopf_pauses_with() -> None:
     assert "orchestration.orchestrator(" in source and "operator_paused=operator_paused" in source
 
 
+def test_a_namespace_kopf_first_sees_in_a_listing_is_served() -> None:
+    """kopf drops the listing its namespace stream starts with; a namespace created just then was lost.
+
+    CI saw it: the fault tests' operator started, their namespace was created while kopf's namespace
+    stream was between its two listings, and no TransferJob in it was ever served. The hook applies the
+    listing too; a kopf upgrade that renames the function or stops looking it up at call time fails here.
+    """
+    import inspect
+
+    from kopf._cogs.structs import references
+    from kopf._core.reactor import observation
+
+    from transferjob_operator import handlers
+
+    assert getattr(observation.process_discovered_namespace_event, "_transferjob_listing", False)
+    assert "functools.partial(process_discovered_namespace_event" in inspect.getsource(
+        observation.namespace_observer
+    )
+
+    def namespace(name: str) -> Json:
+        return {"metadata": {"name": name}}
+
+    async def scenario() -> set[Any]:
+        insights = references.Insights()
+        patterns = ["tj-fault-*"]
+        process = observation.process_discovered_namespace_event
+        for event in (
+            {"type": None, "object": namespace("tj-fault-abc")},  # the stream's initial listing
+            {"type": None, "object": namespace("default")},  # listed, but not ours
+            {"type": "ADDED", "object": namespace("tj-fault-new")},
+        ):
+            await process(raw_event=event, namespaces=patterns, insights=insights)
+        return set(insights.namespaces)
+
+    handlers._serve_listed_namespaces()  # installing twice keeps one hook
+    assert asyncio.run(scenario()) == {"tj-fault-abc", "tj-fault-new"}
+
+
 def test_calls_from_other_threads_are_handed_to_the_loop() -> None:
     """Log followers (and any sync caller) run in threads; asyncio's queue and timers must not see them."""
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 from tests.operator.conftest import cond, make_job, make_pod, make_tj, terminated
-from transferjob.models import EpochMetrics, ModelArtifacts, Phase, ResourcesSpec, TestMetrics, TransferJob
+from transferjob.models import (
+    EpochMetrics,
+    ModelArtifacts,
+    Phase,
+    ResourcesSpec,
+    TestMetrics,
+    TransferJob,
+    TransferJobStatus,
+)
 from transferjob.progress import (
     EpochEnded,
     Failed,
@@ -346,6 +354,51 @@ def test_each_worker_of_a_group_shows_its_newest_pod_and_its_failures() -> None:
         {"index": 1, "pod": "pair-1-b", "phase": "Running", "failures": 1},
     ]
     assert worker_states([make_pod()]) == []  # one worker: a plain Job, no index label
+
+
+def test_a_worker_whose_pods_are_gone_keeps_its_place_on_the_status(tj: TransferJob) -> None:
+    """Seen on the real node: worker 1 was replaced, the chief succeeded, and the Job controller deleted
+    worker 1's still-running pod (successPolicy); `.status.workers` then listed the chief alone."""
+    from tests.operator.conftest import make_pod
+    from transferjob.models import WorkerStatus
+    from transferjob_operator.status import worker_states
+
+    def worker(name: str, index: str, phase: str, created: str) -> dict:
+        pod = make_pod(name, phase, created)
+        pod["metadata"]["labels"] = {"batch.kubernetes.io/job-completion-index": index}
+        return pod
+
+    running = [
+        worker("pair-0-a", "0", "Failed", "2025-01-01T00:00:01Z"),
+        worker("pair-0-b", "0", "Running", "2025-01-01T00:00:05Z"),
+        worker("pair-1-a", "1", "Failed", "2025-01-01T00:00:02Z"),
+        worker("pair-1-b", "1", "Running", "2025-01-01T00:00:06Z"),
+    ]
+    before = worker_states(running)
+    assert [(w.pod, w.phase, w.failures) for w in before] == [
+        ("pair-0-b", "Running", 1),
+        ("pair-1-b", "Running", 1),
+    ]
+    # The chief succeeded; worker 1's pods (the failed one and the running one) were deleted.
+    after = worker_states([{**running[1], "status": {"phase": "Succeeded"}}, running[0]], before)
+    assert [w.to_dict() for w in after] == [
+        {"index": 0, "pod": "pair-0-b", "phase": "Succeeded", "failures": 1},
+        {"index": 1, "pod": "pair-1-b", "phase": "Removed", "failures": 1},
+    ]
+    # The Job finished while worker 1's pod still ran: the Job controller is deleting it.
+    finished = worker_states([{**running[1], "status": {"phase": "Succeeded"}}, running[3]], before, True)
+    assert [(w.pod, w.phase) for w in finished] == [("pair-0-b", "Succeeded"), ("pair-1-b", "Removed")]
+    # A worker whose last pod had finished keeps that phase; nothing seen before, nothing invented.
+    done = [WorkerStatus(index=1, pod="pair-1-b", phase="Succeeded", failures=0)]
+    assert [(w.index, w.phase) for w in worker_states([], done)] == [(1, "Succeeded")]
+    assert worker_states([], []) == []
+
+    # Through the whole status: the previous `.status.workers` is what is remembered.
+    pair = tj.model_copy(deep=True)
+    pair.spec.resources.workers = 2
+    pair.status = TransferJobStatus(workers=before)
+    status = status_from_job_and_pods(pair, None, [running[0], running[1]], Progress(), NOW)
+    assert [(w.index, w.phase) for w in status.workers] == [(0, "Running"), (1, "Removed")]
 
 
 def test_a_workers_permanent_failure_explains_the_group_failing(tj: TransferJob) -> None:
