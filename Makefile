@@ -53,7 +53,7 @@ test-prereqs: install cluster-binaries node-prereqs images versitygw lint
 .PHONY: test
 test: ## The whole suite: lint, CRD drift, unit, trainer, control-plane, real-node and end-to-end tests.
 	$(MAKE) -j2 test-prereqs
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 .PHONY: demo
 demo: node-prereqs images ## A real node + the operator from manifests/ + digits feature extraction then fine-tuning.
