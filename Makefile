@@ -50,10 +50,14 @@ versitygw: install images ## Build (or reuse) the pinned versitygw S3 server the
 .PHONY: test-prereqs
 test-prereqs: install cluster-binaries node-prereqs images versitygw lint
 
+# Two pytest-xdist workers: one runs every test of the real node, in order (tests/conftest.py groups them:
+# the node is host-wide), the other every other module meanwhile. TEST_WORKERS=0 runs it all in one process.
+TEST_WORKERS ?= 2
+
 .PHONY: test
 test: ## The whole suite: lint, CRD drift, unit, trainer, control-plane, real-node and end-to-end tests.
 	$(MAKE) -j2 test-prereqs
-	$(PY) -m pytest tests --durations=25
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=25
 
 .PHONY: demo
 demo: node-prereqs images ## A real node + the operator from manifests/ + digits feature extraction then fine-tuning.

@@ -64,16 +64,48 @@ class TestCluster:
     root: Path
 
 
+#: The `xdist_group` of every test that touches the host-wide real node or our images (`make test` runs
+#: the suite on two pytest-xdist workers with `--dist loadgroup`): one worker runs them all, in order.
+NODE_GROUP = "real-node"
+#: Folders whose tests belong to that group whatever fixtures they ask for: the node's own tests (they
+#: start and stop nodes, snapshot the host) and the image builds (buildah and containerd are host-wide).
+NODE_DIRS = (Path(__file__).resolve().parent / "node", Path(__file__).resolve().parent / "images")
+
+
+def uses_the_node(item: pytest.Item) -> bool:
+    """Whether a test needs the real node (host-wide: one at a time, never beside another of its kind)."""
+    path = Path(str(item.fspath))
+    return (
+        "real_cluster" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("node") is not None
+        or any(folder in path.parents for folder in NODE_DIRS)
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``cluster`` what needs the control plane: tests/cluster/ and any test using its fixtures.
 
     ``fixturenames`` is the transitive closure, so a test that only asks for ``namespace`` or a module
     fixture built on ``api_client`` is deselected by ``-m "not cluster"`` too.
+
+    Each test also gets an ``xdist_group``: every module with a test on the real node goes to one group
+    (one worker, in collection order, as in a serial run), every other module is a group of its own, so
+    a module's fixtures (a trained model, an operator) are built once, on one worker. Without xdist the
+    marks do nothing.
     """
+    node_modules = {Path(str(item.fspath)) for item in items if uses_the_node(item)}
     for item in items:
         uses_cluster = "test_cluster" in getattr(item, "fixturenames", ())
         if uses_cluster or CLUSTER_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.cluster)
+        module = Path(str(item.fspath))
+        group = NODE_GROUP if module in node_modules else module.relative_to(_REPO_ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The node's group is the longest: first in the collection, so that with `--no-loadscope-reorder`
+        # one worker starts it at once while the other takes every other module in turn.
+        items.sort(key=lambda item: Path(str(item.fspath)) not in node_modules)
 
 
 @pytest.fixture(scope="session")
