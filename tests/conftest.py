@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from transferjob_testing import parallel
 from transferjob_testing.cluster.binaries import BinariesMissingError, find_binaries
 from transferjob_testing.cluster.controlplane import ControlPlane, ControlPlaneError
 from transferjob_testing.cluster.kube import apply_yaml as _apply_yaml
@@ -95,6 +96,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     marks do nothing.
     """
     node_modules = {Path(str(item.fspath)) for item in items if uses_the_node(item)}
+    groups = []
     for item in items:
         uses_cluster = "test_cluster" in getattr(item, "fixturenames", ())
         if uses_cluster or CLUSTER_DIR in Path(str(item.fspath)).parents:
@@ -102,10 +104,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = Path(str(item.fspath))
         group = NODE_GROUP if module in node_modules else module.relative_to(_REPO_ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+        groups.append((item.nodeid, group))
+    if parallel.is_worker():
         # The node's group is the longest: first in the collection, so that with `--no-loadscope-reorder`
         # one worker starts it at once while the other takes every other module in turn.
         items.sort(key=lambda item: Path(str(item.fspath)) not in node_modules)
+        parallel.record(groups)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    parallel.configure(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    parallel.unconfigure()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` that still groups under pytest 9.2 (`transferjob_testing.parallel`)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return parallel.make_scheduler(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,13 @@ def temporary_namespace(
     finally:
         with contextlib.suppress(client.ApiException):
             core.delete_namespace(name)
+        # The namespace controller deletes the pods with their own grace period (30 s unless they say
+        # otherwise), which a pod that ignores SIGTERM (a probe's `sleep`) spends in full. The test is
+        # over: a second delete shortens it to 1 s. Not 0: a forced delete drops the pod object while
+        # its containers still run, and the next test's pod would meet a node still holding them. The
+        # namespace is Terminating first, so no controller can create a pod in it meanwhile.
+        with contextlib.suppress(client.ApiException):
+            core.delete_collection_namespaced_pod(name, grace_period_seconds=1)
         release_node(core, name)
 
 
