@@ -626,7 +626,8 @@ def worker_states(
     garbage-collected. Its last known pod then stays, with phase Removed if that pod had not finished,
     and failures never go down (failed pods that were deleted were still failures). Once the Job has
     `finished`, a pod still Pending or Running is one the Job controller is deleting: Removed too, so a
-    finished job never shows a worker as running.
+    finished job never shows a worker as running; so is one that failed while being deleted then (the
+    SIGTERM's exit code), which counts as no failure.
     """
     by_index = _by_index(pods)
     known = {w.index: w for w in previous}
@@ -639,13 +640,22 @@ def worker_states(
             phase = before.phase if before.phase in ("Succeeded", "Failed") else REMOVED
             states.append(before.model_copy(update={"phase": phase}))
             continue
-        failures = sum(1 for p in group if p.get("status", {}).get("phase") == "Failed")
+        # A pod the Job controller stops once the Job has finished (being deleted) did not fail: its
+        # exit code is that of the SIGTERM it was sent.
+        stopped = [finished and bool(p["metadata"].get("deletionTimestamp")) for p in group]
+        failures = sum(
+            1
+            for p, gone in zip(group, stopped, strict=True)
+            if p.get("status", {}).get("phase") == "Failed" and not gone
+        )
         phase = str(group[-1].get("status", {}).get("phase") or "Pending")
+        if finished and (phase in ("Pending", "Running") or (stopped[-1] and phase == "Failed")):
+            phase = REMOVED
         states.append(
             WorkerStatus(
                 index=index,
                 pod=group[-1]["metadata"]["name"],
-                phase=REMOVED if finished and phase in ("Pending", "Running") else phase,
+                phase=phase,
                 failures=max(failures, before.failures if before is not None else 0),
             )
         )

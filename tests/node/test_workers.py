@@ -55,26 +55,42 @@ def test_two_workers_fine_tune_as_one_in_our_pods(
     static_volume(jobs.cluster.api, jobs.ns, "models", tmp_path / "models")
 
     jobs.create("pair", _fine_tuning(2, "pair", 32))
+    # Each worker's shard line, read while the pods run: the chief decides success (successPolicy), and
+    # a worker still shutting down when the chief has finished is deleted by the Job controller, its
+    # log with it (under load, in a parallel fresh-clone run, worker 1 was gone once the job Succeeded).
+    core = client.CoreV1Api(jobs.cluster.api)
+    found: dict[str, re.Match[str]] = {}
+
+    def both_shards() -> bool:
+        for pod in jobs.pods("pair"):
+            index = pod.metadata.labels[INDEX_LABEL]
+            if index in found or pod.status.phase not in ("Running", "Succeeded"):
+                continue
+            try:
+                log = core.read_namespaced_pod_log(pod.metadata.name, jobs.ns)
+            except client.ApiException:
+                continue  # not started, or gone
+            match = re.search(r"worker (\d) of 2 \((\S+)\): reads (\d+) of (\d+) training", log)
+            if match:
+                assert pod.spec.hostname == f"pair-{index}" and match[1] == index, (pod.spec.hostname, log)
+                found[index] = match
+        return len(found) == 2
+
+    wait_for(both_shards, timeout=600, interval=1.0, what="each worker's shard in its log")
     pair = jobs.wait_phase("pair", "Succeeded", timeout=600)
-    service = client.CoreV1Api(jobs.cluster.api).read_namespaced_service("pair", jobs.ns)
+    service = core.read_namespaced_service("pair", jobs.ns)
     assert service.spec.cluster_ip == "None"
     assert service.metadata.owner_references[0].kind == "TransferJob"
 
-    pods = sorted(jobs.pods("pair"), key=lambda p: p.metadata.labels[INDEX_LABEL])
-    assert [p.spec.hostname for p in pods] == ["pair-0", "pair-1"]
-    assert {p.status.phase for p in pods} == {"Succeeded"}
-    shards = []
-    for pod in pods:
-        log = client.CoreV1Api(jobs.cluster.api).read_namespaced_pod_log(pod.metadata.name, jobs.ns)
-        found = re.search(r"worker (\d) of 2 \((\S+)\): reads (\d+) of (\d+) training", log)
-        assert found, log[-3000:]
-        shards.append((found[2], int(found[3]), int(found[4])))
+    shards = [(found[i][2], int(found[i][3]), int(found[i][4])) for i in ("0", "1")]
     assert [host for host, _, _ in shards] == ["pair-0.pair:2222", "pair-1.pair:2222"]
     total = shards[0][2]
     assert sum(n for _, n, _ in shards) == total and all(n < total for _, n, _ in shards)
     # One merged history: each epoch once, from the chief.
     assert [m["epoch"] for m in pair["history"]] == [1, 2, 3, 4, 5]
-    assert [(w["index"], w["phase"]) for w in pair["workers"]] == [(0, "Succeeded"), (1, "Succeeded")]
+    # Worker 1 finished too, or was still shutting down when the chief had succeeded and was stopped.
+    workers = [(w["index"], w["phase"]) for w in pair["workers"]]
+    assert workers[0] == (0, "Succeeded") and workers[1] in ((1, "Succeeded"), (1, "Removed")), workers
     assert (tmp_path / "models" / "pair" / "model.keras").exists()
 
     jobs.create("single", _fine_tuning(1, "single", 64))

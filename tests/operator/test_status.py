@@ -388,6 +388,13 @@ def test_a_worker_whose_pods_are_gone_keeps_its_place_on_the_status(tj: Transfer
     # The Job finished while worker 1's pod still ran: the Job controller is deleting it.
     finished = worker_states([{**running[1], "status": {"phase": "Succeeded"}}, running[3]], before, True)
     assert [(w.pod, w.phase) for w in finished] == [("pair-0-b", "Succeeded"), ("pair-1-b", "Removed")]
+    # Stopped by the Job controller after the chief succeeded: it exited with SIGTERM's code while being
+    # deleted. Not a failure of the worker.
+    sigtermed = {**running[3], "status": {"phase": "Failed"}}
+    sigtermed["metadata"] = {**running[3]["metadata"], "deletionTimestamp": "2025-01-01T00:01:00Z"}
+    chief_done = {**running[1], "status": {"phase": "Succeeded"}}
+    stopped = worker_states([chief_done, sigtermed], [], True)
+    assert [(w.phase, w.failures) for w in stopped] == [("Succeeded", 0), ("Removed", 0)]
     # A worker whose last pod had finished keeps that phase; nothing seen before, nothing invented.
     done = [WorkerStatus(index=1, pod="pair-1-b", phase="Succeeded", failures=0)]
     assert [(w.index, w.phase) for w in worker_states([], done)] == [(1, "Succeeded")]
