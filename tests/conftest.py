@@ -98,10 +98,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     node_modules = {Path(str(item.fspath)) for item in items if uses_the_node(item)}
     groups = []
     for item in items:
-        uses_cluster = "test_cluster" in getattr(item, "fixturenames", ())
-        if uses_cluster or CLUSTER_DIR in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.cluster)
         module = Path(str(item.fspath))
+        uses_cluster = "test_cluster" in getattr(item, "fixturenames", ())
+        if uses_cluster or CLUSTER_DIR in module.parents:
+            item.add_marker(pytest.mark.cluster)
         group = NODE_GROUP if module in node_modules else module.relative_to(_REPO_ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
         groups.append((item.nodeid, group))

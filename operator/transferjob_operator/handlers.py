@@ -364,15 +364,11 @@ def _serve_listed_namespaces() -> None:
     if getattr(original, "_transferjob_listing", False):
         return
 
-    async def process(*, raw_event: Any, namespaces: Any, insights: Any, **kwargs: Any) -> None:
+    async def process(*, raw_event: Any, **kwargs: Any) -> None:
+        # A listed namespace exists: to kopf's own function it is an ADDED event.
         if raw_event.get("type") is None:
-            async with insights.revised:
-                observation.revise_namespaces(
-                    raw_events=[raw_event], insights=insights, namespaces=namespaces
-                )
-                insights.revised.notify_all()
-            return
-        await original(raw_event=raw_event, namespaces=namespaces, insights=insights, **kwargs)
+            raw_event = {**raw_event, "type": "ADDED"}
+        await original(raw_event=raw_event, **kwargs)
 
     process._transferjob_listing = True  # type: ignore[attr-defined]
     observation.process_discovered_namespace_event = process
