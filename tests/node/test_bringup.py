@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -87,3 +88,37 @@ def test_what_a_killed_run_left_is_cleared_before_the_next_snapshot(tmp_path: Pa
     finally:
         cluster.stop()
     assert host_state() == before
+
+
+def test_cgroups_a_dead_node_left_with_a_process_in_them_are_cleared() -> None:
+    """No state file, but ``/kubepods`` cgroups with a pod process still in them: what a node leaves when
+    its pods outlive containerd and the shims (a killed shim's container is re-parented, not killed).
+
+    CI once took such a host's snapshot as "before"; the next teardown then removed the cgroups and
+    the host looked changed. `clear_leftovers` kills what is in them and removes them.
+    """
+    if running_node():
+        pytest.fail("a real node is already up: run this module before other real-node users")
+    clear_leftovers()
+    before = host_state()
+    assert before["kubepods cgroups"] == []
+    controller = Path("/sys/fs/cgroup/pids")
+    if not controller.is_dir():
+        pytest.skip("needs the cgroup v1 pids controller (the layout of this machine and CI's)")
+    pod = controller / "kubepods" / "besteffort" / "podleft"
+    pod.mkdir(parents=True)
+    orphan = subprocess.Popen(["sleep", "600"])
+    try:
+        (pod / "cgroup.procs").write_text(str(orphan.pid))
+        assert not STATE_FILE.exists()
+        assert host_state()["kubepods cgroups"] == [str(controller / "kubepods")]
+        assert clear_leftovers(), "the stale cgroups should count as something restored"
+        assert orphan.wait(timeout=10) == -signal.SIGKILL, "the process inside should have been killed"
+        assert host_state() == before
+        assert not clear_leftovers(), "a second call has nothing left to do"
+    finally:
+        orphan.kill()
+        orphan.wait()
+        for d in (pod, pod.parent, pod.parent.parent):
+            with contextlib.suppress(OSError):
+                d.rmdir()

@@ -615,7 +615,7 @@ def host_state() -> dict[str, Any]:
         "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
         "nft tables": sorted(_nft_tables()),
         "iptables chains": chains,
-        "kubepods cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
+        "kubepods cgroups": [str(p) for p in _kubepods_cgroups()],
         "paths": {str(p): p.exists() for p in (*HOST_PATHS, RUN_DIR, KUBELET_ROOT.parent)},
         "processes": sorted(
             name
@@ -654,7 +654,16 @@ def clear_leftovers() -> bool:
         raise NodeError(
             f"a real node is already up on this machine ({owner}): stop it first (make cluster-down)"
         )
-    return teardown_from_state()
+    restored = teardown_from_state()
+    # Without a state file, a node's ``/kubepods`` cgroups can still be there: a teardown whose pod
+    # processes outlived it (CI once recorded them as the host's own, and then a clean teardown that
+    # removed them looked like a failure). With no node up, nothing else owns them.
+    if _kubepods_cgroups():
+        left = _remove_kubepods_cgroups()
+        if left:
+            raise NodeError(f"cannot remove the cgroups of a dead node: {', '.join(left)}")
+        restored = True
+    return restored
 
 
 def teardown_from_state() -> bool:
@@ -759,17 +768,48 @@ def _remove_unmounted_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_kubepods_cgroups() -> None:
-    """The kubelet's QoS hierarchy (``/kubepods/...``) in every cgroup v1 controller; children first."""
-    base = Path("/sys/fs/cgroup")
-    for controller in base.iterdir():
-        top = controller / "kubepods"
-        if not top.is_dir():
-            continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
-        for d in [*dirs, top]:
-            with contextlib.suppress(OSError):
-                d.rmdir()
+def _kubepods_cgroups() -> list[Path]:
+    """The top of the kubelet's QoS hierarchy in every cgroup controller (v1) or the unified tree."""
+    return sorted(Path("/sys/fs/cgroup").glob("*/kubepods")) + sorted(Path("/sys/fs/cgroup").glob("kubepods"))
+
+
+def _remove_kubepods_cgroups(timeout: float = 20.0) -> list[str]:
+    """Remove the kubelet's QoS hierarchy (``/kubepods/...``), children first; return what is left.
+
+    A cgroup with a process in it cannot be removed (EBUSY). With containerd and its shims gone, a pod's
+    processes can outlive them (a killed shim's container is re-parented, not killed), so whatever is
+    still in a kubepods cgroup is killed first and the removal is retried until they have exited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left: list[str] = []
+        for top in _kubepods_cgroups():
+            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            for d in [*dirs, top]:
+                _kill_cgroup_members(d)
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(str(d))
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if left:
+        print(f"real node: cgroups still busy after {timeout:.0f}s: {', '.join(left)}", file=sys.stderr)
+    return left
+
+
+def _kill_cgroup_members(cgroup: Path) -> None:
+    """SIGKILL every process in ``cgroup`` (only a dead node's pods live under ``kubepods``)."""
+    try:
+        pids = (cgroup / "cgroup.procs").read_text().split()
+    except OSError:
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
 
 
 def _remove_iptables_chains() -> None:
