@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transferjob.models import Phase, TransferJob, TransferJobStatus, WorkerStatus
 from transferjob.progress import Failed, Finished, decode
@@ -103,6 +103,9 @@ class Gate:
     condition: str
     reason: str
     message: str
+    seen: Conditions = field(default_factory=dict)
+    """Problems that held when the gate ended the job (a pending timeout's pod problems): recorded as
+    closed conditions even when no status write showed them True before."""
 
 
 @dataclass(frozen=True)
@@ -467,6 +470,7 @@ def pending_timeout(
         return None
     limit = tj.spec.run_policy.pending_timeout_seconds
     problems = pod_problems(pods, events, now, job)
+    seen_now = dict(problems)
     seen = [(t, r, problem_detail(m)) for t, (r, m) in sorted(problems.items())]
     if not seen and previous is not None:
         seen = [
@@ -481,7 +485,7 @@ def pending_timeout(
         + (f"last problem seen: {last}" if last else "no problem was reported")
         + "; fix it and create the TransferJob again"
     )
-    return Gate(Phase.FAILED, "Failed", "PendingTimeout", message)
+    return Gate(Phase.FAILED, "Failed", "PendingTimeout", message, seen=seen_now)
 
 
 def _running_pod(pods: Iterable[Json]) -> Json | None:
@@ -543,7 +547,7 @@ def verdict(
     """Where the TransferJob stands, from its Job, pods and their events (or the gate that holds it
     back or ended it: `fromJob`, a pending timeout)."""
     if gate is not None and (job is None or gate.phase is Phase.FAILED):
-        return Verdict(gate.phase, {gate.condition: (gate.reason, gate.message)})
+        return Verdict(gate.phase, {gate.condition: (gate.reason, gate.message)}, ended=gate.seen)
     if job is None:
         return Verdict(Phase.PENDING)
     complete = _condition(job, "Complete")

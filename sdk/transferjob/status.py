@@ -196,6 +196,9 @@ class Verdict:
     completion_time: dt.datetime | None = None
     retries_exhausted: bool = False
     closing: Conditions = field(default_factory=dict)
+    ended: Conditions = field(default_factory=dict)
+    """Problems that held until this verdict ended them (a pending timeout's pod problems): each is
+    recorded closed, with what it was, even if no earlier status showed it True."""
 
 
 def success_message(progress: Progress) -> str:
@@ -230,13 +233,16 @@ def merge_conditions(
     now: dt.datetime,
     generation: int | None,
     closing: Conditions | None = None,
+    ended: Conditions | None = None,
 ) -> list[Condition]:
     """Conditions, one per type: True ones from `current`, earlier True ones turned False.
 
     A True condition that is not in `current` turns False with the reason and message of `closing`
     for its type when given (what ended it), else with its resolution in `RESOLVED`. A condition
     keeps its lastTransitionTime while its status stays the same, so `kubectl describe` shows when
-    something started, not when the operator last looked.
+    something started, not when the operator last looked. A problem in `ended` (it held until now,
+    and what ends the job ends it) that no earlier status showed True is recorded closed too, its
+    message saying what it was: the status keeps what was seen whenever the operator happened to look.
     """
     closing = closing or {}
     merged: dict[str, Condition] = {}
@@ -256,6 +262,22 @@ def merge_conditions(
             )
         else:
             merged[ctype] = cond
+    for ctype, (was_reason, was_message) in (ended or {}).items():
+        before = old.get(ctype)
+        if ctype in current or ctype not in RESOLVED or (before is not None and before.status == "True"):
+            continue
+        reason, message = closing.get(ctype) or RESOLVED[ctype]
+        message = f"{message}; it was {was_reason}: {was_message}"
+        if before is not None and (before.reason, before.message) == (reason, message):
+            continue  # recorded already: it keeps its transition time
+        merged[ctype] = Condition(
+            type=ctype,
+            status="False",
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
     for ctype, (reason, message) in current.items():
         merged[ctype] = true_condition(ctype, reason, message, old.get(ctype), now, generation)
     return [merged[t] for t in sorted(merged)]
@@ -351,6 +373,7 @@ def job_status(
             now,
             generation,
             {**verdict.closing, **closing_conditions(verdict.phase, conditions)},
+            ended=verdict.ended,
         ),
         start_time=start_time or previous.start_time,
         completion_time=completion,

@@ -244,6 +244,30 @@ def test_pending_timeout_closes_the_problem_with_what_happened() -> None:
     assert [(e.type, e.reason) for e in transitions(before, after)] == [("Warning", "PendingTimeout")]
 
 
+def test_a_problem_first_seen_at_the_timeout_is_recorded_closed() -> None:
+    """No status write fell between the kubelet's first FailedMount and the deadline (a busy operator,
+    a short timeout): the problem that the Failed message names is on the status too, closed."""
+    mount = Recorded("failed-mount")
+    tj = _with_timeout(30)
+    before = mount.status(tj, 0, events=False)  # the last write saw only a pod on its way to start
+    assert "VolumeMountFailed" not in _conds(before)
+    gate = pending_timeout(tj, mount.job, mount.pods, mount.events, before, mount.at(31))
+    assert gate is not None and set(gate.seen) == {"VolumeMountFailed"}
+    after = mount.status(tj.model_copy(update={"status": before}), 31, gate)
+    status, reason, message = _conds(after)["VolumeMountFailed"]
+    assert (status, reason) == ("False", "PendingTimeout")
+    closed = "ended without resolving: the job failed (PendingTimeout)"
+    assert message.startswith(f"{closed}; it was FailedMount: "), message
+    assert "not a directory" in message, message
+    assert _conds(after)["Starting"][:2] == ("False", "PendingTimeout")
+    # Never announced True, so no Event closes it: the Failed Warning says it all.
+    assert [(e.type, e.reason) for e in transitions(before, after)] == [("Warning", "PendingTimeout")]
+    # Written once, it stays as it is (the job is over).
+    again = mount.status(tj.model_copy(update={"status": after}), 40, gate)
+    mounts = [[c for c in s.conditions if c.type == "VolumeMountFailed"] for s in (after, again)]
+    assert mounts[0] == mounts[1], mounts
+
+
 # ---------------------------------------------------------------- conditions close with the truth
 
 NOW = dt.datetime(2025, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
