@@ -42,9 +42,10 @@ versitygw: install images ## Build (or reuse) the pinned versitygw S3 server the
 	@$(PY) -m transferjob_testing.s3server build >/dev/null
 
 # Everything the suite needs, in two chains that `make -j2` runs side by side: the Kubernetes Go builds
-# (control plane, then node; CPU-bound, about 19 minutes on a fresh 2-core machine) and the venv, Debian
-# packages, images and versitygw (mostly network and disk, about 17). One after the other they took 6
-# minutes more.
+# (control plane, then node; CPU-bound, 10 + 7 minutes on a fresh 2-core machine, with the module
+# downloads) and the venv, Debian packages, images (6.5 minutes cold) and versitygw (mostly network and
+# disk; done before the Go builds in the last cold run).
+# One after the other they took 6 minutes more.
 # Lint rides on the second chain too: it needs only the venv, and fails in minutes instead of after
 # the Go builds.
 .PHONY: test-prereqs
