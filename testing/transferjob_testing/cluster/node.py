@@ -659,6 +659,11 @@ def clear_leftovers() -> bool:
     # processes outlived it (CI once recorded them as the host's own, and then a clean teardown that
     # removed them looked like a failure). With no node up, nothing else owns them.
     if _kubepods_cgroups():
+        other = subprocess.run(
+            ["pgrep", "-a", "-f", r"^(\S*/)?kubelet( |$)"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if other:
+            raise NodeError(f"a kubelet not ours runs here and owns /kubepods: {other}; stop it first")
         left = _remove_kubepods_cgroups()
         if left:
             raise NodeError(f"cannot remove the cgroups of a dead node: {', '.join(left)}")
