@@ -252,14 +252,7 @@ def merge_conditions(
             continue
         if cond.status == "True" and ctype in RESOLVED:
             reason, message = closing.get(ctype) or RESOLVED[ctype]
-            merged[ctype] = Condition(
-                type=ctype,
-                status="False",
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            )
+            merged[ctype] = _closed(ctype, reason, message, now, generation)
         else:
             merged[ctype] = cond
     for ctype, (was_reason, was_message) in (ended or {}).items():
@@ -270,17 +263,22 @@ def merge_conditions(
         message = f"{message}; it was {was_reason}: {was_message}"
         if before is not None and (before.reason, before.message) == (reason, message):
             continue  # recorded already: it keeps its transition time
-        merged[ctype] = Condition(
-            type=ctype,
-            status="False",
-            reason=reason,
-            message=message,
-            last_transition_time=now,
-            observed_generation=generation,
-        )
+        merged[ctype] = _closed(ctype, reason, message, now, generation)
     for ctype, (reason, message) in current.items():
         merged[ctype] = true_condition(ctype, reason, message, old.get(ctype), now, generation)
     return [merged[t] for t in sorted(merged)]
+
+
+def _closed(ctype: str, reason: str, message: str, now: dt.datetime, generation: int | None) -> Condition:
+    """A condition that stopped applying now (status False, the reason says what ended it)."""
+    return Condition(
+        type=ctype,
+        status="False",
+        reason=reason,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
 
 
 def true_condition(
