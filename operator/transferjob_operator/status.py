@@ -470,7 +470,6 @@ def pending_timeout(
         return None
     limit = tj.spec.run_policy.pending_timeout_seconds
     problems = pod_problems(pods, events, now, job)
-    seen_now = dict(problems)
     seen = [(t, r, problem_detail(m)) for t, (r, m) in sorted(problems.items())]
     if not seen and previous is not None:
         seen = [
@@ -485,7 +484,7 @@ def pending_timeout(
         + (f"last problem seen: {last}" if last else "no problem was reported")
         + "; fix it and create the TransferJob again"
     )
-    return Gate(Phase.FAILED, "Failed", "PendingTimeout", message, seen=seen_now)
+    return Gate(Phase.FAILED, "Failed", "PendingTimeout", message, seen=problems)
 
 
 def _running_pod(pods: Iterable[Json]) -> Json | None:
