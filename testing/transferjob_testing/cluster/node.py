@@ -588,6 +588,18 @@ def setup_network() -> None:
     subprocess.run(["nft", "-f", "-"], input=nft_ruleset(), text=True, check=True, capture_output=True)
 
 
+#: ``pgrep -f`` patterns of the node's processes, matched on the program (argv[0]): a CI runner or an
+#: editor whose command line merely mentions "kubelet" is not part of a node (a CI run once saw such a
+#: process on both sides of a teardown).
+NODE_PROCESSES = {
+    "kubelet": r"^(\S*/)?kubelet( |$)",
+    "kube-proxy": r"^(\S*/)?kube-proxy( |$)",
+    "test-only-fake-gpu-plugin": r"^(\S*/)?test-only-fake-gpu-plugin( |$)",
+    "containerd": r"^(\S*/)?containerd --config \S*/containerd\.toml( |$)",
+    "containerd shims": rf"^(\S*/)?containerd-shim-runc-v2 .*{re.escape(str(CONTAINERD_SOCKET))}",
+}
+
+
 def host_state() -> dict[str, Any]:
     """Everything a node changes on the host, as comparable values: what a teardown must restore."""
 
@@ -601,15 +613,6 @@ def host_state() -> dict[str, Any]:
         for line in lines(tool, "-w", "-t", table, "-S")
         if line.startswith("-N ")
     )
-    # Matched on the program (argv[0]) for the node's own binaries: a CI runner or an editor whose command
-    # line merely mentions "kubelet" is not part of a node (a CI run once saw such a process on both sides).
-    processes = {
-        "kubelet": r"^(\S*/)?kubelet( |$)",
-        "kube-proxy": r"^(\S*/)?kube-proxy( |$)",
-        "test-only-fake-gpu-plugin": r"^(\S*/)?test-only-fake-gpu-plugin( |$)",
-        "containerd": r"^(\S*/)?containerd --config \S*/containerd\.toml( |$)",
-        "containerd shims": rf"^(\S*/)?containerd-shim-runc-v2 .*{re.escape(str(CONTAINERD_SOCKET))}",
-    }
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "links": sorted(line.split()[0].split("@")[0] for line in lines("ip", "-br", "link")),
@@ -619,7 +622,7 @@ def host_state() -> dict[str, Any]:
         "paths": {str(p): p.exists() for p in (*HOST_PATHS, RUN_DIR, KUBELET_ROOT.parent)},
         "processes": sorted(
             name
-            for name, pattern in processes.items()
+            for name, pattern in NODE_PROCESSES.items()
             if subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0
         ),
     }
@@ -660,7 +663,7 @@ def clear_leftovers() -> bool:
     # removed them looked like a failure). With no node up, nothing else owns them.
     if _kubepods_cgroups():
         other = subprocess.run(
-            ["pgrep", "-a", "-f", r"^(\S*/)?kubelet( |$)"], capture_output=True, text=True, check=False
+            ["pgrep", "-a", "-f", NODE_PROCESSES["kubelet"]], capture_output=True, text=True, check=False
         ).stdout.strip()
         if other:
             raise NodeError(f"a kubelet not ours runs here and owns /kubepods: {other}; stop it first")
